@@ -1,0 +1,1 @@
+"""Bundled demo services for ``make run``: the app the sidecar fronts, and orders/payments services."""

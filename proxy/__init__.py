@@ -1,0 +1,1 @@
+"""proxy: the saga-sidecar reverse proxy (listeners, forwarding, idempotency, admin API)."""

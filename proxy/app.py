@@ -1,0 +1,82 @@
+"""Application factories: the public (proxy) app and the admin app, sharing metrics and readiness.
+
+The public request path reads top to bottom in ``build_public_app``'s middleware list: metrics →
+access log → problems (every sidecar error as problem+json) → idempotency → handler (saga
+trigger routes first, then the catch-all forwarder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.admin import admin_token_middleware, setup_admin_routes
+from proxy.config import LoadedConfig
+from proxy.keys import CONFIG, FORWARDER, METRICS, READINESS
+from proxy.logs import access_log_middleware
+from proxy.metrics import SidecarMetrics, metrics_middleware
+from proxy.problems import problems_middleware
+from proxy.readiness import Readiness
+from proxy.resources import client_session_ctx, task_scheduler_ctx
+
+
+@dataclass(frozen=True)
+class SidecarApps:
+    """The two applications one sidecar process serves."""
+
+    public: web.Application
+    admin: web.Application
+
+
+async def forward_handler(request: web.Request) -> web.StreamResponse:
+    """Catch-all route: pass the request through to the upstream app."""
+    return await request.app[FORWARDER].handle(request)
+
+
+def _shared(
+    app: web.Application, loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+) -> None:
+    app[CONFIG] = loaded
+    app[METRICS] = metrics
+    app[READINESS] = ready
+
+
+def build_public_app(
+    loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+) -> web.Application:
+    """The proxy listener's application."""
+    limits = loaded.config.limits
+    app = web.Application(
+        middlewares=[metrics_middleware, access_log_middleware, problems_middleware],
+        client_max_size=limits.max_request_body,
+        handler_args={
+            "max_field_size": limits.max_header_size,
+            "max_line_size": limits.max_header_size,
+        },
+    )
+    _shared(app, loaded, metrics, ready)
+    app.cleanup_ctx.append(client_session_ctx)
+    app.cleanup_ctx.append(task_scheduler_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward_handler)
+    return app
+
+
+def build_admin_app(
+    loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+) -> web.Application:
+    """The admin listener's application."""
+    app = web.Application(middlewares=[problems_middleware, admin_token_middleware])
+    _shared(app, loaded, metrics, ready)
+    setup_admin_routes(app)
+    return app
+
+
+def build_apps(loaded: LoadedConfig) -> SidecarApps:
+    """Build both applications for one sidecar process."""
+    metrics = SidecarMetrics()
+    ready = Readiness()
+    return SidecarApps(
+        public=build_public_app(loaded, metrics, ready),
+        admin=build_admin_app(loaded, metrics, ready),
+    )

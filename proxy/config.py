@@ -1,0 +1,252 @@
+"""The sidecar config file (``config/sidecar.yaml``) as validated, frozen pydantic models.
+
+``load_config`` reads the file, substitutes ``${VAR}`` references, validates every section and
+raises one ``ConfigError`` listing each problem as ``FILE:LINE: key.path: message``.
+Saga definition files named by ``sagas.definitions`` are validated by ``saga_runner``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from saga_runner.units import ByteSize, Duration
+from saga_runner.yamlfile import LocatedDocument, load_yaml, validate
+
+_HOSTPORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class Model(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 hosts in brackets) into host and port."""
+    match = _HOSTPORT_RE.match(value)
+    if not match or not 0 <= int(match.group("port")) <= 65535:
+        raise ValueError(f"expected host:port like 0.0.0.0:8080, got {value!r}")
+    host = match.group("host").strip("[]") or "0.0.0.0"
+    return host, int(match.group("port"))
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Limits(Model):
+    """Limits the public listener enforces on every request (413 / 431 / 408)."""
+
+    max_request_body: ByteSize = 100 * 1024**2
+    max_header_size: ByteSize = 16 * 1024
+    read_timeout: Duration = 60.0
+
+
+class AdminConfig(Model):
+    """The admin listener: probes, metrics, saga API and dashboard."""
+
+    listen: str = "127.0.0.1:9901"
+    token: str = ""
+    allow_public_without_token: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_hostport(value)
+        return value
+
+
+class UpstreamConfig(Model):
+    """The app this sidecar fronts."""
+
+    url: str
+    timeout: Duration = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+
+UnknownOutcome = Literal["hold", "release"]
+
+
+class IdempotencyRoute(Model):
+    """A per-path override of idempotency settings; ``path`` may end in or contain ``*``."""
+
+    path: str
+    enabled: bool = True
+    require_key: bool | None = None
+    ttl: Duration | None = None
+    unknown_outcome: UnknownOutcome | None = None
+    concurrent: Literal["reject", "wait"] | None = None
+
+    def matches(self, request_path: str) -> bool:
+        """Whether this override applies to ``request_path``."""
+        return fnmatch.fnmatchcase(request_path, self.path)
+
+
+class IdempotencyConfig(Model):
+    """Idempotency-Key protection (CONTRACT §4)."""
+
+    store: str = "memory://"
+    header: str = "Idempotency-Key"
+    methods: tuple[str, ...] = ("POST", "PUT", "PATCH")
+    ttl: Duration = 86400.0
+    lock_timeout: Duration = 60.0
+    require_key: bool = False
+    scope_headers: tuple[str, ...] = ("Authorization",)
+    concurrent: Literal["reject", "wait"] = "reject"
+    on_store_error: Literal["reject", "pass"] = "reject"
+    unknown_outcome: UnknownOutcome = "hold"
+    key_secret: str = ""
+    max_body: ByteSize = 1024**2
+    max_request_body: ByteSize = 10 * 1024**2
+    routes: tuple[IdempotencyRoute, ...] = ()
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster"):
+            raise ValueError(f"expected memory:// or a redis:// URL, got {value!r}")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _TOKEN_RE.match(value):
+            raise ValueError(f"not a valid header name: {value!r}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(m.upper() for m in value)
+        for method in upper:
+            if not _TOKEN_RE.match(method):
+                raise ValueError(f"not a valid HTTP method: {method!r}")
+        return upper
+
+    @field_validator("ttl", "lock_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class SagasConfig(Model):
+    """The saga runner: where instances are recorded and which definition files to load."""
+
+    store: str = "sqlite:///sagas.db"
+    definitions: tuple[str, ...] = ("sagas/*.yaml",)
+    migrate: bool = True
+    recovery_interval: Duration = 5.0
+    lease: Duration = 15.0
+    retention: Duration = 30 * 86400.0
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("postgresql", "postgres", "sqlite"):
+            raise ValueError(f"expected a postgresql:// or sqlite:/// URL, got {value!r}")
+        return value
+
+
+class LogConfig(Model):
+    """Structured logging."""
+
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RedactConfig(Model):
+    """Header and body field names that are never logged, stored in saga records or shown."""
+
+    headers: tuple[str, ...] = ("Authorization", "Cookie", "Set-Cookie", "X-Api-Key")
+    fields: tuple[str, ...] = ("card_number", "cvv", "password")
+
+
+class SidecarConfig(Model):
+    """The whole sidecar config file. Only ``upstream.url`` is required."""
+
+    listen: str = "0.0.0.0:8080"
+    workers: int | Literal["auto"] = Field(default=1)
+    shutdown_grace: Duration = 30.0
+    limits: Limits = Limits()
+    admin: AdminConfig = AdminConfig()
+    upstream: UpstreamConfig
+    services: dict[str, str] = Field(default_factory=dict)
+    idempotency: IdempotencyConfig = IdempotencyConfig()
+    sagas: SagasConfig | None = None
+    log: LogConfig = LogConfig()
+    redact: RedactConfig = RedactConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_hostport(value)
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 1 or more, or 'auto'")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _http_url(url) for name, url in value.items()}
+
+    @model_validator(mode="after")
+    def _memory_store_single_worker(self) -> SidecarConfig:
+        if self.idempotency.store.startswith("memory:") and self.worker_count() > 1:
+            raise ValueError(
+                "workers > 1 needs a shared idempotency store (redis://), not memory://"
+            )
+        return self
+
+    def worker_count(self) -> int:
+        """The number of worker processes (``auto``: the CPU count)."""
+        if self.workers == "auto":
+            return os.cpu_count() or 1
+        return int(self.workers)
+
+
+class LoadedConfig(Model):
+    """A validated config together with where it was read from."""
+
+    path: Path
+    config: SidecarConfig
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the config (saga globs, sqlite files) resolve against."""
+        return self.path.parent
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Load and validate a sidecar config file.
+
+    Raises:
+        ConfigError: listing every problem as ``FILE:LINE: message``.
+    """
+    doc: LocatedDocument = load_yaml(path, env)
+    config = validate(doc, SidecarConfig)
+    return LoadedConfig(path=Path(path).resolve(), config=config)

@@ -1,0 +1,174 @@
+"""Streaming pass-through to the upstream app.
+
+``Forwarder.open`` sends one request upstream (method, raw path and query, end-to-end headers,
+``X-Forwarded-*``, a streamed or buffered body) and classifies failures into ``UpstreamError``s;
+``relay`` streams an upstream response back to the client. ``Forwarder.handle`` is the catch-all
+handler composing the two. Bodies are never held whole in memory on this path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.errors import (
+    RequestBodyTooLarge,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.headers import add_forwarded, end_to_end
+from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
+
+log = logging.getLogger("saga_sidecar.forward")
+
+RequestBody = bytes | AsyncIterator[bytes] | None
+ChunkSink = Callable[[bytes], None]
+
+
+async def limited_body(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """Yield the request body chunk by chunk, raising RequestBodyTooLarge past ``limit`` bytes."""
+    received = 0
+    async for chunk in stream.iter_any():
+        received += len(chunk)
+        if received > limit:
+            raise RequestBodyTooLarge(limit)
+        yield chunk
+
+
+def check_declared_length(request: web.Request, limit: int) -> None:
+    """Refuse a request whose Content-Length already exceeds ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestBodyTooLarge(limit)
+
+
+class Forwarder:
+    """Sends requests to one upstream base URL over a shared pooled ClientSession."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeout: float,
+        max_request_body: int,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self.max_request_body = max_request_body
+
+    def upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+        """End-to-end request headers plus X-Forwarded-* and the request id."""
+        headers = end_to_end(request.headers, drop=("host",))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        add_forwarded(
+            headers,
+            client_ip=peer[0] if isinstance(peer, tuple) else None,
+            proto=request.scheme,
+            host=request.host,
+        )
+        request_id = request.get(REQUEST_ID)
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        return headers
+
+    async def open(self, request: web.Request, body: RequestBody) -> aiohttp.ClientResponse:
+        """Send ``request`` upstream with ``body`` and return the response (headers read).
+
+        Raises:
+            UpstreamUnreachable: nothing was sent (connection refused, DNS, pool).
+            UpstreamReset: the connection broke after sending.
+            UpstreamTimeout: no response headers within the timeout.
+            RequestBodyTooLarge: the streamed body exceeded the limit.
+        """
+        url = URL(self.base_url + request.raw_path, encoded=True)
+        started = time.perf_counter()
+        try:
+            response = await self.session.request(
+                request.method,
+                url,
+                headers=self.upstream_headers(request),
+                data=body,
+                timeout=self.timeout,
+                allow_redirects=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        except RequestBodyTooLarge:
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"upstream unreachable: {exc.os_error or exc}") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"upstream did not answer within {self.timeout.sock_read}s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamReset(f"upstream connection failed: {exc or type(exc).__name__}") from exc
+        request[UPSTREAM_SECONDS] = time.perf_counter() - started
+        return response
+
+    def request_body(self, request: web.Request) -> RequestBody:
+        """The streamed, size-limited request body, or None when the request has none."""
+        if not request.body_exists:
+            return None
+        check_declared_length(request, self.max_request_body)
+        return limited_body(request.content, self.max_request_body)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Catch-all handler: stream the request to the upstream and its answer back."""
+        upstream = await self.open(request, self.request_body(request))
+        async with upstream:
+            return await relay(request, upstream)
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """End-to-end headers of an upstream response, ready to send to the client."""
+    return end_to_end(upstream.headers)
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    sink: ChunkSink | None = None,
+) -> web.StreamResponse:
+    """Stream ``upstream`` to the client; each chunk is also given to ``sink`` when set.
+
+    A failure after the response headers went out cannot become an error response any more:
+    the client connection is closed so a truncated body is never mistaken for a complete one.
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(response_headers(upstream))
+    if "Content-Length" not in response.headers and upstream.status not in (204, 304):
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunks = upstream.content.iter_any()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "upstream body failed mid-stream on %s %s: %r", request.method, request.path, exc
+            )
+            return _abort(request, response)
+        if sink is not None:
+            sink(chunk)
+        try:
+            await response.write(chunk)
+        except ConnectionError:
+            return _abort(request, response)
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Close the client connection so a cut-short body is seen as incomplete."""
+    if request.transport is not None:
+        request.transport.abort()
+    return response

@@ -1,0 +1,25 @@
+"""Every typed ``web.AppKey`` and request-scoped key the proxy uses, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import ClientSession, web
+from aiojobs import Scheduler
+
+if TYPE_CHECKING:
+    from proxy.config import LoadedConfig
+    from proxy.forward import Forwarder
+    from proxy.metrics import SidecarMetrics
+    from proxy.readiness import Readiness
+
+CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
+METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")
+CLIENT_SESSION: web.AppKey[ClientSession] = web.AppKey("client_session")
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
+TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+
+REQUEST_ID = "sidecar.request_id"
+IDEMPOTENCY_OUTCOME = "sidecar.idempotency_outcome"
+UPSTREAM_SECONDS = "sidecar.upstream_seconds"

@@ -1,0 +1,80 @@
+"""RFC 9457 problem details: the one format of every error the sidecar itself produces.
+
+``problem_response`` builds an ``application/problem+json`` response; the ``problems_middleware``
+turns aiohttp HTTP exceptions and any unexpected exception into one, so no client ever sees a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from proxy.errors import RequestBodyTooLarge, UpstreamError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+log = logging.getLogger("saga_sidecar.problems")
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """Return an ``application/problem+json`` response with type, title, status and detail."""
+    body = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    response = web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def problem_for_exception(exc: BaseException) -> web.Response:
+    """Map a known exception to its problem response (500 for anything unexpected)."""
+    if isinstance(exc, UpstreamError):
+        return problem_response(exc.status, exc.detail, title=exc.title)
+    if isinstance(exc, RequestBodyTooLarge):
+        return problem_response(413, str(exc))
+    if isinstance(exc, web.HTTPException):
+        detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+        return problem_response(exc.status, detail or exc.reason, headers=_kept_headers(exc))
+    return problem_response(500, "the sidecar failed to handle this request")
+
+
+def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Render every sidecar error (HTTP exceptions, unexpected failures) as problem+json."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_for_exception(exc)
+    except (UpstreamError, RequestBodyTooLarge) as exc:
+        return problem_for_exception(exc)
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_for_exception(exc)
+    return response

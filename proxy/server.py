@@ -1,0 +1,63 @@
+"""Process lifecycle: start both listeners, wait for SIGTERM/SIGINT, drain, clean up, exit 0.
+
+On a stop signal the public listener stops accepting at once, in-flight requests get up to
+``shutdown_grace`` to finish, tracked background tasks are drained, then stores and pools close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from proxy.app import build_apps
+from proxy.config import LoadedConfig, split_hostport
+
+log = logging.getLogger("saga_sidecar.server")
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop policy when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def start_site(
+    runner: web.AppRunner, listen: str, *, reuse_port: bool = False
+) -> web.TCPSite:
+    """Set up ``runner`` and bind it to ``host:port``."""
+    await runner.setup()
+    host, port = split_hostport(listen)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    return site
+
+
+async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the public and admin listeners until ``stop`` is set or a stop signal arrives."""
+    config = loaded.config
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    apps = build_apps(loaded)
+    public = web.AppRunner(apps.public, shutdown_timeout=config.shutdown_grace, access_log=None)
+    admin = web.AppRunner(apps.admin, shutdown_timeout=2.0, access_log=None)
+    try:
+        await start_site(public, config.listen, reuse_port=config.worker_count() > 1)
+        await start_site(admin, config.admin.listen)
+        log.info("listening", extra={"listen": config.listen, "admin": config.admin.listen})
+        await stop.wait()
+        log.info("stop signal received, draining", extra={"grace_s": config.shutdown_grace})
+    finally:
+        await public.cleanup()
+        await admin.cleanup()
+    log.info("stopped")
