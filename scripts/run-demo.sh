@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make run`: start the demo services, then the sidecar with config/sidecar.yaml (embedded stores),
+# after printing curl examples. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${VENV:-.venv}/bin
+CONFIG=${CONFIG:-config/sidecar.yaml}
+
+"$BIN/python" -m demo &
+demo_pid=$!
+trap 'kill $demo_pid 2>/dev/null || true' EXIT
+"$BIN/saga-sidecar" check --config "$CONFIG"
+
+cat <<'TOUR'
+
+saga-sidecar is starting on http://127.0.0.1:8080 (admin: http://127.0.0.1:9901).
+Try, in another terminal:
+
+  # pass-through to the demo app
+  curl -s http://127.0.0.1:8080/hello?name=world
+
+  # an idempotent charge: run it twice, the second answer is a replay (Idempotent-Replayed: true)
+  curl -si -X POST http://127.0.0.1:8080/charges -H 'Idempotency-Key: order-42' \
+       -H 'Content-Type: application/json' -d '{"amount": 42}'
+  curl -s http://127.0.0.1:8080/charges          # one charge, not two
+
+  # same key, different body: 422
+  curl -si -X POST http://127.0.0.1:8080/charges -H 'Idempotency-Key: order-42' -d '{"amount": 43}'
+
+  # a saga: create order -> charge payment (declined above 1000, which compensates the order)
+  curl -si -X POST http://127.0.0.1:8080/api/v1/payments -H 'Idempotency-Key: pay-1' \
+       -H 'Content-Type: application/json' -d '{"order_no": "A-1", "amount": 120}'
+  curl -si -X POST http://127.0.0.1:8080/api/v1/payments -H 'Idempotency-Key: pay-2' \
+       -H 'Content-Type: application/json' -d '{"order_no": "A-2", "amount": 5000}'
+
+  # operate
+  curl -s http://127.0.0.1:9901/healthz
+  curl -s http://127.0.0.1:9901/metrics | grep -E '^(http|idempotency|saga)_'
+  curl -s http://127.0.0.1:9901/sagas
+  open http://127.0.0.1:9901/dashboard
+
+TOUR
+"$BIN/saga-sidecar" serve --config "$CONFIG"
