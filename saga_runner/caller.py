@@ -1,0 +1,160 @@
+"""HTTP calls of saga steps: send one rendered request, classify what came back.
+
+``StepCaller.call`` sends a step's action or compensation with its ``Idempotency-Key`` and a
+per-call timeout, reads a bounded response body (JSON when it parses), and classifies the result
+as ``success``, ``retryable`` (408/425/429, 5xx, connection errors, timeouts) or ``permanent``
+(any other status not in the step's success list). ``Retry-After`` is parsed for the engine.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+MAX_RESULT_BODY = 1024 * 1024
+
+
+class Outcome(StrEnum):
+    """How a step call ended, from the engine's point of view."""
+
+    SUCCESS = "success"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """A fully rendered step call."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+
+    def as_record(self) -> dict[str, Any]:
+        """A JSON-able description of the call, for ``execute_data``/``compensate_data``."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "body": self.body,
+        }
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What one attempt of a step call produced."""
+
+    outcome: Outcome
+    status: int | None
+    headers: dict[str, str]
+    body: Any
+    duration: float
+    error: str | None = None
+    retry_after: float | None = None
+    sent: bool = True
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-able view of the answer: ``steps.NAME.*`` in templates, and the step ``result``."""
+        return {"status": self.status, "headers": self.headers, "body": self.body}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def classify(status: int, success: Collection[int] | None) -> Outcome:
+    """Classify an HTTP status against a step's ``success`` list (None: any 2xx)."""
+    ok = (200 <= status < 300) if success is None else status in success
+    if ok:
+        return Outcome.SUCCESS
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return Outcome.RETRYABLE
+    return Outcome.PERMANENT
+
+
+def decode_body(raw: bytes, content_type: str) -> Any:
+    """JSON when the body parses as JSON, otherwise text (undecodable bytes replaced)."""
+    if not raw:
+        return None
+    if "json" in content_type or raw[:1] in (b"{", b"["):
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return raw.decode("utf-8", errors="replace")
+
+
+class StepCaller:
+    """Sends step calls over one shared ClientSession."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def call(
+        self, request: StepRequest, *, success: Collection[int] | None, seconds: float
+    ) -> CallResult:
+        """Send ``request`` once and classify the answer; never raises for network trouble."""
+        started = time.perf_counter()
+        data = None if request.body is None else json.dumps(request.body).encode()
+        headers = dict(request.headers)
+        if data is not None:
+            headers.setdefault("Content-Type", "application/json")
+        try:
+            async with self.session.request(
+                request.method,
+                request.url,
+                headers=headers,
+                data=data,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+                allow_redirects=False,
+            ) as response:
+                raw = await response.content.read(MAX_RESULT_BODY)
+                return CallResult(
+                    outcome=classify(response.status, success),
+                    status=response.status,
+                    headers={k.lower(): v for k, v in response.headers.items()},
+                    body=decode_body(raw, response.headers.get("Content-Type", "")),
+                    duration=time.perf_counter() - started,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+        except aiohttp.ClientConnectorError as exc:
+            return _failure(started, f"connection failed: {exc.os_error or exc}", sent=False)
+        except TimeoutError:
+            return _failure(started, f"timed out after {seconds:g}s", sent=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            return _failure(started, f"connection error: {exc!r}", sent=True)
+
+
+def _failure(started: float, error: str, *, sent: bool) -> CallResult:
+    return CallResult(
+        outcome=Outcome.RETRYABLE,
+        status=None,
+        headers={},
+        body=None,
+        duration=time.perf_counter() - started,
+        error=error,
+        sent=sent,
+    )
