@@ -7,7 +7,8 @@ Exception tree::
     ├── TemplateError              a ``{{ path }}`` lookup that cannot be resolved at run time
     ├── StoreError                 the saga store cannot be reached or answered unexpectedly
     │   └── LeaseLost              a write was refused because another replica owns the saga now
-    └── SagaNotFound               no saga instance with the given id
+    ├── SagaNotFound               no saga instance (or no such step in it) with the given id
+    └── IllegalTransition          a status change the transition tables forbid (a caller bug)
 """
 
 from __future__ import annotations
@@ -53,3 +54,13 @@ class LeaseLost(StoreError):
 
 class SagaNotFound(SagaError):
     """No saga instance exists with the given id."""
+
+
+class IllegalTransition(SagaError):
+    """A saga or step status change that ``saga_runner.states`` does not allow."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        self.kind = kind
+        self.old = old
+        self.new = new
+        super().__init__(f"illegal {kind} status transition {old} -> {new}")

@@ -1,0 +1,155 @@
+"""Saga and step statuses and the transitions allowed between them.
+
+Every status change the store writes is checked against these tables, so an engine bug or a
+confused operator command is refused instead of corrupting a record. Self-transitions
+(``running -> running``) exist where a write keeps the status but changes other fields: a new
+``current_step``, a retry count, a resumed re-send of a step whose outcome was unknown.
+
+Allowed moves (each status also lists itself where a same-status write makes sense)::
+
+    saga  running       -> running, compensating, completed, failed
+          compensating  -> compensating, compensated, failed
+          failed        -> compensating                       (operator retry)
+    step  pending       -> running, failed                     (failed: request could not be built)
+          running       -> running, succeeded, failed, compensating
+          succeeded     -> compensating, compensated
+          failed        -> compensating, compensated
+          compensating  -> compensating, compensated, compensation_failed
+          compensation_failed -> compensating                 (operator retry)
+
+A step that ``failed`` after an unknown outcome (timeout, replica died mid-call) may still have
+taken effect, so it may move to ``compensating``; a step with nothing to undo may go straight
+from ``succeeded`` or ``failed`` to ``compensated``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final, Generic, TypeVar
+
+from saga_runner.errors import IllegalTransition
+
+
+class SagaStatus(StrEnum):
+    """Where a saga instance is in its lifecycle (``saga_instances.status``)."""
+
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+
+class StepStatus(StrEnum):
+    """Where one step of a saga is (``saga_steps.status``)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+class AttemptKind(StrEnum):
+    """Which call of a step an attempt made: the forward action or its compensation."""
+
+    ACTION = "action"
+    COMPENSATION = "compensation"
+
+
+S = TypeVar("S", SagaStatus, StepStatus)
+
+
+@dataclass(frozen=True)
+class TransitionTable(Generic[S]):
+    """An allowed-transition table for one status enum.
+
+    Attributes:
+        kind: ``"saga"`` or ``"step"``, used in error messages.
+        allowed: for each status, the statuses it may move to (itself included when allowed).
+    """
+
+    kind: str
+    allowed: Mapping[S, frozenset[S]]
+
+    def can(self, old: S, new: S) -> bool:
+        """Whether ``old -> new`` is allowed."""
+        return new in self.allowed[old]
+
+    def check(self, old: S, new: S) -> None:
+        """Raise ``IllegalTransition`` unless ``old -> new`` is allowed.
+
+        Args:
+            old: the current status.
+            new: the status about to be written.
+        """
+        if not self.can(old, new):
+            raise IllegalTransition(self.kind, str(old), str(new))
+
+    def sources(self, new: S) -> frozenset[S]:
+        """Every status from which ``new`` may be entered."""
+        return frozenset(old for old, targets in self.allowed.items() if new in targets)
+
+
+_Saga = SagaStatus
+_Step = StepStatus
+
+SAGA_TRANSITIONS: Final = TransitionTable[SagaStatus](
+    "saga",
+    MappingProxyType(
+        {
+            _Saga.RUNNING: frozenset(
+                {_Saga.RUNNING, _Saga.COMPENSATING, _Saga.COMPLETED, _Saga.FAILED}
+            ),
+            _Saga.COMPENSATING: frozenset({_Saga.COMPENSATING, _Saga.COMPENSATED, _Saga.FAILED}),
+            _Saga.FAILED: frozenset({_Saga.COMPENSATING}),
+            _Saga.COMPLETED: frozenset(),
+            _Saga.COMPENSATED: frozenset(),
+        }
+    ),
+)
+
+STEP_TRANSITIONS: Final = TransitionTable[StepStatus](
+    "step",
+    MappingProxyType(
+        {
+            _Step.PENDING: frozenset({_Step.RUNNING, _Step.FAILED}),
+            _Step.RUNNING: frozenset(
+                {_Step.RUNNING, _Step.SUCCEEDED, _Step.FAILED, _Step.COMPENSATING}
+            ),
+            _Step.SUCCEEDED: frozenset({_Step.COMPENSATING, _Step.COMPENSATED}),
+            _Step.FAILED: frozenset({_Step.COMPENSATING, _Step.COMPENSATED}),
+            _Step.COMPENSATING: frozenset(
+                {_Step.COMPENSATING, _Step.COMPENSATED, _Step.COMPENSATION_FAILED}
+            ),
+            _Step.COMPENSATION_FAILED: frozenset({_Step.COMPENSATING}),
+            _Step.COMPENSATED: frozenset(),
+        }
+    ),
+)
+
+ACTIVE_SAGA_STATUSES: Final = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+"""Statuses the recovery loop resumes: the saga still has work to do without an operator."""
+
+FINISHED_SAGA_STATUSES: Final = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
+"""Terminal statuses; retention deletes these. ``failed`` waits for an operator and is kept."""
+
+
+def check_transition(old: SagaStatus | StepStatus, new: SagaStatus | StepStatus) -> None:
+    """Raise ``IllegalTransition`` unless ``old -> new`` is allowed for its kind of status.
+
+    Args:
+        old: the current saga or step status.
+        new: the status about to be written (same enum as ``old``).
+    """
+    if isinstance(old, SagaStatus) and isinstance(new, SagaStatus):
+        SAGA_TRANSITIONS.check(old, new)
+    elif isinstance(old, StepStatus) and isinstance(new, StepStatus):
+        STEP_TRANSITIONS.check(old, new)
+    else:
+        raise TypeError(f"cannot compare a {type(old).__name__} with a {type(new).__name__}")

@@ -1,0 +1,453 @@
+"""The ``SagaStore`` interface: shared policy here, small SQL primitives per backend.
+
+Public methods validate arguments, read the clock, check status transitions, turn refused
+writes into the right exception (``LeaseLost``, ``SagaNotFound``, ``IllegalTransition``) and wrap
+driver failures into ``StoreError``. Backends (``postgres``, ``sqlite``) implement the abstract
+``_underscore`` methods, each one statement or one short transaction over plain rows
+(``dict`` of column -> value with datetimes and JSON already decoded).
+
+Fencing: every state-changing write carries the caller's ``Lease`` and only takes effect while
+``saga_instances.lease_version`` (and ``owner``) still match; every claim increments the version,
+so a replica whose saga was taken over can never overwrite the new holder's work. Writes of
+state or data bump ``updated_at``; lease bookkeeping (claim, renew, release) does not. Time comes
+from the injected clock (UTC), so both backends and the tests share one notion of "now".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import NoReturn
+
+from saga_runner.errors import LeaseLost, SagaNotFound, StoreError
+from saga_runner.records import (
+    UNSET,
+    Claim,
+    CreateResult,
+    JsonValue,
+    Lease,
+    NewStep,
+    SagaInstance,
+    SagaStep,
+    StepAttempt,
+    StoredDefinition,
+    Unset,
+    from_row,
+)
+from saga_runner.states import (
+    SAGA_TRANSITIONS,
+    STEP_TRANSITIONS,
+    AttemptKind,
+    SagaStatus,
+    StepStatus,
+)
+from saga_runner.store.core import Clock, Row, given, require_aware, require_positive
+from saga_runner.store.reads import SagaReader
+
+
+class SagaStore(SagaReader):
+    """Records saga instances, steps, attempts and events; one interface, several backends.
+
+    Create one per process with ``open_store`` and ``close()`` it at shutdown (or use it as an
+    async context manager). Every method may raise ``StoreError`` when the database is
+    unreachable or fails.
+    """
+
+    # -- definitions ----------------------------------------------------------------------------
+
+    async def save_definition(
+        self, definition_hash: str, name: str, body: JsonValue
+    ) -> StoredDefinition:
+        """Snapshot a definition version; a hash already saved is left unchanged.
+
+        Args:
+            definition_hash: the version's content hash (``saga_definitions`` primary key).
+            name: the saga name.
+            body: the definition as JSON, enough to run an instance pinned to this hash.
+
+        Returns:
+            the stored snapshot (the first one saved under this hash).
+        """
+        row = {"hash": definition_hash, "name": name, "body": body, "created_at": self.now()}
+        with self._guard("save_definition"):
+            await self._insert_definition(row)
+            stored = await self._select_definition(definition_hash)
+        if stored is None:
+            raise StoreError(f"definition {definition_hash} vanished right after it was saved")
+        return from_row(StoredDefinition, stored)
+
+    async def get_definition(self, definition_hash: str) -> StoredDefinition | None:
+        """The snapshot saved under ``definition_hash``, or ``None``.
+
+        Args:
+            definition_hash: the version's content hash.
+        """
+        with self._guard("get_definition"):
+            row = await self._select_definition(definition_hash)
+        return None if row is None else from_row(StoredDefinition, row)
+
+    # -- creation -------------------------------------------------------------------------------
+
+    async def create_instance(
+        self,
+        *,
+        business_type: str,
+        business_id: str | None,
+        definition_hash: str,
+        mode: str,
+        input_data: JsonValue,
+        steps: Sequence[NewStep],
+        owner: str,
+        lease_seconds: float,
+        idempotency_key: str | None = None,
+        saga_id: str | None = None,
+    ) -> CreateResult:
+        """Insert a ``running`` instance claimed by ``owner`` and its ``pending`` steps atomically.
+
+        Args:
+            business_type: the saga name.
+            business_id: the rendered ``business_id`` template (searchable).
+            definition_hash: the saved definition version this instance is pinned to.
+            mode: ``sync`` or ``async``.
+            input_data: the trigger's JSON body.
+            steps: the steps in order; their ``step_order`` is their index (0-based).
+            owner: the replica creating it, which holds the first lease.
+            lease_seconds: how long the lease lasts unless renewed.
+            idempotency_key: the trigger's key; a second instance with the same
+                ``(business_type, idempotency_key)`` is never created.
+            saga_id: the new instance's id; a random UUID when omitted.
+
+        Returns:
+            the new instance and its lease, or the existing instance (``created`` False, no
+            lease) when the idempotency key was already used.
+        """
+        require_positive("lease_seconds", lease_seconds)
+        now = self.now()
+        saga_id = saga_id or str(uuid.uuid4())
+        instance: Row = {
+            "id": saga_id,
+            "business_type": business_type,
+            "business_id": business_id,
+            "status": SagaStatus.RUNNING.value,
+            "input": input_data,
+            "definition_hash": definition_hash,
+            "idempotency_key": idempotency_key,
+            "mode": mode,
+            "owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "lease_version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        step_rows = [
+            {
+                "saga_id": saga_id,
+                "step_order": order,
+                "step_name": step.name,
+                "status": StepStatus.PENDING.value,
+                "max_retry_count": step.max_retry_count,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for order, step in enumerate(steps)
+        ]
+        with self._guard("create_instance"):
+            row = await self._insert_instance(instance, step_rows)
+            if row is None:
+                row = await self._select_by_idempotency_key(business_type, idempotency_key)
+                if row is None:
+                    raise StoreError(f"saga {saga_id}: insert refused but no duplicate found")
+                return CreateResult(from_row(SagaInstance, row), None)
+        saga = from_row(SagaInstance, row)
+        return CreateResult(saga, Lease(saga.id, owner, saga.lease_version))
+
+    # -- fenced writes --------------------------------------------------------------------------
+
+    async def set_saga_status(
+        self,
+        lease: Lease,
+        status: SagaStatus,
+        *,
+        current_step: int | Unset | None = UNSET,
+        failure_reason: str | Unset | None = UNSET,
+        failed_step: int | Unset | None = UNSET,
+        response: JsonValue | Unset = UNSET,
+        next_run_at: datetime | Unset | None = UNSET,
+    ) -> SagaInstance:
+        """Move the saga to ``status`` (the same status is allowed for running/compensating).
+
+        ``completed_at`` / ``compensated_at`` are set on entering those statuses.
+
+        Args:
+            lease: the caller's lease; a stale one raises ``LeaseLost`` and changes nothing.
+            status: the new status, checked against ``SAGA_TRANSITIONS``.
+            current_step: the ``step_order`` being worked on.
+            failure_reason: why the saga is compensating or failed (shown to operators).
+            failed_step: the ``step_order`` that failed.
+            response: the sync response to replay (status, headers, body).
+            next_run_at: when recovery should look at it next (persisted backoff).
+
+        Returns:
+            the instance as written.
+        """
+        if isinstance(next_run_at, datetime):
+            next_run_at = require_aware("next_run_at", next_run_at)
+        now = self.now()
+        changes = given(
+            current_step=current_step,
+            failure_reason=failure_reason,
+            failed_step=failed_step,
+            response=response,
+            next_run_at=next_run_at,
+        )
+        changes.update(status=status.value, updated_at=now)
+        if status is SagaStatus.COMPLETED:
+            changes["completed_at"] = now
+        elif status is SagaStatus.COMPENSATED:
+            changes["compensated_at"] = now
+        sources = {s.value for s in SAGA_TRANSITIONS.sources(status)}
+        with self._guard("set_saga_status"):
+            row = await self._update_instance(lease, frozenset(sources), changes)
+            if row is None:
+                await self._refused(lease, status)
+        return from_row(SagaInstance, row)
+
+    async def set_next_run_at(self, lease: Lease, next_run_at: datetime | None) -> SagaInstance:
+        """Persist when recovery should next resume this saga, keeping its status.
+
+        Args:
+            lease: the caller's lease.
+            next_run_at: the time, or ``None`` for "as soon as it is not leased".
+        """
+        if next_run_at is not None:
+            next_run_at = require_aware("next_run_at", next_run_at)
+        changes: Row = {"next_run_at": next_run_at, "updated_at": self.now()}
+        with self._guard("set_next_run_at"):
+            row = await self._update_instance(lease, None, changes)
+            if row is None:
+                await self._refused(lease, None)
+        return from_row(SagaInstance, row)
+
+    async def set_step_status(
+        self,
+        lease: Lease,
+        step_order: int,
+        status: StepStatus,
+        *,
+        execute_data: JsonValue | Unset = UNSET,
+        compensate_data: JsonValue | Unset = UNSET,
+        result: JsonValue | Unset = UNSET,
+        retry_count: int | Unset = UNSET,
+        max_retry_count: int | Unset = UNSET,
+        next_retry_at: datetime | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> SagaStep:
+        """Move one step to ``status`` and record what was sent or answered.
+
+        Args:
+            lease: the caller's lease on the step's saga.
+            step_order: which step (0-based).
+            status: the new status, checked against ``STEP_TRANSITIONS``.
+            execute_data: the rendered action request about to be sent.
+            compensate_data: the rendered compensation request about to be sent.
+            result: the answer (status, headers, body) of the last call.
+            retry_count: attempts made so far.
+            max_retry_count: attempts allowed.
+            next_retry_at: when the next attempt is due.
+            error: the last error (connection failure, timeout, unexpected status).
+
+        Returns:
+            the step as written.
+        """
+        if isinstance(next_retry_at, datetime):
+            next_retry_at = require_aware("next_retry_at", next_retry_at)
+        now = self.now()
+        changes = given(
+            execute_data=execute_data,
+            compensate_data=compensate_data,
+            result=result,
+            retry_count=retry_count,
+            max_retry_count=max_retry_count,
+            next_retry_at=next_retry_at,
+            error=error,
+        )
+        changes.update(status=status.value, updated_at=now)
+        sources = frozenset(s.value for s in STEP_TRANSITIONS.sources(status))
+        with self._guard("set_step_status"):
+            row = await self._update_step(lease, step_order, sources, changes)
+            if row is None:
+                await self._refused(lease, status, step_order)
+        return from_row(SagaStep, row)
+
+    async def record_attempt(
+        self,
+        lease: Lease,
+        step_order: int,
+        kind: AttemptKind,
+        attempt: int,
+        *,
+        started_at: datetime,
+        duration_ms: float,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> StepAttempt:
+        """Record one HTTP call made for a step.
+
+        Args:
+            lease: the caller's lease on the step's saga.
+            step_order: which step (0-based).
+            kind: the action or its compensation.
+            attempt: 1 for the first call of this kind, then 2, 3, ...
+            started_at: when the call started.
+            duration_ms: how long it took.
+            status_code: the answer's status, if one arrived.
+            error: what went wrong, if anything (connection refused, timeout, ...).
+        """
+        row: Row = {
+            "saga_id": lease.saga_id,
+            "step_order": step_order,
+            "kind": kind.value,
+            "attempt": attempt,
+            "started_at": require_aware("started_at", started_at),
+            "duration_ms": float(duration_ms),
+            "status_code": status_code,
+            "error": error,
+        }
+        with self._guard("record_attempt"):
+            stored = await self._insert_attempt(lease, row)
+            if stored is None:
+                await self._refused(lease, None, step_order)
+        return from_row(StepAttempt, stored)
+
+    async def _refused(
+        self, lease: Lease, status: SagaStatus | StepStatus | None, step_order: int | None = None
+    ) -> NoReturn:
+        """Explain why a fenced write matched no row, by raising the matching exception."""
+        instance = await self._select_instance(lease.saga_id)
+        if instance is None:
+            raise SagaNotFound(f"no saga {lease.saga_id}")
+        if instance["lease_version"] != lease.version or instance["owner"] != lease.owner:
+            raise LeaseLost(
+                f"saga {lease.saga_id}: lease {lease.version} of {lease.owner!r} is stale; "
+                f"now lease {instance['lease_version']} of {instance['owner']!r}"
+            )
+        if step_order is None:
+            if isinstance(status, SagaStatus):
+                SAGA_TRANSITIONS.check(SagaStatus(instance["status"]), status)
+        else:
+            step = await self._select_step(lease.saga_id, step_order)
+            if step is None:
+                raise SagaNotFound(f"saga {lease.saga_id} has no step {step_order}")
+            if isinstance(status, StepStatus):
+                STEP_TRANSITIONS.check(StepStatus(step["status"]), status)
+        raise StoreError(f"saga {lease.saga_id}: write refused by a concurrent change")
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        """Extend the lease; False when it was taken over (stop working on the saga then).
+
+        Args:
+            lease: the caller's lease.
+            lease_seconds: the new expiry, counted from now.
+        """
+        require_positive("lease_seconds", lease_seconds)
+        expires = self.now() + timedelta(seconds=lease_seconds)
+        with self._guard("renew"):
+            return await self._renew(lease, expires)
+
+    async def release(self, lease: Lease, *, next_run_at: datetime | None = None) -> bool:
+        """Give the saga up, so recovery may claim it (at ``next_run_at`` if given).
+
+        Args:
+            lease: the caller's lease.
+            next_run_at: when the saga should next be resumed; ``None``: at once if active.
+
+        Returns:
+            False when the lease had already been taken over (nothing changed).
+        """
+        if next_run_at is not None:
+            next_run_at = require_aware("next_run_at", next_run_at)
+        with self._guard("release"):
+            return await self._release(lease, next_run_at)
+
+    async def claim_due(self, owner: str, lease_seconds: float, limit: int) -> list[Claim]:
+        """Atomically claim active sagas nobody holds and whose ``next_run_at`` has come.
+
+        A saga is due when it is ``running`` or ``compensating``, its lease is absent or
+        expired, and its ``next_run_at`` is absent or past. Concurrent callers never get the
+        same saga. Claiming increments ``lease_version`` and clears ``next_run_at``.
+
+        Args:
+            owner: the claiming replica.
+            lease_seconds: how long the new leases last unless renewed.
+            limit: the most sagas to claim (oldest first).
+        """
+        require_positive("lease_seconds", lease_seconds)
+        require_positive("limit", limit)
+        now = self.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        with self._guard("claim_due"):
+            rows = await self._claim_due(owner, now, expires, limit)
+        claims = [self._claim(row) for row in rows]
+        return sorted(claims, key=lambda c: (c.saga.created_at, c.saga.id))
+
+    async def claim_one(
+        self, saga_id: str, owner: str, lease_seconds: float, *, force: bool = False
+    ) -> Claim | None:
+        """Claim one saga in any status, for an operator retry or abort.
+
+        Args:
+            saga_id: the saga to claim.
+            owner: who claims it (e.g. ``operator:alice`` or a replica id).
+            lease_seconds: how long the lease lasts unless renewed.
+            force: take it even from a live holder, whose next write then gets ``LeaseLost``.
+
+        Returns:
+            the claim, or ``None`` when someone else holds an unexpired lease and not ``force``.
+        """
+        require_positive("lease_seconds", lease_seconds)
+        now = self.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        with self._guard("claim_one"):
+            row = await self._claim_one(saga_id, owner, now, expires, force)
+            if row is None and await self._select_instance(saga_id) is None:
+                raise SagaNotFound(f"no saga {saga_id}")
+        return None if row is None else self._claim(row)
+
+    @staticmethod
+    def _claim(row: Row) -> Claim:
+        saga = from_row(SagaInstance, row)
+        return Claim(saga, Lease(saga.id, row["owner"], saga.lease_version))
+
+
+async def open_store(url: str, base_dir: Path, *, clock: Clock | None = None) -> SagaStore:
+    """Connect to the saga store named by ``url`` (``sagas.store`` in the config).
+
+    Args:
+        url: ``postgresql://user@host:port/db[?schema=name&min_size=1&max_size=10]`` (or
+            ``postgres://``), ``sqlite:///relative/path.db`` (resolved against ``base_dir``),
+            ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
+        base_dir: the directory relative SQLite paths are resolved against (the config's).
+        clock: where "now" comes from (tests); defaults to the system clock in UTC.
+
+    Raises:
+        StoreError: the URL is not supported or the database cannot be reached.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        from saga_runner.store.postgres import PostgresStore
+
+        return await PostgresStore.connect(url, clock=clock)
+    if url.startswith("sqlite:///"):
+        from saga_runner.store.sqlite import SqliteStore
+
+        path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        if not path:
+            raise StoreError(f"no database path in saga store URL {url!r}")
+        target = path if path == ":memory:" else base_dir / path
+        return await SqliteStore.connect(target, clock=clock)
+    raise StoreError(
+        f"unsupported saga store URL {url!r}: expected postgresql://, postgres:// or sqlite:///"
+    )

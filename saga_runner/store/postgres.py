@@ -1,0 +1,323 @@
+"""The PostgreSQL saga store: one asyncpg pool per process, optionally in its own schema.
+
+JSONB columns are (de)serialised by codecs registered in the pool's ``init``; the schema is set
+as the ``search_path`` connection parameter (a startup setting survives the ``RESET ALL`` asyncpg
+runs when a connection returns to the pool; a ``SET`` in ``init`` would not). Fenced writes are
+single statements whose ``WHERE`` carries the lease, or CTEs that lock the instance row
+``FOR NO KEY UPDATE`` first, so a concurrent claim and a stale write are strictly ordered.
+Claims use ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from saga_runner.errors import StoreError
+from saga_runner.records import Lease, PageCursor
+from saga_runner.store import migrations, sqltext
+from saga_runner.store.base import SagaStore
+from saga_runner.store.core import Clock, ListFilter, Row
+
+_SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_OPTIONS: Final = ("schema", "min_size", "max_size")
+_ACTIVE: Final = "status IN ('running', 'compensating')"
+_FENCE: Final = "id = $1 AND lease_version = $2 AND owner = $3"
+
+
+def _param(n: int) -> str:
+    return f"${n}"
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The DSN for asyncpg and our own options (which asyncpg would send as server settings)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {k: v for k, v in query if k in _OPTIONS}
+    rest = urlencode([(k, v) for k, v in query if k not in _OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), options
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _init_connection(conn: Any) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _rows(records: Sequence[Any]) -> list[Row]:
+    return [dict(r) for r in records]
+
+
+def _row(record: Any) -> Row | None:
+    return None if record is None else dict(record)
+
+
+class PostgresStore(SagaStore):
+    """The saga store on PostgreSQL (production; shared by every replica)."""
+
+    backend = "postgres"
+    driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+    def __init__(self, pool: Any, schema: str, clock: Clock | None = None) -> None:
+        super().__init__(clock)
+        self._pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        schema: str | None = None,
+        clock: Clock | None = None,
+        connect_timeout: float = 10.0,
+    ) -> PostgresStore:
+        """Create the pool (connecting at once, so a bad URL fails at startup).
+
+        Args:
+            url: ``postgresql://user:pass@host:port/db``; query options ``schema`` (default
+                ``public``), ``min_size`` (1) and ``max_size`` (10) are ours, others go to asyncpg.
+            schema: overrides ``?schema=``; a plain lower-case identifier.
+            clock: where "now" comes from; defaults to the system clock.
+            connect_timeout: seconds to wait for each connection attempt.
+
+        Raises:
+            StoreError: the schema name is invalid or the server cannot be reached.
+        """
+        dsn, options = _split_url(url)
+        schema = schema or options.get("schema") or "public"
+        if not _SCHEMA_RE.match(schema):
+            raise StoreError(f"invalid schema name {schema!r}: use lower-case letters, digits, _")
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=int(options.get("min_size", 1)),
+                max_size=int(options.get("max_size", 10)),
+                timeout=connect_timeout,
+                init=_init_connection,
+                server_settings={"search_path": schema, "application_name": "saga-sidecar"},
+            )
+        except (*cls.driver_errors, ValueError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
+        return cls(pool, schema, clock)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            return f"{exc}: the saga tables are missing in schema {self.schema!r}; run migrate"
+        detail = getattr(exc, "detail", None)
+        return f"{super()._describe(exc)} ({detail})" if detail else super()._describe(exc)
+
+    async def _migrate(self) -> list[int]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await migrations.migrate_postgres(conn, self.schema)
+
+    async def _ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    async def _close(self) -> None:
+        await self._pool.close()
+
+    async def _insert_definition(self, row: Row) -> None:
+        sql = sqltext.insert("saga_definitions", list(row), _param)
+        await self._pool.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", *row.values())
+
+    async def _select_definition(self, definition_hash: str) -> Row | None:
+        sql = "SELECT * FROM saga_definitions WHERE hash = $1"
+        return _row(await self._pool.fetchrow(sql, definition_hash))
+
+    async def _insert_instance(self, instance: Row, steps: list[Row]) -> Row | None:
+        sql = sqltext.insert("saga_instances", list(instance), _param)
+        sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
+        async with self._pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchrow(sql, *instance.values())
+            if created is None:
+                return None
+            if steps:
+                step_sql = sqltext.insert("saga_steps", list(steps[0]), _param)
+                await conn.executemany(step_sql, [tuple(s.values()) for s in steps])
+            return dict(created)
+
+    async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
+        sql = "SELECT * FROM saga_instances WHERE business_type = $1 AND idempotency_key = $2"
+        return _row(await self._pool.fetchrow(sql, business_type, key))
+
+    async def _update_instance(
+        self, lease: Lease, sources: frozenset[str] | None, changes: Row
+    ) -> Row | None:
+        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
+        status_clause = ""
+        if sources is not None:
+            args.append(list(sources))
+            status_clause = f" AND status = ANY(${len(args)}::text[])"
+        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
+        return _row(await self._pool.fetchrow(sql, *args, *changes.values()))
+
+    async def _update_step(
+        self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
+    ) -> Row | None:
+        assignments = sqltext.assignments(changes, _param, 7)
+        sql = f"""
+            WITH fence AS (
+                SELECT id FROM saga_instances WHERE {_FENCE} FOR NO KEY UPDATE
+            ), step AS (
+                UPDATE saga_steps SET {assignments} FROM fence
+                WHERE saga_steps.saga_id = fence.id AND saga_steps.step_order = $4
+                  AND saga_steps.status = ANY($5::text[])
+                RETURNING saga_steps.*
+            ), touch AS (
+                UPDATE saga_instances SET updated_at = $6
+                WHERE id IN (SELECT saga_id FROM step)
+            )
+            SELECT * FROM step"""
+        args = [lease.saga_id, lease.version, lease.owner, step_order, list(sources)]
+        args.append(changes["updated_at"])
+        return _row(await self._pool.fetchrow(sql, *args, *changes.values()))
+
+    async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
+        sql = f"""
+            WITH fence AS (
+                SELECT id FROM saga_instances WHERE {_FENCE} FOR NO KEY UPDATE
+            )
+            INSERT INTO saga_step_attempts (saga_id, step_order, kind, attempt, started_at,
+                                            duration_ms, status_code, error)
+            SELECT fence.id, $4::integer, $5::text, $6::integer, $7::timestamptz,
+                   $8::double precision, $9::integer, $10::text
+            FROM fence
+            WHERE EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = $1 AND step_order = $4)
+            RETURNING *"""
+        args = [row[c] for c in ("step_order", "kind", "attempt", "started_at")]
+        args += [row[c] for c in ("duration_ms", "status_code", "error")]
+        return _row(
+            await self._pool.fetchrow(sql, lease.saga_id, lease.version, lease.owner, *args)
+        )
+
+    async def _select_instance(self, saga_id: str) -> Row | None:
+        return _row(
+            await self._pool.fetchrow("SELECT * FROM saga_instances WHERE id = $1", saga_id)
+        )
+
+    async def _select_step(self, saga_id: str, step_order: int) -> Row | None:
+        sql = "SELECT * FROM saga_steps WHERE saga_id = $1 AND step_order = $2"
+        return _row(await self._pool.fetchrow(sql, saga_id, step_order))
+
+    async def _renew(self, lease: Lease, expires: datetime) -> bool:
+        sql = f"UPDATE saga_instances SET lease_expires_at = $4 WHERE {_FENCE}"
+        status = await self._pool.execute(sql, lease.saga_id, lease.version, lease.owner, expires)
+        return bool(status == "UPDATE 1")
+
+    async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
+        sql = (
+            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = $4 "
+            f"WHERE {_FENCE}"
+        )
+        args = (lease.saga_id, lease.version, lease.owner, next_run_at)
+        return bool(await self._pool.execute(sql, *args) == "UPDATE 1")
+
+    async def _claim_due(
+        self, owner: str, now: datetime, expires: datetime, limit: int
+    ) -> list[Row]:
+        sql = f"""
+            WITH due AS (
+                SELECT id FROM saga_instances
+                WHERE {_ACTIVE}
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+                  AND (next_run_at IS NULL OR next_run_at <= $1)
+                ORDER BY created_at
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE saga_instances AS s
+            SET owner = $2, lease_expires_at = $3, lease_version = s.lease_version + 1,
+                next_run_at = NULL
+            FROM due WHERE s.id = due.id
+            RETURNING s.*"""
+        return _rows(await self._pool.fetch(sql, now, owner, expires, limit))
+
+    async def _claim_one(
+        self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
+    ) -> Row | None:
+        sql = """
+            UPDATE saga_instances
+            SET owner = $2, lease_expires_at = $3, lease_version = lease_version + 1,
+                next_run_at = NULL
+            WHERE id = $1 AND ($5 OR lease_expires_at IS NULL OR lease_expires_at <= $4)
+            RETURNING *"""
+        return _row(await self._pool.fetchrow(sql, saga_id, owner, expires, now, force))
+
+    async def _select_detail(
+        self, saga_id: str
+    ) -> tuple[Row, list[Row], list[Row], list[Row]] | None:
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            instance = await conn.fetchrow("SELECT * FROM saga_instances WHERE id = $1", saga_id)
+            if instance is None:
+                return None
+            steps = await conn.fetch(
+                "SELECT * FROM saga_steps WHERE saga_id = $1 ORDER BY step_order", saga_id
+            )
+            attempts = await conn.fetch(
+                "SELECT * FROM saga_step_attempts WHERE saga_id = $1 ORDER BY id", saga_id
+            )
+            events = await conn.fetch(
+                "SELECT * FROM saga_events WHERE saga_id = $1 ORDER BY at, id", saga_id
+            )
+        return dict(instance), _rows(steps), _rows(attempts), _rows(events)
+
+    async def _select_page(
+        self, where: ListFilter, limit: int, before: PageCursor | None
+    ) -> list[Row]:
+        sql, args = sqltext.page(where, limit, before, _param)
+        return _rows(await self._pool.fetch(sql, *args))
+
+    async def _count_by_status(self) -> dict[str, int]:
+        sql = "SELECT status, count(*) AS n FROM saga_instances GROUP BY status"
+        return {r["status"]: r["n"] for r in await self._pool.fetch(sql)}
+
+    async def _count_in(self, statuses: frozenset[str]) -> int:
+        sql = "SELECT count(*) FROM saga_instances WHERE status = ANY($1::text[])"
+        return int(await self._pool.fetchval(sql, list(statuses)))
+
+    async def _oldest_in(self, statuses: frozenset[str]) -> datetime | None:
+        sql = "SELECT min(created_at) FROM saga_instances WHERE status = ANY($1::text[])"
+        oldest: datetime | None = await self._pool.fetchval(sql, list(statuses))
+        return oldest
+
+    async def _insert_event(self, row: Row) -> Row | None:
+        sql = """
+            INSERT INTO saga_events (saga_id, at, actor, action, detail)
+            SELECT $1, $2::timestamptz, $3, $4, $5::jsonb
+            WHERE EXISTS (SELECT 1 FROM saga_instances WHERE id = $1)
+            RETURNING *"""
+        args = (row["saga_id"], row["at"], row["actor"], row["action"], row["detail"])
+        return _row(await self._pool.fetchrow(sql, *args))
+
+    async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
+        sql = """
+            WITH doomed AS (
+                SELECT id FROM saga_instances
+                WHERE status IN ('completed', 'compensated')
+                  AND COALESCE(completed_at, compensated_at) < $1
+                ORDER BY COALESCE(completed_at, compensated_at)
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            DELETE FROM saga_instances WHERE id IN (SELECT id FROM doomed)"""
+        status: str = await self._pool.execute(sql, cutoff, limit)
+        return int(status.rsplit(" ", 1)[-1])

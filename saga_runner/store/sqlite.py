@@ -1,0 +1,389 @@
+"""The SQLite saga store (embedded default): one writer connection, one reader, WAL mode.
+
+Every write runs in ``BEGIN IMMEDIATE``, which takes the database write lock up front: writes
+from this process are serialised by an ``asyncio.Lock`` on the writer connection, and writes
+from other processes sharing the file (``workers > 1``) wait on ``busy_timeout``. Taking the lock
+first also means a read-then-write never fails half-way with ``SQLITE_BUSY_SNAPSHOT``.
+Timestamps are fixed-width ISO-8601 UTC text (they compare correctly as text); JSON columns hold
+JSON text. Rows are decoded to the same Python types the PostgreSQL store returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+
+from saga_runner.errors import StoreError
+from saga_runner.records import Lease, PageCursor
+from saga_runner.store import migrations, sqltext
+from saga_runner.store.base import SagaStore
+from saga_runner.store.core import Clock, ListFilter, Row
+
+_JSON_COLUMNS: Final = frozenset(
+    {"input", "response", "execute_data", "compensate_data", "result", "detail", "body"}
+)
+_TIME_COLUMNS: Final = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "compensated_at",
+        "lease_expires_at",
+        "next_run_at",
+        "next_retry_at",
+        "started_at",
+        "at",
+    }
+)
+_ACTIVE: Final = "status IN ('running', 'compensating')"
+_FENCE: Final = "id = ?1 AND lease_version = ?2 AND owner = ?3"
+_BUSY_TIMEOUT_MS: Final = 10_000
+
+
+def _param(n: int) -> str:
+    return f"?{n}"
+
+
+def _numbered(first: int, count: int) -> str:
+    return ", ".join(_param(n) for n in range(first, first + count))
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _encode(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _JSON_COLUMNS:
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return _timestamp(value)
+    return value
+
+
+def _encode_all(row: Row) -> list[Any]:
+    return [_encode(column, value) for column, value in row.items()]
+
+
+def _decode(row: sqlite3.Row | None) -> Row | None:
+    if row is None:
+        return None
+    decoded: Row = {}
+    for column, value in zip(row.keys(), row, strict=True):
+        if value is not None and column in _JSON_COLUMNS:
+            value = json.loads(value)
+        elif value is not None and column in _TIME_COLUMNS:
+            value = datetime.fromisoformat(value).astimezone(UTC)
+        decoded[column] = value
+    return decoded
+
+
+def _decode_all(rows: Iterable[sqlite3.Row]) -> list[Row]:
+    return [r for r in map(_decode, rows) if r is not None]
+
+
+async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    if read_only:
+        await conn.execute("PRAGMA query_only = ON")
+    else:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class SqliteStore(SagaStore):
+    """The saga store in one SQLite file (embedded default; one host)."""
+
+    backend = "sqlite"
+    driver_errors = (sqlite3.Error,)
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection | None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(clock)
+        self._writer = writer
+        self._reader = reader or writer
+        self._write_lock = asyncio.Lock()
+        self._read_lock = self._write_lock if reader is None else asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: Path | str, *, clock: Clock | None = None) -> SqliteStore:
+        """Open (creating if needed) the database file; ``":memory:"`` for a private one.
+
+        Args:
+            path: the database file; its directory is created when missing.
+            clock: where "now" comes from; defaults to the system clock.
+
+        Raises:
+            StoreError: the file cannot be opened.
+        """
+        memory = str(path) == ":memory:"
+        writer: aiosqlite.Connection | None = None
+        try:
+            if not memory:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            writer = await _open(str(path), read_only=False)
+            reader = None if memory else await _open(str(path), read_only=True)
+        except (sqlite3.Error, OSError) as exc:
+            if writer is not None:
+                await writer.close()
+            raise StoreError(f"cannot open SQLite saga store {str(path)!r}: {exc}") from exc
+        return cls(writer, reader, clock)
+
+    def _describe(self, exc: BaseException) -> str:
+        text = super()._describe(exc)
+        if text.startswith("no such table"):
+            return f"{text}: the saga tables are missing; run migrate"
+        return text
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            conn = self._writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+
+    async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        async with self._read_lock, self._reader.execute(sql, args) as cursor:
+            return _decode(await cursor.fetchone())
+
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._read_lock, self._reader.execute(sql, args) as cursor:
+            return _decode_all(await cursor.fetchall())
+
+    async def _migrate(self) -> list[int]:
+        async with self._write() as conn:
+            return await migrations.migrate_sqlite(conn)
+
+    async def _ping(self) -> None:
+        await self._fetchone("SELECT 1 AS ok")
+
+    async def _close(self) -> None:
+        if self._reader is not self._writer:
+            await self._reader.close()
+        await self._writer.close()
+
+    async def _insert_definition(self, row: Row) -> None:
+        sql = sqltext.insert("saga_definitions", list(row), _param)
+        async with self._write() as conn:
+            await conn.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", _encode_all(row))
+
+    async def _select_definition(self, definition_hash: str) -> Row | None:
+        return await self._fetchone(
+            "SELECT * FROM saga_definitions WHERE hash = ?1", [definition_hash]
+        )
+
+    async def _insert_instance(self, instance: Row, steps: list[Row]) -> Row | None:
+        sql = sqltext.insert("saga_instances", list(instance), _param)
+        sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
+        async with self._write() as conn:
+            async with conn.execute(sql, _encode_all(instance)) as cursor:
+                created = _decode(await cursor.fetchone())
+            if created is not None and steps:
+                step_sql = sqltext.insert("saga_steps", list(steps[0]), _param)
+                await conn.executemany(step_sql, [_encode_all(s) for s in steps])
+            return created
+
+    async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
+        sql = "SELECT * FROM saga_instances WHERE business_type = ?1 AND idempotency_key = ?2"
+        return await self._fetchone(sql, [business_type, key])
+
+    async def _update_instance(
+        self, lease: Lease, sources: frozenset[str] | None, changes: Row
+    ) -> Row | None:
+        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
+        status_clause = ""
+        if sources is not None:
+            status_clause = f" AND status IN ({_numbered(4, len(sources))})"
+            args += sorted(sources)
+        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
+        async with self._write() as conn, conn.execute(sql, args + _encode_all(changes)) as cursor:
+            return _decode(await cursor.fetchone())
+
+    async def _update_step(
+        self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
+    ) -> Row | None:
+        args: list[Any] = [lease.saga_id, lease.version, lease.owner, step_order, *sorted(sources)]
+        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        sql = f"""
+            UPDATE saga_steps SET {assignments}
+            WHERE saga_id = ?1 AND step_order = ?4 AND status IN ({_numbered(5, len(sources))})
+              AND EXISTS (SELECT 1 FROM saga_instances WHERE {_FENCE})
+            RETURNING *"""
+        touch = "UPDATE saga_instances SET updated_at = ?2 WHERE id = ?1"
+        async with self._write() as conn:
+            async with conn.execute(sql, args + _encode_all(changes)) as cursor:
+                step = _decode(await cursor.fetchone())
+            if step is not None:
+                await conn.execute(touch, [lease.saga_id, _timestamp(changes["updated_at"])])
+            return step
+
+    async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
+        sql = f"""
+            INSERT INTO saga_step_attempts (saga_id, step_order, kind, attempt, started_at,
+                                            duration_ms, status_code, error)
+            SELECT ?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+            WHERE EXISTS (SELECT 1 FROM saga_instances WHERE {_FENCE})
+              AND EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?4)
+            RETURNING *"""
+        columns = ("step_order", "kind", "attempt", "started_at", "duration_ms", "status_code")
+        values = [_encode(c, row[c]) for c in (*columns, "error")]
+        args = [lease.saga_id, lease.version, lease.owner, *values]
+        async with self._write() as conn, conn.execute(sql, args) as cursor:
+            return _decode(await cursor.fetchone())
+
+    async def _select_instance(self, saga_id: str) -> Row | None:
+        return await self._fetchone("SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
+
+    async def _select_step(self, saga_id: str, step_order: int) -> Row | None:
+        sql = "SELECT * FROM saga_steps WHERE saga_id = ?1 AND step_order = ?2"
+        return await self._fetchone(sql, [saga_id, step_order])
+
+    async def _changed_one(self, sql: str, args: Sequence[Any]) -> bool:
+        async with self._write() as conn, conn.execute(sql, args) as cursor:
+            return cursor.rowcount == 1
+
+    async def _renew(self, lease: Lease, expires: datetime) -> bool:
+        sql = f"UPDATE saga_instances SET lease_expires_at = ?4 WHERE {_FENCE}"
+        return await self._changed_one(
+            sql, [lease.saga_id, lease.version, lease.owner, _timestamp(expires)]
+        )
+
+    async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
+        sql = (
+            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = ?4 "
+            f"WHERE {_FENCE}"
+        )
+        due = None if next_run_at is None else _timestamp(next_run_at)
+        return await self._changed_one(sql, [lease.saga_id, lease.version, lease.owner, due])
+
+    async def _claim_due(
+        self, owner: str, now: datetime, expires: datetime, limit: int
+    ) -> list[Row]:
+        sql = f"""
+            UPDATE saga_instances
+            SET owner = ?2, lease_expires_at = ?3, lease_version = lease_version + 1,
+                next_run_at = NULL
+            WHERE id IN (
+                SELECT id FROM saga_instances
+                WHERE {_ACTIVE}
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)
+                  AND (next_run_at IS NULL OR next_run_at <= ?1)
+                ORDER BY created_at
+                LIMIT ?4
+            )
+            RETURNING *"""
+        args = [_timestamp(now), owner, _timestamp(expires), limit]
+        async with self._write() as conn, conn.execute(sql, args) as cursor:
+            return _decode_all(await cursor.fetchall())
+
+    async def _claim_one(
+        self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
+    ) -> Row | None:
+        sql = """
+            UPDATE saga_instances
+            SET owner = ?2, lease_expires_at = ?3, lease_version = lease_version + 1,
+                next_run_at = NULL
+            WHERE id = ?1 AND (?5 OR lease_expires_at IS NULL OR lease_expires_at <= ?4)
+            RETURNING *"""
+        args = [saga_id, owner, _timestamp(expires), _timestamp(now), int(force)]
+        async with self._write() as conn, conn.execute(sql, args) as cursor:
+            return _decode(await cursor.fetchone())
+
+    async def _select_detail(
+        self, saga_id: str
+    ) -> tuple[Row, list[Row], list[Row], list[Row]] | None:
+        queries = (
+            "SELECT * FROM saga_steps WHERE saga_id = ?1 ORDER BY step_order",
+            "SELECT * FROM saga_step_attempts WHERE saga_id = ?1 ORDER BY id",
+            "SELECT * FROM saga_events WHERE saga_id = ?1 ORDER BY at, id",
+        )
+        async with self._read_lock:
+            conn = self._reader
+            # One read transaction: the four reads see the same snapshot.
+            await conn.execute("BEGIN")
+            try:
+                async with conn.execute(
+                    "SELECT * FROM saga_instances WHERE id = ?1", [saga_id]
+                ) as c:
+                    instance = _decode(await c.fetchone())
+                children = []
+                for sql in queries:
+                    async with conn.execute(sql, [saga_id]) as cursor:
+                        children.append(_decode_all(await cursor.fetchall()))
+            finally:
+                await conn.execute("COMMIT")
+        if instance is None:
+            return None
+        steps, attempts, events = children
+        return instance, steps, attempts, events
+
+    async def _select_page(
+        self, where: ListFilter, limit: int, before: PageCursor | None
+    ) -> list[Row]:
+        sql, args = sqltext.page(where, limit, before, _param)
+        return await self._fetchall(sql, [_encode("", a) for a in args])
+
+    async def _count_by_status(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "SELECT status, count(*) AS n FROM saga_instances GROUP BY status"
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    async def _count_in(self, statuses: frozenset[str]) -> int:
+        marks = _numbered(1, len(statuses))
+        sql = f"SELECT count(*) AS n FROM saga_instances WHERE status IN ({marks})"
+        row = await self._fetchone(sql, sorted(statuses))
+        return int(row["n"]) if row else 0
+
+    async def _oldest_in(self, statuses: frozenset[str]) -> datetime | None:
+        sql = (
+            "SELECT min(created_at) AS created_at FROM saga_instances "
+            f"WHERE status IN ({_numbered(1, len(statuses))})"
+        )
+        row = await self._fetchone(sql, sorted(statuses))
+        return None if row is None else row["created_at"]
+
+    async def _insert_event(self, row: Row) -> Row | None:
+        sql = """
+            INSERT INTO saga_events (saga_id, at, actor, action, detail)
+            SELECT ?1, ?2, ?3, ?4, ?5
+            WHERE EXISTS (SELECT 1 FROM saga_instances WHERE id = ?1)
+            RETURNING *"""
+        async with self._write() as conn, conn.execute(sql, _encode_all(row)) as cursor:
+            return _decode(await cursor.fetchone())
+
+    async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
+        sql = """
+            DELETE FROM saga_instances WHERE id IN (
+                SELECT id FROM saga_instances
+                WHERE status IN ('completed', 'compensated')
+                  AND COALESCE(completed_at, compensated_at) < ?1
+                ORDER BY COALESCE(completed_at, compensated_at)
+                LIMIT ?2
+            )"""
+        async with self._write() as conn, conn.execute(sql, [_timestamp(cutoff), limit]) as cursor:
+            return cursor.rowcount

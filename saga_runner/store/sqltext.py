@@ -1,0 +1,68 @@
+"""SQL text shared by both backends, rendered with each dialect's placeholder style.
+
+Only the statements whose shape depends on the arguments live here (which columns an update
+sets, which filters a list applies). Column names always come from this package's code, never
+from user input; ``column`` checks that anyway, so a future caller cannot inject SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from saga_runner.records import PageCursor
+from saga_runner.store.core import ListFilter
+
+Placeholder = Callable[[int], str]
+"""Renders the n-th (1-based) parameter: ``$n`` for asyncpg, ``?n`` for SQLite."""
+
+_COLUMN_RE = re.compile(r"^[a-z][a-z_]*$")
+
+
+def column(name: str) -> str:
+    """Return ``name`` if it is a plain lower-case column name, else raise ``ValueError``."""
+    if not _COLUMN_RE.match(name):
+        raise ValueError(f"not a column name: {name!r}")
+    return name
+
+
+def assignments(changes: Mapping[str, Any], param: Placeholder, first: int) -> str:
+    """``a = $first, b = $first+1, ...`` for an UPDATE's SET list, in ``changes`` order."""
+    return ", ".join(
+        f"{column(name)} = {param(first + offset)}" for offset, name in enumerate(changes)
+    )
+
+
+def insert(table: str, columns: Sequence[str], param: Placeholder) -> str:
+    """``INSERT INTO table (columns) VALUES (placeholders)``."""
+    names = ", ".join(column(c) for c in columns)
+    values = ", ".join(param(n) for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {column(table)} ({names}) VALUES ({values})"
+
+
+def page(
+    where: ListFilter, limit: int, before: PageCursor | None, param: Placeholder
+) -> tuple[str, list[Any]]:
+    """The ``list_sagas`` query (newest first, keyset-paged) and its arguments."""
+    args: list[Any] = []
+    conditions: list[str] = []
+    filters = (
+        ("status", where.status),
+        ("business_type", where.name),
+        ("business_id", where.business_id),
+    )
+    for name, value in filters:
+        if value is not None:
+            args.append(str(value))
+            conditions.append(f"{name} = {param(len(args))}")
+    if before is not None:
+        args += [before.created_at, before.saga_id]
+        conditions.append(f"(created_at, id) < ({param(len(args) - 1)}, {param(len(args))})")
+    args.append(limit)
+    clause = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    sql = (
+        f"SELECT * FROM saga_instances {clause}"
+        f"ORDER BY created_at DESC, id DESC LIMIT {param(len(args))}"
+    )
+    return sql, args
