@@ -7,7 +7,9 @@ Exception tree::
     │   ├── UpstreamUnreachable  connection refused / DNS / pool: nothing was sent (→ 502)
     │   ├── UpstreamReset        connection dropped after the request was sent (→ 502)
     │   └── UpstreamTimeout      no answer (or no next chunk) within ``upstream.timeout`` (→ 504)
-    └── RequestBodyTooLarge      the request body exceeds a configured limit (→ 413)
+    └── RequestBodyError         the client's request body cannot be accepted
+        ├── RequestBodyTooLarge  the request body exceeds a configured limit (→ 413)
+        └── RequestBodyTimeout   the client paused longer than ``limits.read_timeout`` (→ 408)
 """
 
 from __future__ import annotations
@@ -53,9 +55,27 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(detail, sent=True)
 
 
-class RequestBodyTooLarge(SidecarError):
+class RequestBodyError(SidecarError):
+    """The client's request body cannot be accepted; ``status`` is the answer to give."""
+
+    status = 400
+
+
+class RequestBodyTooLarge(RequestBodyError):
     """The request body is larger than the configured limit."""
+
+    status = 413
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class RequestBodyTimeout(RequestBodyError):
+    """The client sent no body bytes for longer than the read timeout."""
+
+    status = 408
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"no request body data received for {timeout:g}s")
+        self.timeout = timeout

@@ -8,6 +8,7 @@ handler composing the two. Bodies are never held whole in memory on this path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.errors import (
+    RequestBodyError,
+    RequestBodyTimeout,
     RequestBodyTooLarge,
     UpstreamReset,
     UpstreamTimeout,
@@ -32,14 +35,47 @@ RequestBody = bytes | AsyncIterator[bytes] | None
 ChunkSink = Callable[[bytes], None]
 
 
-async def limited_body(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """Yield the request body chunk by chunk, raising RequestBodyTooLarge past ``limit`` bytes."""
+async def limited_body(
+    stream: aiohttp.StreamReader, limit: int, read_timeout: float | None = None
+) -> AsyncIterator[bytes]:
+    """Yield the request body chunk by chunk.
+
+    Raises:
+        RequestBodyTooLarge: past ``limit`` bytes.
+        RequestBodyTimeout: when the client sends nothing for ``read_timeout`` seconds.
+    """
     received = 0
-    async for chunk in stream.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(read_timeout):
+                chunk = await stream.readany()
+        except TimeoutError:
+            raise RequestBodyTimeout(read_timeout or 0) from None
+        if not chunk:
+            return
         received += len(chunk)
         if received > limit:
             raise RequestBodyTooLarge(limit)
         yield chunk
+
+
+def request_body_error(exc: BaseException) -> RequestBodyError | None:
+    """The RequestBodyError behind ``exc``, if reading the client's body is what failed.
+
+    aiohttp's client sends the body from its own task and reports a failure of the body
+    iterator as a ``ClientConnectionError`` caused by it.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RequestBodyError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return str(cause) or type(cause).__name__
 
 
 def check_declared_length(request: web.Request, limit: int) -> None:
@@ -57,11 +93,13 @@ class Forwarder:
         base_url: str,
         timeout: float,
         max_request_body: int,
+        read_timeout: float | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         self.max_request_body = max_request_body
+        self.read_timeout = read_timeout
 
     def upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
         """End-to-end request headers plus X-Forwarded-* and the request id."""
@@ -85,7 +123,7 @@ class Forwarder:
             UpstreamUnreachable: nothing was sent (connection refused, DNS, pool).
             UpstreamReset: the connection broke after sending.
             UpstreamTimeout: no response headers within the timeout.
-            RequestBodyTooLarge: the streamed body exceeded the limit.
+            RequestBodyError: reading the client's streamed body failed (too large, too slow).
         """
         url = URL(self.base_url + request.raw_path, encoded=True)
         started = time.perf_counter()
@@ -99,16 +137,19 @@ class Forwarder:
                 allow_redirects=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
-        except RequestBodyTooLarge:
+        except RequestBodyError:
             raise
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"upstream unreachable: {exc.os_error or exc}") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(
-                f"upstream did not answer within {self.timeout.sock_read}s"
+                f"upstream did not answer within {self.timeout.sock_read:g}s"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamReset(f"upstream connection failed: {exc or type(exc).__name__}") from exc
+            body_error = request_body_error(exc)
+            if body_error is not None:
+                raise body_error from exc
+            raise UpstreamReset(f"upstream connection failed: {_reason(exc)}") from exc
         request[UPSTREAM_SECONDS] = time.perf_counter() - started
         return response
 
@@ -117,7 +158,7 @@ class Forwarder:
         if not request.body_exists:
             return None
         check_declared_length(request, self.max_request_body)
-        return limited_body(request.content, self.max_request_body)
+        return limited_body(request.content, self.max_request_body, self.read_timeout)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Catch-all handler: stream the request to the upstream and its answer back."""

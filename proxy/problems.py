@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import RequestBodyTooLarge, UpstreamError
+from proxy.errors import RequestBodyError, UpstreamError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 log = logging.getLogger("saga_sidecar.problems")
@@ -51,8 +51,11 @@ def problem_for_exception(exc: BaseException) -> web.Response:
     """Map a known exception to its problem response (500 for anything unexpected)."""
     if isinstance(exc, UpstreamError):
         return problem_response(exc.status, exc.detail, title=exc.title)
-    if isinstance(exc, RequestBodyTooLarge):
-        return problem_response(413, str(exc))
+    if isinstance(exc, RequestBodyError):
+        # The rest of the body is unread: the connection cannot carry another request.
+        response = problem_response(exc.status, str(exc))
+        response.force_close()
+        return response
     if isinstance(exc, web.HTTPException):
         detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
         return problem_response(exc.status, detail or exc.reason, headers=_kept_headers(exc))
@@ -72,7 +75,7 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         if exc.status < 400:
             raise
         return problem_for_exception(exc)
-    except (UpstreamError, RequestBodyTooLarge) as exc:
+    except (UpstreamError, RequestBodyError) as exc:
         return problem_for_exception(exc)
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)

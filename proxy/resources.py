@@ -30,6 +30,7 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         config.upstream.url,
         config.upstream.timeout,
         config.limits.max_request_body,
+        config.limits.read_timeout,
     )
     yield
     await session.close()

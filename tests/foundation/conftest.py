@@ -1,0 +1,29 @@
+"""Fixtures of the foundation suite: the echo upstream in a thread and an HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+
+from foundation.upstreams import upstream_app
+
+if TYPE_CHECKING:
+    from conftest import Upstream
+
+
+@pytest.fixture(scope="module")
+def upstream(app_in_thread: Callable[..., Upstream]) -> Upstream:
+    """The foundation upstream app, serving from a background thread for the whole module."""
+    return app_in_thread(upstream_app())
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session: no decompression, no cookies kept."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
+        yield session
