@@ -1,0 +1,422 @@
+"""``{{ path }}`` templates in saga files: parsed once at load time, rendered per call.
+
+A template is plain text with ``{{ dotted.path }}`` lookups, never code. Roots:
+``input`` (the trigger's JSON body), ``headers`` (trigger request headers, lower-case names),
+``saga.id``, ``saga.business_id``, and ``steps.NAME.status`` / ``.body`` / ``.headers``. Deeper
+segments index into objects by key and into lists by integer index (``input.items.0.sku``); header
+names are matched case-insensitively (the segment is lower-cased at parse time).
+
+Rendering rules:
+
+- A string that is exactly one ``{{ … }}`` (nothing around it, not even spaces; spaces inside the
+  braces are fine) keeps the value's JSON type in a body (``"{{ input.amount }}"`` renders the
+  number ``12.5``, an object stays an object).
+- Anywhere else a value is interpolated as text: a string as itself, every other value as its
+  compact JSON text (``12.5``, ``true``, ``false``, ``null``, ``{"a":1}``).
+- In a call ``path`` every substituted value is percent-encoded as ONE path segment (``/``, ``\\``,
+  ``?``, ``#``, ``%``, spaces and control characters all encoded; a value made only of dots becomes
+  ``%2E``…), so no value can change the scheme, host or path structure; ``null``, objects, lists
+  and empty strings are refused there. ``build_url`` joins a service URL with a rendered path and
+  checks the result is still on that service.
+- Header values are text; a rendered value containing CR, LF or NUL is refused.
+- A lookup that cannot be resolved at run time raises ``TemplateError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from yarl import URL
+
+from saga_runner.errors import TemplateError
+
+Loc = tuple[str | int, ...]
+
+_TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
+_STEP_FIELDS = ("status", "body", "headers")
+_FORBIDDEN_IN_HEADER = ("\r", "\n", "\0")
+_PATH_UNSAFE_RE = re.compile(r"[^\x21-\x7e]|[\\#]")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One ``{{ dotted.path }}`` lookup, split into segments."""
+
+    segments: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return ".".join(self.segments)
+
+    @property
+    def root(self) -> str:
+        """The first segment: ``input``, ``headers``, ``saga`` or ``steps``."""
+        return self.segments[0]
+
+    @property
+    def step(self) -> str | None:
+        """The step name for a ``steps.NAME…`` lookup, else None."""
+        return self.segments[1] if self.root == "steps" else None
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse the inside of ``{{ … }}``; raise ValueError if it is not a known lookup."""
+    path = text.strip()
+    if not _PATH_RE.match(path):
+        raise ValueError(
+            f"malformed template '{{{{{text}}}}}': expected a dotted path like input.order_no"
+        )
+    segments = path.split(".")
+    problem = _shape_problem(segments)
+    if problem:
+        raise ValueError(f"template '{{{{ {path} }}}}': {problem}")
+    if segments[0] == "headers" and len(segments) == 2:
+        segments[1] = segments[1].lower()
+    elif segments[0] == "steps" and len(segments) == 4 and segments[2] == "headers":
+        segments[3] = segments[3].lower()
+    return Reference(tuple(segments))
+
+
+def _shape_problem(segments: Sequence[str]) -> str | None:
+    root, depth = segments[0], len(segments)
+    if root == "input":
+        return None
+    if root == "headers":
+        return None if depth <= 2 else "a header value has no fields (use headers.NAME)"
+    if root == "saga":
+        if depth == 2 and segments[1] in ("id", "business_id"):
+            return None
+        return "the saga root has only saga.id and saga.business_id"
+    if root == "steps":
+        return _step_shape_problem(segments)
+    return f"unknown root {root!r} (use input, headers, saga or steps)"
+
+
+def _step_shape_problem(segments: Sequence[str]) -> str | None:
+    if len(segments) < 3 or segments[2] not in _STEP_FIELDS:
+        return "a step lookup is steps.NAME.status, steps.NAME.body or steps.NAME.headers"
+    if segments[2] == "status" and len(segments) > 3:
+        return "steps.NAME.status is a number and has no fields"
+    if segments[2] == "headers" and len(segments) > 4:
+        return "a header value has no fields (use steps.NAME.headers.HEADER)"
+    return None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a finished step call answered: its status, parsed body and headers."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything a template may look up while a saga runs.
+
+    Args:
+        input: the trigger's parsed JSON body (None when it had none).
+        headers: the trigger's request headers (any case; matched lower-case).
+        saga_id: the saga instance id.
+        business_id: the rendered ``business_id`` (None when the saga has none).
+        steps: results of the steps that answered so far, by step name.
+    """
+
+    input: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    saga_id: str = ""
+    business_id: str | None = None
+    steps: Mapping[str, StepResult] = field(default_factory=dict)
+
+    @cached_property
+    def _roots(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "headers": {name.lower(): value for name, value in self.headers.items()},
+            "saga": {"id": self.saga_id, "business_id": self.business_id},
+        }
+
+    def lookup(self, ref: Reference) -> Any:
+        """Resolve ``ref``; raise TemplateError naming the path when it cannot be."""
+        if ref.root == "steps":
+            result = self.steps.get(ref.segments[1])
+            if result is None:
+                raise TemplateError(f"{{{{ {ref} }}}}: step {ref.segments[1]!r} has no result")
+            value: Any = {
+                "status": result.status,
+                "body": result.body,
+                "headers": {k.lower(): v for k, v in result.headers.items()},
+            }[ref.segments[2]]
+            return _walk(value, ref, 3)
+        return _walk(self._roots[ref.root], ref, 1)
+
+
+def _walk(value: Any, ref: Reference, start: int) -> Any:
+    for index in range(start, len(ref.segments)):
+        segment = ref.segments[index]
+        where = ".".join(ref.segments[:index])
+        if isinstance(value, Mapping):
+            if segment not in value:
+                raise TemplateError(f"{{{{ {ref} }}}}: {where} has no key {segment!r}")
+            value = value[segment]
+        elif isinstance(value, list | tuple):
+            if not (segment.isascii() and segment.isdigit()):
+                raise TemplateError(f"{{{{ {ref} }}}}: {where} is a list, {segment!r} no index")
+            if int(segment) >= len(value):
+                raise TemplateError(
+                    f"{{{{ {ref} }}}}: {where} has {len(value)} items, no index {segment}"
+                )
+            value = value[int(segment)]
+        else:
+            kind = "null" if value is None else type(value).__name__
+            raise TemplateError(f"{{{{ {ref} }}}}: {where} is {kind}, it has no {segment!r}")
+    return value
+
+
+def as_text(value: Any) -> str:
+    """Text form of a looked-up value: strings as-is, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def encode_segment(value: Any, ref: Reference) -> str:
+    """Percent-encode ``value`` as exactly one URL path segment (see the module docstring)."""
+    if value is None or isinstance(value, Mapping | list | tuple):
+        kind = "null" if value is None else "an object or list"
+        raise TemplateError(f"{{{{ {ref} }}}}: is {kind}, cannot be used in a path")
+    text = as_text(value)
+    if not text:
+        raise TemplateError(f"{{{{ {ref} }}}}: is empty, cannot be used as a path segment")
+    if text.strip(".") == "":
+        return "%2E" * len(text)
+    return quote(text, safe="")
+
+
+class CompiledValue(ABC):
+    """A parsed JSON value (body) or string whose templates can be rendered."""
+
+    @abstractmethod
+    def render(self, ctx: RenderContext) -> Any:
+        """Render with ``ctx``; raise TemplateError on a failed lookup."""
+
+    @abstractmethod
+    def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
+        """Every template inside, with its location relative to this value."""
+
+
+@dataclass(frozen=True)
+class Template(CompiledValue):
+    """A parsed string: literal text and references, in order."""
+
+    source: str
+    parts: tuple[str | Reference, ...]
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        """The lookups this template makes."""
+        return tuple(p for p in self.parts if isinstance(p, Reference))
+
+    @property
+    def literal_text(self) -> str:
+        """The text with every lookup replaced by ``x`` (used to check path structure)."""
+        return "".join(p if isinstance(p, str) else "x" for p in self.parts)
+
+    def render(self, ctx: RenderContext) -> Any:
+        """Exactly one lookup: the value, JSON type kept. Otherwise: text (see ``render_text``)."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], Reference):
+            return ctx.lookup(self.parts[0])
+        return self.render_text(ctx)
+
+    def render_text(self, ctx: RenderContext) -> str:
+        """Interpolate every lookup as text."""
+        return "".join(p if isinstance(p, str) else as_text(ctx.lookup(p)) for p in self.parts)
+
+    def render_path(self, ctx: RenderContext) -> str:
+        """Interpolate every lookup as one percent-encoded path segment."""
+        return "".join(
+            p if isinstance(p, str) else encode_segment(ctx.lookup(p), p) for p in self.parts
+        )
+
+    def render_header(self, ctx: RenderContext) -> str:
+        """Interpolate as text; raise TemplateError if the result contains CR, LF or NUL."""
+        text = self.render_text(ctx)
+        if any(c in text for c in _FORBIDDEN_IN_HEADER):
+            raise TemplateError(f"{self.source!r}: rendered header value contains CR, LF or NUL")
+        return text
+
+    def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
+        """This template, at ``loc``."""
+        yield loc, self
+
+
+@dataclass(frozen=True)
+class Constant(CompiledValue):
+    """A JSON number, boolean or null: rendered as itself."""
+
+    value: Any
+
+    def render(self, ctx: RenderContext) -> Any:
+        """The constant."""
+        return self.value
+
+    def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
+        """None."""
+        return iter(())
+
+
+@dataclass(frozen=True)
+class ListTemplate(CompiledValue):
+    """A JSON array whose items may hold templates."""
+
+    items: tuple[CompiledValue, ...]
+
+    def render(self, ctx: RenderContext) -> list[Any]:
+        """A new list of rendered items."""
+        return [item.render(ctx) for item in self.items]
+
+    def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
+        """The templates of every item."""
+        for index, item in enumerate(self.items):
+            yield from item.templates((*loc, index))
+
+
+@dataclass(frozen=True)
+class ObjectTemplate(CompiledValue):
+    """A JSON object whose values may hold templates (keys are literal)."""
+
+    items: tuple[tuple[str, CompiledValue], ...]
+
+    def render(self, ctx: RenderContext) -> dict[str, Any]:
+        """A new dict of rendered values."""
+        return {key: value.render(ctx) for key, value in self.items}
+
+    def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
+        """The templates of every value."""
+        for key, value in self.items:
+            yield from value.templates((*loc, key))
+
+
+def parse_template(text: str) -> Template:
+    """Parse a string with ``{{ … }}`` lookups; raise ValueError on malformed ones."""
+    parts: list[str | Reference] = []
+    position = 0
+    for match in _TEMPLATE_RE.finditer(text):
+        _add_literal(parts, text[position : match.start()], text)
+        parts.append(parse_reference(match.group(1)))
+        position = match.end()
+    _add_literal(parts, text[position:], text)
+    return Template(text, tuple(parts))
+
+
+def _add_literal(parts: list[str | Reference], literal: str, text: str) -> None:
+    if "{{" in literal:
+        raise ValueError(f"'{{{{' without a closing '}}}}' in {text!r}")
+    if literal:
+        parts.append(literal)
+
+
+def compile_json(value: Any, loc: Loc = ()) -> tuple[CompiledValue, list[tuple[Loc, str]]]:
+    """Parse every string inside a JSON value; return the compiled value and all problems.
+
+    A string that fails to parse compiles to a null placeholder; the caller must not render a
+    value whose problem list is non-empty.
+    """
+    if isinstance(value, str):
+        try:
+            return parse_template(value), []
+        except ValueError as exc:
+            return Constant(None), [(loc, str(exc))]
+    problems: list[tuple[Loc, str]] = []
+    if isinstance(value, list | tuple):
+        items = []
+        for index, item in enumerate(value):
+            compiled, found = compile_json(item, (*loc, index))
+            items.append(compiled)
+            problems += found
+        return ListTemplate(tuple(items)), problems
+    if isinstance(value, Mapping):
+        pairs = []
+        for key, item in value.items():
+            if "{{" in str(key):
+                problems.append(((*loc, key), "templates are not allowed in keys"))
+            compiled, found = compile_json(item, (*loc, key))
+            pairs.append((str(key), compiled))
+            problems += found
+        return ObjectTemplate(tuple(pairs)), problems
+    return Constant(value), []
+
+
+def compile_body(value: Any) -> CompiledValue:
+    """Compile a JSON body; raise ValueError naming the first problem."""
+    compiled, problems = compile_json(value)
+    if problems:
+        loc, message = problems[0]
+        raise ValueError(f"{'.'.join(map(str, loc)) or 'value'}: {message}")
+    return compiled
+
+
+def compile_path(text: str) -> Template:
+    """Parse a call path template; raise ValueError unless it is a safe absolute path.
+
+    The literal part must start with a single ``/``, be printable ASCII without spaces, ``\\``
+    or ``#``, and have no ``.``/``..`` segment; lookups are encoded at render time.
+    """
+    template = parse_template(text)
+    skeleton = template.literal_text
+    if not skeleton.startswith("/") or skeleton.startswith("//"):
+        raise ValueError(f"path must start with a single '/', got {text!r}")
+    if _PATH_UNSAFE_RE.search(skeleton):
+        raise ValueError(f"path must be printable ASCII without spaces, '\\' or '#': {text!r}")
+    path_part = skeleton.split("?", 1)[0]
+    if any(segment in (".", "..") for segment in path_part.split("/")):
+        raise ValueError(f"path must not contain '.' or '..' segments: {text!r}")
+    return template
+
+
+def compile_header(text: str) -> Template:
+    """Parse a header value template; raise ValueError if its literal text has CR, LF or NUL."""
+    if any(c in text for c in _FORBIDDEN_IN_HEADER):
+        raise ValueError("header value must not contain CR, LF or NUL")
+    return parse_template(text)
+
+
+def build_url(base_url: str, path: str) -> URL:
+    """Join a service base URL and a rendered path, and prove the result stays on that service.
+
+    Args:
+        base_url: the service URL from config ``services`` (``http(s)://host[:port][/prefix]``).
+        path: a path rendered by ``Template.render_path`` (may end in a literal ``?query``).
+
+    Returns:
+        A ``yarl.URL`` built with ``encoded=True``: pass it to aiohttp as is. (A ``str`` would be
+        re-parsed by yarl, which decodes ``%2E%2E`` and then removes the dot segment.)
+
+    Raises:
+        TemplateError: if the joined URL would leave the base URL's scheme, host, port or path
+            prefix, or contains a dot segment, whitespace, a control character or a fragment.
+    """
+    base = urlsplit(base_url)
+    if base.query or base.fragment or base.scheme not in ("http", "https") or not base.netloc:
+        raise TemplateError(f"service URL {base_url!r} must be http(s)://host[:port][/prefix]")
+    if not path.startswith("/") or path.startswith("//") or _PATH_UNSAFE_RE.search(path):
+        raise TemplateError(f"unsafe path {path!r} for service {base_url!r}")
+    prefix = base.path.rstrip("/")
+    joined = f"{base.scheme}://{base.netloc}{prefix}{path}"
+    parts = urlsplit(joined)
+    segments = parts.path.split("/")
+    if (
+        (parts.scheme, parts.netloc) != (base.scheme, base.netloc)
+        or not (parts.path + "/").startswith(prefix + "/")
+        or any(segment in (".", "..") for segment in segments)
+    ):
+        raise TemplateError(f"path {path!r} would leave service {base_url!r}")
+    return URL(joined, encoded=True)

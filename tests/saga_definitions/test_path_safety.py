@@ -1,0 +1,157 @@
+"""Call paths: substituted values are one encoded segment and never leave the service URL."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from aiohttp import ClientSession, web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from saga_runner.errors import TemplateError
+from saga_runner.template import RenderContext, build_url, compile_path
+
+BASE = "http://127.0.0.1:3001"
+
+INJECTIONS = [
+    "..",
+    ".",
+    "../../admin",
+    "//evil.example/x",
+    "http://evil/x",
+    "https://evil.example:443/",
+    "%2F%2Fevil",
+    "%2E%2E",
+    "a\\..\\b",
+    "a\nb",
+    "a\r\nHost: evil",
+    "?x=1",
+    "#frag",
+    "a/b",
+    "@evil.example",
+    " spaced ",
+    "ünï",
+]
+
+
+def render_path(template: str, value: object) -> str:
+    return compile_path(template).render_path(RenderContext(input={"v": value}))
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_injection_values_stay_one_segment_on_the_service(value: str) -> None:
+    path = render_path("/orders/{{ input.v }}/items", value)
+    url = build_url(BASE, path)
+    parts = urlsplit(str(url))
+    assert (parts.scheme, parts.netloc) == ("http", "127.0.0.1:3001")
+    assert (parts.query, parts.fragment) == ("", "")
+    segments = parts.path.split("/")
+    assert segments[:2] == ["", "orders"]
+    assert segments[3:] == ["items"]
+    assert segments[2] not in (".", "..")
+    assert unquote(segments[2]) == value
+    assert url.raw_path == parts.path
+
+
+@pytest.mark.parametrize(
+    ("value", "segment"),
+    [
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("//evil.example/x", "%2F%2Fevil.example%2Fx"),
+        ("http://evil/x", "http%3A%2F%2Fevil%2Fx"),
+        ("%2F%2F", "%252F%252F"),
+        ("a\\b", "a%5Cb"),
+        ("a\nb", "a%0Ab"),
+        ("?x=1", "%3Fx%3D1"),
+        ("#f", "%23f"),
+        ("ord_7", "ord_7"),
+        ("report.v2", "report.v2"),
+        (42, "42"),
+    ],
+)
+def test_values_are_percent_encoded_as_a_single_segment(value: object, segment: str) -> None:
+    assert render_path("/orders/{{ input.v }}", value) == f"/orders/{segment}"
+
+
+@pytest.mark.parametrize(("value", "kind"), [("", "empty"), (None, "null"), ({"a": 1}, "object")])
+def test_values_that_cannot_be_a_segment_are_refused(value: object, kind: str) -> None:
+    with pytest.raises(TemplateError, match=kind):
+        render_path("/orders/{{ input.v }}", value)
+
+
+def test_values_in_a_literal_query_are_encoded_too() -> None:
+    path = render_path("/orders?no={{ input.v }}", "a&admin=1")
+    assert path == "/orders?no=a%26admin%3D1"
+    assert str(build_url(BASE, path)) == f"{BASE}{path}"
+
+
+def test_base_url_path_prefix_is_kept() -> None:
+    url = build_url("https://api.example:8443/v1", render_path("/orders/{{ input.v }}", ".."))
+    assert str(url) == "https://api.example:8443/v1/orders/%2E%2E"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["orders", "//evil.example/x", "/a/../b", "/a/./b", "/a b", "/a#b", "/a\\b", "/a\nb"],
+)
+def test_build_url_refuses_paths_that_would_leave_the_service(path: str) -> None:
+    with pytest.raises(TemplateError):
+        build_url("http://127.0.0.1:3001/prefix", path)
+
+
+@pytest.mark.parametrize("base", ["ftp://h/x", "http://h/x?q=1", "http://h#f", "/relative"])
+def test_build_url_refuses_bad_service_urls(base: str) -> None:
+    with pytest.raises(TemplateError, match="must be http"):
+        build_url(base, "/orders")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("orders", "must start with a single '/'"),
+        ("{{ input.v }}/x", "must start with a single '/'"),
+        ("//{{ input.v }}", "must start with a single '/'"),
+        ("/a/../b", "'.' or '..' segments"),
+        ("/a/./{{ input.v }}", "'.' or '..' segments"),
+        ("/a b", "printable ASCII"),
+        ("/a#b", "printable ASCII"),
+        ("/a\\b", "printable ASCII"),
+        ("/caf\u00e9", "printable ASCII"),
+    ],
+)
+def test_unsafe_literal_paths_are_refused_at_load(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        compile_path(template)
+
+
+@given(st.text(min_size=1))
+def test_any_value_stays_one_segment(value: str) -> None:
+    url = build_url(BASE, render_path("/orders/{{ input.v }}", value))
+    parts = urlsplit(str(url))
+    assert parts.netloc == "127.0.0.1:3001"
+    assert (parts.query, parts.fragment) == ("", "")
+    _, orders, segment = parts.path.split("/")
+    assert orders == "orders"
+    assert unquote(segment) == value
+
+
+async def test_aiohttp_sends_the_encoded_segment_verbatim(
+    upstream_server: Callable[..., Awaitable[Any]],
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, request.match_info["id"]))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_delete("/orders/{id}", handler)
+    upstream = await upstream_server(app)
+    url = build_url(upstream.url, render_path("/orders/{{ input.v }}", ".."))
+    async with ClientSession() as session, session.delete(url) as response:
+        assert response.status == 200
+    assert seen == [("/orders/%2E%2E", "..")]
