@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RESULT_BODY = 1024 * 1024
@@ -125,7 +126,8 @@ class StepCaller:
         try:
             async with self.session.request(
                 request.method,
-                request.url,
+                # encoded=True: yarl would otherwise decode %2E%2E and drop the dot segment.
+                URL(request.url, encoded=True),
                 headers=headers,
                 data=data,
                 timeout=aiohttp.ClientTimeout(total=seconds),

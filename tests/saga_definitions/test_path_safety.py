@@ -11,6 +11,7 @@ from aiohttp import ClientSession, web
 from hypothesis import given
 from hypothesis import strategies as st
 
+from saga_runner.caller import StepCaller, StepRequest
 from saga_runner.errors import TemplateError
 from saga_runner.template import RenderContext, build_url, compile_path
 
@@ -155,3 +156,24 @@ async def test_aiohttp_sends_the_encoded_segment_verbatim(
     async with ClientSession() as session, session.delete(url) as response:
         assert response.status == 200
     assert seen == [("/orders/%2E%2E", "..")]
+
+
+async def test_step_caller_sends_a_built_url_without_re_normalising_it(
+    upstream_server: Callable[..., Awaitable[Any]],
+) -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    upstream = await upstream_server(app)
+    url = build_url(upstream.url, render_path("/orders/{{ input.v }}", ".."))
+    async with ClientSession() as session:
+        result = await StepCaller(session).call(
+            StepRequest(method="DELETE", url=str(url)), success=None, seconds=5
+        )
+    assert result.status == 200
+    assert seen == ["/orders/%2E%2E"]
