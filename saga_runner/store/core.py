@@ -74,6 +74,7 @@ class StoreCore(ABC):
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or utc_now
+        self._closed = False
 
     def now(self) -> datetime:
         """The store's current time (aware UTC, microsecond precision like the databases)."""
@@ -92,6 +93,8 @@ class StoreCore(ABC):
 
     @contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
+        if self._closed:
+            raise StoreError(f"{self.backend} saga store: {operation} after close()")
         try:
             yield
         except self.driver_errors as exc:
@@ -119,8 +122,11 @@ class StoreCore(ABC):
             await self._ping()
 
     async def close(self) -> None:
-        """Close the connections; the store is unusable afterwards."""
+        """Close the connections; the store is unusable afterwards. Closing twice is a no-op."""
+        if self._closed:
+            return
         with self._guard("close"):
+            self._closed = True
             await self._close()
 
     # -- backend primitives ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ CREATE TABLE saga_definitions (
 );
 
 CREATE TABLE saga_instances (
-    id                TEXT PRIMARY KEY,
+    id                TEXT COLLATE "C" PRIMARY KEY,  -- byte order, like SQLite: stable paging
     business_id       TEXT,
     business_type     TEXT NOT NULL,
     status            TEXT NOT NULL CHECK (status IN

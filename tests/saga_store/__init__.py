@@ -1,0 +1,1 @@
+"""Contract tests of the saga store, run against SQLite and PostgreSQL."""
