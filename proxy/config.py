@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from saga_runner.units import ByteSize, Duration
 from saga_runner.yamlfile import LocatedDocument, load_yaml, validate
@@ -185,13 +185,14 @@ class SidecarConfig(Model):
     """The whole sidecar config file. Only ``upstream.url`` is required."""
 
     listen: str = "0.0.0.0:8080"
-    workers: int | Literal["auto"] = Field(default=1)
     shutdown_grace: Duration = 30.0
     limits: Limits = Limits()
     admin: AdminConfig = AdminConfig()
     upstream: UpstreamConfig
     services: dict[str, str] = Field(default_factory=dict)
     idempotency: IdempotencyConfig = IdempotencyConfig()
+    # Declared after ``idempotency``: its validator checks the store is shared between workers.
+    workers: int | Literal["auto"] = Field(default=1)
     sagas: SagasConfig | None = None
     log: LogConfig = LogConfig()
     redact: RedactConfig = RedactConfig()
@@ -202,11 +203,32 @@ class SidecarConfig(Model):
         split_hostport(value)
         return value
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected a number of processes or 'auto', got {value!r}")
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(f"expected a number of processes or 'auto', got {value!r}")
+        if int(value) < 1:
+            raise ValueError(f"must be 1 or more, or 'auto', got {value!r}")
+        return int(value)
+
     @field_validator("workers")
     @classmethod
-    def _workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be 1 or more, or 'auto'")
+    def _memory_store_single_worker(
+        cls, value: int | Literal["auto"], info: ValidationInfo
+    ) -> int | Literal["auto"]:
+        idempotency = info.data.get("idempotency")
+        memory = isinstance(idempotency, IdempotencyConfig) and idempotency.store.startswith(
+            "memory:"
+        )
+        if memory and _worker_count(value) > 1:
+            raise ValueError(
+                "more than one worker needs a shared idempotency store (redis://), not memory://"
+            )
         return value
 
     @field_validator("services")
@@ -214,19 +236,15 @@ class SidecarConfig(Model):
     def _services(cls, value: dict[str, str]) -> dict[str, str]:
         return {name: _http_url(url) for name, url in value.items()}
 
-    @model_validator(mode="after")
-    def _memory_store_single_worker(self) -> SidecarConfig:
-        if self.idempotency.store.startswith("memory:") and self.worker_count() > 1:
-            raise ValueError(
-                "workers > 1 needs a shared idempotency store (redis://), not memory://"
-            )
-        return self
-
     def worker_count(self) -> int:
         """The number of worker processes (``auto``: the CPU count)."""
-        if self.workers == "auto":
-            return os.cpu_count() or 1
-        return int(self.workers)
+        return _worker_count(self.workers)
+
+
+def _worker_count(workers: int | str) -> int:
+    if workers == "auto":
+        return os.cpu_count() or 1
+    return int(workers)
 
 
 class LoadedConfig(Model):
@@ -247,6 +265,6 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Loade
     Raises:
         ConfigError: listing every problem as ``FILE:LINE: message``.
     """
-    doc: LocatedDocument = load_yaml(path, env)
+    doc: LocatedDocument = load_yaml(path, env, defer_issues=True)
     config = validate(doc, SidecarConfig)
     return LoadedConfig(path=Path(path).resolve(), config=config)

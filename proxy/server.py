@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, split_hostport
+from proxy.limits import LimitedAppRunner
 
 log = logging.getLogger("saga_sidecar.server")
 
@@ -49,7 +50,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     apps = build_apps(loaded)
-    public = web.AppRunner(apps.public, shutdown_timeout=config.shutdown_grace, access_log=None)
+    public = LimitedAppRunner(
+        apps.public,
+        read_timeout=config.limits.read_timeout,
+        shutdown_timeout=config.shutdown_grace,
+        access_log=None,
+    )
     admin = web.AppRunner(apps.admin, shutdown_timeout=2.0, access_log=None)
     try:
         await start_site(public, config.listen, reuse_port=config.worker_count() > 1)

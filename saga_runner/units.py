@@ -6,6 +6,7 @@ string form (or a plain number: seconds, bytes) and holds a float of seconds or 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -28,7 +29,7 @@ _SIZE_FACTORS = {
 
 
 def parse_duration(value: object) -> float:
-    """Return seconds for ``250ms``/``30s``/``5m``/``24h``/``30d`` or a non-negative number."""
+    """Return seconds for ``250ms``/``30s``/``5m``/``24h``/``30d`` or a finite number >= 0."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 250ms, 30s, 5m or 24h, got {value!r}")
     if isinstance(value, int | float):
@@ -37,6 +38,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
     else:
         raise ValueError(f"expected a duration like 250ms, 30s, 5m or 24h, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds

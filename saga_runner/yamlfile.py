@@ -3,7 +3,8 @@
 ``load_yaml`` parses a file with the safe loader, rejects duplicate keys, substitutes
 ``${VAR}`` / ``${VAR:-default}`` from the environment in every string, and records the line of
 every mapping key and sequence item. ``validate`` turns the data into a pydantic model and maps
-each validation error back to a line, raising one ``ConfigError`` that lists all of them.
+each validation error back to a line, raising one ``ConfigError`` that lists all of them —
+together with the substitution problems of a document loaded with ``defer_issues=True``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from saga_runner.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
+_ABSENT = object()
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 _ENV_RE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -29,11 +32,18 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class LocatedDocument:
-    """Parsed YAML data plus the 1-based line of every key path in it."""
+    """Parsed YAML data plus the 1-based line of every key path in it.
+
+    ``issues`` holds the substitution problems of a document loaded with ``defer_issues=True``
+    and ``bad_locs`` the values they concern (left unsubstituted), so ``validate`` can report
+    them together with the validation errors, without a second error for the same value.
+    """
 
     file: str
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
+    issues: tuple[ConfigIssue, ...] = ()
+    bad_locs: frozenset[Loc] = frozenset()
 
     def line_of(self, loc: Sequence[str | int]) -> int:
         """Return the line of ``loc``, or of its deepest ancestor that exists in the file."""
@@ -75,17 +85,26 @@ def substitute_env(text: str, env: Mapping[str, str]) -> str:
     return _ENV_RE.sub(replace, text)
 
 
-def load_yaml(path: Path | str, env: Mapping[str, str] | None = None) -> LocatedDocument:
-    """Read and parse ``path``; raise ConfigError listing every syntax or substitution problem."""
+def load_yaml(
+    path: Path | str, env: Mapping[str, str] | None = None, *, defer_issues: bool = False
+) -> LocatedDocument:
+    """Read and parse ``path``.
+
+    Raises:
+        ConfigError: on a syntax error, and listing every substitution problem unless
+            ``defer_issues`` (then they are kept in the document for ``validate`` to report).
+    """
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(file, 1, f"cannot read file: {exc}")]) from exc
-    return parse_yaml(text, file, os.environ if env is None else env)
+    return parse_yaml(text, file, os.environ if env is None else env, defer_issues=defer_issues)
 
 
-def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> LocatedDocument:
+def parse_yaml(
+    text: str, file: str, env: Mapping[str, str], *, defer_issues: bool = False
+) -> LocatedDocument:
     """Parse YAML ``text`` that came from ``file`` (see ``load_yaml``)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -100,9 +119,11 @@ def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> LocatedDocument:
         return LocatedDocument(file, None, {(): 1})
     builder = _Builder(file, env)
     data = builder.build(node, ())
-    if builder.issues:
+    if builder.issues and not defer_issues:
         raise ConfigError(builder.issues)
-    return LocatedDocument(file, data, builder.lines)
+    return LocatedDocument(
+        file, data, builder.lines, tuple(builder.issues), frozenset(builder.bad_locs)
+    )
 
 
 class _Builder:
@@ -113,6 +134,7 @@ class _Builder:
         self.env = env
         self.lines: dict[Loc, int] = {}
         self.issues: list[ConfigIssue] = []
+        self.bad_locs: set[Loc] = set()
         self._constructor = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
@@ -125,7 +147,11 @@ class _Builder:
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
+        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merges.append(value_node)
+                continue
             key = self._constructor.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
                 self._add(key_node, f"{_dotted(loc) or 'document'}: keys must be plain scalars")
@@ -135,9 +161,21 @@ class _Builder:
                 self._add(key_node, f"{_dotted((*loc, key))}: duplicate key")
                 continue
             child = (*loc, key)
-            self.lines[child] = key_node.start_mark.line + 1
+            self.lines.setdefault(child, key_node.start_mark.line + 1)
             result[key] = self.build(value_node, child)
+        for merge in merges:
+            self._merge(result, merge, loc)
         return result
+
+    def _merge(self, result: dict[Any, Any], merge: yaml.Node, loc: Loc) -> None:
+        """Apply ``<<: *anchor`` (or a list of anchors): keys already set win, then earlier ones."""
+        sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                self._add(source, f"{_dotted(loc) or 'document'}: '<<' merges only mappings")
+                continue
+            for key, value in self._mapping(source, loc).items():
+                result.setdefault(key, value)
 
     def _scalar(self, node: yaml.Node, loc: Loc) -> Any:
         try:
@@ -150,6 +188,7 @@ class _Builder:
                 return substitute_env(value, self.env)
             except ValueError as exc:
                 self._add(node, f"{_dotted(loc) or 'value'}: {exc}")
+                self.bad_locs.add(loc)
         return value
 
     def _add(self, node: yaml.Node, message: str) -> None:
@@ -163,14 +202,50 @@ def _dotted(loc: Sequence[str | int]) -> str:
     return out
 
 
+def document_loc(data: Any, loc: Sequence[str | int]) -> Loc:
+    """The part of a pydantic error location that names keys and items of the document.
+
+    Drops what pydantic adds below a value that has no children in the file: union member tags
+    (``workers.int``) and ``[key]`` markers.
+    """
+    kept: list[str | int] = []
+    node = {} if data is None else data
+    for part in loc:
+        if isinstance(part, str) and "[" in part:
+            continue
+        if isinstance(node, dict):
+            node = node.get(part, _ABSENT)
+        elif isinstance(node, list) and isinstance(part, int):
+            node = node[part] if 0 <= part < len(node) else _ABSENT
+        elif node is not _ABSENT:
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _yaml_type(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
 def validation_issues(doc: LocatedDocument, exc: ValidationError) -> list[ConfigIssue]:
-    """Map every pydantic error in ``exc`` to a located ConfigIssue."""
+    """Map every pydantic error in ``exc`` to a located ConfigIssue.
+
+    Errors about a value whose substitution already failed (``doc.bad_locs``) are left out.
+    """
     issues = []
     for error in exc.errors():
-        loc = tuple(p for p in error["loc"] if isinstance(p, int) or "[" not in str(p))
+        loc = document_loc(doc.data, error["loc"])
+        if loc in doc.bad_locs:
+            continue
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            message = f"expected a mapping of keys, got {_yaml_type(error['input'])}"
         elif error["type"] == "missing":
             message = "required key is missing"
         where = _dotted(loc) or "document"
@@ -179,9 +254,16 @@ def validation_issues(doc: LocatedDocument, exc: ValidationError) -> list[Config
 
 
 def validate(doc: LocatedDocument, model: type[ModelT]) -> ModelT:
-    """Validate ``doc.data`` as ``model``; raise ConfigError listing every located problem."""
+    """Validate ``doc.data`` as ``model``.
+
+    Raises:
+        ConfigError: listing every located problem, the document's own ``issues`` included.
+    """
     data = {} if doc.data is None else doc.data
     try:
-        return model.model_validate(data)
+        result = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_issues(doc, exc)) from exc
+        raise ConfigError([*doc.issues, *validation_issues(doc, exc)]) from exc
+    if doc.issues:
+        raise ConfigError(list(doc.issues))
+    return result

@@ -1,0 +1,176 @@
+"""Request-head limits on the public listener: 431 for oversized heads, 408 for slow ones.
+
+aiohttp's HTTP parser already refuses a header field or request line longer than
+``limits.max_header_size`` (and more than 128 header lines), but answers with a plain-text 400;
+and it has no deadline for receiving a request head, so a client trickling header bytes
+(slow-loris) holds a connection for as long as it likes. ``LimitedRequestHandler`` answers every
+error aiohttp raises before the app sees a request as ``application/problem+json`` (431 for the
+header limits) and answers 408 when a request head is not complete within ``limits.read_timeout``
+of its first byte (or of the connection opening). An idle keep-alive connection between requests
+is left to aiohttp's keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server
+builds these handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.forward``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+# aiohttp's own record for "answer this connection with an error" (web_protocol.py). Queueing
+# one is how the parser reports a malformed request, so a late head is reported the same way.
+from aiohttp.web_protocol import _ErrInfo
+
+from proxy.problems import problem_response
+
+log = logging.getLogger("saga_sidecar.limits")
+
+_TOO_MANY_HEADERS = "Too many headers"
+
+
+class RequestHeadTimeout(Exception):
+    """The request head was not received within the read timeout."""
+
+
+def error_status(exc: BaseException | None, default: int) -> int:
+    """The status for an error raised before the app saw the request."""
+    if isinstance(exc, LineTooLong):
+        return 431
+    if isinstance(exc, BadHttpMessage) and exc.message.startswith(_TOO_MANY_HEADERS):
+        return 431
+    if isinstance(exc, RequestHeadTimeout):
+        return 408
+    return default
+
+
+def error_detail(status: int, exc: BaseException | None, max_field_size: int) -> str:
+    """A problem detail for ``exc`` that never echoes the client's bytes back at length."""
+    if status == 431:
+        return (
+            f"a request header field or the request line is longer than {max_field_size} "
+            "bytes, or there are too many header fields"
+        )
+    if status == 408:
+        return str(exc) if exc else "the request was not received in time"
+    if status >= 500:
+        return "the sidecar failed to handle this request"
+    if isinstance(exc, HttpProcessingError) and exc.message:
+        return f"malformed request: {exc.message[:200]}"
+    return "malformed request"
+
+
+class LimitedRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler with problem+json errors and a request-head deadline."""
+
+    __slots__ = ("head_timeout", "head_timer", "last_payload")
+
+    def __init__(self, manager: web.Server, *, read_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.head_timeout = read_timeout
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.last_payload: StreamReader | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        expecting_head = self.last_payload is None or self.last_payload.is_eof()
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued:
+            self.last_payload = self._messages[-1][1]
+            self._disarm_head_timer()
+        elif expecting_head and data:
+            self._arm_head_timer()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer an error raised outside the app as problem+json and close the connection."""
+        status = error_status(exc, status)
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            log.info(
+                "rejected a request from %s with %s: %s",
+                request.remote,
+                status,
+                message or exc,
+                extra={"status": status, "remote": request.remote},
+            )
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already started; closing the connection")
+        response = problem_response(status, error_detail(status, exc, self.max_field_size))
+        response.force_close()
+        return response
+
+    def _arm_head_timer(self) -> None:
+        if self._force_close or self._upgraded or self._payload_parser is not None:
+            return
+        if self.head_timeout and self.head_timer is None:
+            self.head_timer = self._loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self._force_close or self._close or self.transport is None:
+            return
+        if self._request_in_progress or self._messages:
+            # A late pipelined head behind a request still being answered: finish that one.
+            self.close()
+            return
+        exc = RequestHeadTimeout(f"the request head was not received within {self.head_timeout:g}s")
+        self._messages.append((_ErrInfo(status=408, exc=exc, message=str(exc)), EMPTY_PAYLOAD))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class LimitedServer(web.Server):
+    """An aiohttp low-level server that builds ``LimitedRequestHandler`` connections."""
+
+    def __init__(self, *args: Any, read_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+
+    def __call__(self) -> LimitedRequestHandler:
+        return LimitedRequestHandler(
+            self, loop=self._loop, read_timeout=self.read_timeout, **self._kwargs
+        )
+
+
+class LimitedAppRunner(web.AppRunner):
+    """An AppRunner whose connections enforce the request-head limits above."""
+
+    __slots__ = ("read_timeout",)
+
+    def __init__(self, app: web.Application, *, read_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.read_timeout = read_timeout
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return LimitedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            read_timeout=self.read_timeout,
+            **plain._kwargs,
+        )
