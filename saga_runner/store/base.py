@@ -4,7 +4,10 @@ Public methods validate arguments, read the clock, check status transitions, tur
 writes into the right exception (``LeaseLost``, ``SagaNotFound``, ``IllegalTransition``) and wrap
 driver failures into ``StoreError``. Backends (``postgres``, ``sqlite``) implement the abstract
 ``_underscore`` methods, each one statement or one short transaction over plain rows
-(``dict`` of column -> value with datetimes and JSON already decoded).
+(``dict`` of column -> value with datetimes and JSON already decoded). The layers: ``core``
+(``StoreCore``: clock, error wrapping, lifecycle, the abstract primitives) <- ``reads``
+(``SagaReader``: queries, events, retention) <- this module (``SagaStore``: definitions,
+creation, fenced writes, leases) and ``open_store``.
 
 Fencing: every state-changing write carries the caller's ``Lease`` and only takes effect while
 ``saga_instances.lease_version`` (and ``owner``) still match; every claim increments the version,

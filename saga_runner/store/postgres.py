@@ -26,7 +26,7 @@ from saga_runner.store.base import SagaStore
 from saga_runner.store.core import Clock, ListFilter, Row
 
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_OPTIONS: Final = ("schema", "min_size", "max_size")
+_OPTIONS: Final = ("schema", "min_size", "max_size", "command_timeout")
 _ACTIVE: Final = "status IN ('running', 'compensating')"
 _FENCE: Final = "id = $1 AND lease_version = $2 AND owner = $3"
 
@@ -90,7 +90,8 @@ class PostgresStore(SagaStore):
 
         Args:
             url: ``postgresql://user:pass@host:port/db``; query options ``schema`` (default
-                ``public``), ``min_size`` (1) and ``max_size`` (10) are ours, others go to asyncpg.
+                ``public``), ``min_size`` (1), ``max_size`` (10) and ``command_timeout``
+                (seconds a statement may take, 60) are ours; others go to asyncpg.
             schema: overrides ``?schema=``; a plain lower-case identifier.
             clock: where "now" comes from; defaults to the system clock.
             connect_timeout: seconds to wait for each connection attempt.
@@ -108,6 +109,7 @@ class PostgresStore(SagaStore):
                 min_size=int(options.get("min_size", 1)),
                 max_size=int(options.get("max_size", 10)),
                 timeout=connect_timeout,
+                command_timeout=float(options.get("command_timeout", 60)),
                 init=_init_connection,
                 server_settings={"search_path": schema, "application_name": "saga-sidecar"},
             )

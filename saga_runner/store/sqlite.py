@@ -11,6 +11,7 @@ JSON text. Rows are decoded to the same Python types the PostgreSQL store return
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -46,6 +47,7 @@ _TIME_COLUMNS: Final = frozenset(
 _ACTIVE: Final = "status IN ('running', 'compensating')"
 _FENCE: Final = "id = ?1 AND lease_version = ?2 AND owner = ?3"
 _BUSY_TIMEOUT_MS: Final = 10_000
+_MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
 
 
 def _param(n: int) -> str:
@@ -93,14 +95,18 @@ def _decode_all(rows: Iterable[sqlite3.Row]) -> list[Row]:
 
 async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    if read_only:
-        await conn.execute("PRAGMA query_only = ON")
-    else:
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 
@@ -133,6 +139,11 @@ class SqliteStore(SagaStore):
         Raises:
             StoreError: the file cannot be opened.
         """
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(
+                f"the SQLite saga store needs SQLite >= 3.35 (RETURNING); this Python links "
+                f"SQLite {sqlite3.sqlite_version}"
+            )
         memory = str(path) == ":memory:"
         writer: aiosqlite.Connection | None = None
         try:
@@ -156,12 +167,14 @@ class SqliteStore(SagaStore):
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
             conn = self._writer
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
+                # Unconditional: statements run in order on aiosqlite's thread, so this also
+                # ends a BEGIN whose await was cancelled after it had been queued.
+                with contextlib.suppress(sqlite3.Error):
                     await conn.execute("ROLLBACK")
                 raise
 
@@ -335,7 +348,8 @@ class SqliteStore(SagaStore):
                     async with conn.execute(sql, [saga_id]) as cursor:
                         children.append(_decode_all(await cursor.fetchall()))
             finally:
-                await conn.execute("COMMIT")
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("COMMIT")
         if instance is None:
             return None
         steps, attempts, events = children

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -247,3 +249,19 @@ async def test_attempts_are_recorded_in_order_with_their_outcomes(
         (AttemptKind.COMPENSATION, 1, 404, None),
     ]
     assert second.duration_ms == 12.5 and second.saga_id == lease.saga_id
+
+
+async def test_a_store_keeps_working_after_writes_are_cancelled_midway(
+    store: SagaStore, definition: str
+) -> None:
+    lease = await _started(store, definition)
+    for ticks in range(12):
+        task = asyncio.create_task(store.set_saga_status(lease, SagaStatus.RUNNING, current_step=1))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    saga = await store.set_saga_status(lease, SagaStatus.RUNNING, current_step=2)
+    assert saga.current_step == 2
+    assert (await store.get_instance(lease.saga_id)).current_step == 2
