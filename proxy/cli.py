@@ -11,7 +11,9 @@ from pathlib import Path
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
 from proxy.server import install_uvloop, serve
-from saga_runner.errors import ConfigError
+from saga_runner.catalog import load_definitions
+from saga_runner.errors import ConfigError, SagaError, StoreError
+from saga_runner.store.base import open_store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate the config and every saga file it names (exit 0, or 2 with errors)"
     )
     _config_arg(check_cmd)
+    migrate_cmd = commands.add_parser(
+        "migrate", help="create or upgrade the saga tables in sagas.store"
+    )
+    _config_arg(migrate_cmd)
     return parser
 
 
@@ -51,17 +57,57 @@ def load_or_report(path: Path) -> LoadedConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+        _report(exc)
         return None
 
 
+def _report(exc: ConfigError) -> None:
+    for issue in exc.issues:
+        print(issue, file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config file; exit 2 listing every problem."""
+    """Validate the config file and every saga file it names; exit 2 listing every problem."""
     loaded = load_or_report(args.config)
     if loaded is None:
         return EXIT_INVALID
-    print(f"{args.config}: ok")
+    sagas = loaded.config.sagas
+    count = 0
+    if sagas is not None:
+        try:
+            count = len(
+                load_definitions(loaded.base_dir, sagas.definitions, loaded.config.services)
+            )
+        except ConfigError as exc:
+            _report(exc)
+            return EXIT_INVALID
+    print(f"{args.config}: ok ({count} saga definition{'s' if count != 1 else ''})")
+    return EXIT_OK
+
+
+async def _migrate(loaded: LoadedConfig) -> list[int]:
+    assert loaded.config.sagas is not None
+    store = await open_store(loaded.config.sagas.store, loaded.base_dir)
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the saga store's schema migrations."""
+    loaded = load_or_report(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    if loaded.config.sagas is None:
+        print(f"{args.config}: no sagas section, nothing to migrate", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        applied = asyncio.run(_migrate(loaded))
+    except StoreError as exc:
+        print(f"migrate failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
     return EXIT_OK
 
 
@@ -72,11 +118,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     setup_logging(loaded.config.log.format, loaded.config.log.level)
     install_uvloop()
-    asyncio.run(serve(loaded))
+    try:
+        asyncio.run(serve(loaded))
+    except ConfigError as exc:
+        _report(exc)
+        return EXIT_INVALID
+    except SagaError as exc:
+        print(f"saga-sidecar cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
-COMMANDS = {"serve": cmd_serve, "check": cmd_check}
+COMMANDS = {"serve": cmd_serve, "check": cmd_check, "migrate": cmd_migrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from proxy.keys import METRICS
 
@@ -25,6 +25,7 @@ class SidecarMetrics:
     """Every metric the sidecar exports, registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # *_created series only add noise to every scrape
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(

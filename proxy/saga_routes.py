@@ -1,0 +1,159 @@
+"""Saga trigger routes: a request matching a saga's ``trigger`` starts the saga, not a forward.
+
+The body must be a JSON object (else 400, and no saga row). ``sync`` sagas answer when they end
+(``response`` on success, problem+json naming the failed step otherwise); ``async`` sagas answer
+``202`` at once. Every answer carries ``Saga-Id``. A trigger whose ``Idempotency-Key`` was already
+used answers from the existing instance instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import LoadedConfig
+from proxy.keys import CONFIG, SAGAS, TASKS
+from proxy.problems import problem_response
+from saga_runner.definition import SagaDefinition
+from saga_runner.errors import LeaseLost, StoreError, TemplateError
+from saga_runner.records import Lease, SagaInstance
+from saga_runner.states import SagaStatus
+
+TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class BadTrigger(Exception):
+    """The trigger request cannot start a saga (its body is not a JSON object)."""
+
+
+async def read_input(request: web.Request, limit: int) -> dict[str, Any]:
+    """The trigger's body as a JSON object."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.read()
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise BadTrigger(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadTrigger("the body must be a JSON object")
+    return data
+
+
+def trigger_key(request: web.Request, loaded: LoadedConfig) -> str | None:
+    """The trigger's idempotency key, hashed with its scope headers (never stored raw)."""
+    idem = loaded.config.idempotency
+    key = request.headers.get(idem.header)
+    if not key:
+        return None
+    digest = hashlib.sha256()
+    for name in idem.scope_headers:
+        digest.update(request.headers.get(name, "").encode() + b"\0")
+    digest.update(key.encode())
+    return digest.hexdigest()
+
+
+def saga_answer(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
+    """What a sync trigger answers for an instance in a terminal state."""
+    stored = saga.response if isinstance(saga.response, dict) else {}
+    if saga.status is SagaStatus.COMPLETED:
+        response = web.json_response(stored.get("body"), status=int(stored.get("status", 200)))
+        for name, value in (stored.get("headers") or {}).items():
+            response.headers[name] = str(value)
+    else:
+        response = problem_response(
+            int(stored.get("status", 502)),
+            saga.failure_reason or f"saga {saga.status.value}",
+            title="Saga failed",
+            saga_id=saga.id,
+            saga_status=saga.status.value,
+            failed_step=_failed_step_name(saga, definition),
+        )
+    response.headers["Saga-Id"] = saga.id
+    return response
+
+
+def _failed_step_name(saga: SagaInstance, definition: SagaDefinition) -> str | None:
+    if saga.failed_step is None or not 0 <= saga.failed_step < len(definition.steps):
+        return None
+    return definition.steps[saga.failed_step].name
+
+
+def accepted(saga: SagaInstance) -> web.Response:
+    """``202`` with the saga's id and status (async sagas, or a sync one still in progress)."""
+    response = web.json_response({"saga_id": saga.id, "saga_status": saga.status.value}, status=202)
+    response.headers["Saga-Id"] = saga.id
+    return response
+
+
+def trigger_handler(definition: SagaDefinition) -> Any:
+    """Build the route handler that starts ``definition``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        loaded = request.app[CONFIG]
+        runtime = request.app[SAGAS].runtime
+        try:
+            data = await read_input(request, loaded.config.idempotency.max_request_body)
+            created = await runtime.engine.start(
+                definition, data, dict(request.headers), trigger_key(request, loaded)
+            )
+        except BadTrigger as exc:
+            return problem_response(400, str(exc))
+        except TemplateError as exc:
+            return problem_response(422, f"cannot start saga {definition.name}: {exc}")
+        except StoreError as exc:
+            return problem_response(503, f"the saga store is unavailable: {exc}")
+        if created.lease is None:
+            return _existing(created.saga, definition)
+        run = _run(request.app, definition, created.lease, dict(request.headers))
+        if definition.mode == "async":
+            await request.app[TASKS].spawn(run)
+            return accepted(created.saga)
+        return await request.app[TASKS].shield(run)
+
+    return handle
+
+
+def _existing(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
+    if saga.status in TERMINAL and saga.mode == "sync":
+        return saga_answer(saga, definition)
+    if saga.mode == "async":
+        return accepted(saga)
+    response = problem_response(
+        409,
+        f"saga {saga.id} for this Idempotency-Key is still {saga.status.value}",
+        headers={"Retry-After": "1"},
+        saga_id=saga.id,
+        saga_status=saga.status.value,
+    )
+    response.headers["Saga-Id"] = saga.id
+    return response
+
+
+async def _run(
+    app: web.Application, definition: SagaDefinition, lease: Lease, headers: dict[str, str]
+) -> web.Response:
+    runtime = app[SAGAS].runtime
+    try:
+        saga = await runtime.engine.execute(definition, lease, headers)
+    except LeaseLost:
+        return accepted(await runtime.store.get_instance(lease.saga_id))
+    except StoreError as exc:
+        response = problem_response(
+            503, f"the saga store failed; saga {lease.saga_id} resumes when it is back: {exc}"
+        )
+        response.headers["Saga-Id"] = lease.saga_id
+        return response
+    return saga_answer(saga, definition) if saga.status in TERMINAL else accepted(saga)
+
+
+def setup_saga_routes(app: web.Application) -> None:
+    """Add one route per saga trigger (before the catch-all forwarder)."""
+    for definition in app[SAGAS].catalog:
+        trigger = definition.trigger
+        app.router.add_route(trigger.method, trigger.path, trigger_handler(definition))

@@ -1,0 +1,104 @@
+"""The saga runner as the proxy uses it: definitions, runtime lifecycle, and metrics.
+
+``SagaService`` is built with the apps (definitions are loaded and validated synchronously, so
+trigger routes can be added to the router) and opened in the public app's cleanup context, where
+it connects to the store. Both the public and the admin app reach it through ``SAGAS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy.config import LoadedConfig
+from proxy.keys import READINESS, SAGAS
+from proxy.metrics import SidecarMetrics
+from saga_runner.catalog import SagaCatalog, load_definitions
+from saga_runner.runtime import RuntimeSettings, SagaRuntime
+from saga_runner.states import AttemptKind, SagaStatus
+
+
+class MetricsObserver:
+    """Reports saga lifecycle events as the Prometheus metrics of CONTRACT §8."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self.metrics = metrics
+
+    def saga_started(self, saga: str) -> None:
+        """Count a new instance."""
+        self.metrics.saga_started.labels(saga).inc()
+
+    def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
+        """Count the terminal status and observe the saga's duration."""
+        counter = {
+            SagaStatus.COMPLETED: self.metrics.saga_completed,
+            SagaStatus.COMPENSATED: self.metrics.saga_compensated,
+            SagaStatus.FAILED: self.metrics.saga_failed,
+        }.get(status)
+        if counter is not None:
+            counter.labels(saga).inc()
+            self.metrics.saga_duration.labels(saga).observe(seconds)
+
+    def step_attempt(self, saga: str, step: str, kind: AttemptKind, outcome: str) -> None:
+        """Count one step call by outcome (compensation calls are labelled as such)."""
+        label = outcome if kind is AttemptKind.ACTION else f"compensation_{outcome}"
+        self.metrics.saga_step_attempts.labels(saga, step, label).inc()
+
+    def run_started(self, saga: str) -> None:
+        """One more saga running in this process."""
+        self.metrics.saga_in_flight.labels(saga).inc()
+
+    def run_stopped(self, saga: str) -> None:
+        """One saga fewer running in this process."""
+        self.metrics.saga_in_flight.labels(saga).dec()
+
+
+class SagaService:
+    """Loaded saga definitions plus, once opened, the runtime that executes them."""
+
+    def __init__(self, loaded: LoadedConfig, metrics: SidecarMetrics) -> None:
+        config = loaded.config
+        if config.sagas is None:
+            raise ValueError("the config has no sagas section")
+        self.settings = RuntimeSettings(
+            store_url=config.sagas.store,
+            base_dir=loaded.base_dir,
+            migrate=config.sagas.migrate,
+            lease_seconds=config.sagas.lease,
+            default_timeout=config.upstream.timeout,
+            services=config.services,
+            redact_headers=config.redact.headers,
+            redact_fields=config.redact.fields,
+        )
+        self.catalog: SagaCatalog = load_definitions(
+            loaded.base_dir, config.sagas.definitions, config.services
+        )
+        self.observer = MetricsObserver(metrics)
+        self._runtime: SagaRuntime | None = None
+
+    @property
+    def runtime(self) -> SagaRuntime:
+        """The open runtime (only between app startup and cleanup)."""
+        if self._runtime is None:
+            raise RuntimeError("the saga runtime is not open")
+        return self._runtime
+
+    async def open(self) -> None:
+        """Connect to the store and build the engine."""
+        self._runtime = await SagaRuntime.open(self.settings, self.catalog, self.observer)
+
+    async def close(self) -> None:
+        """Close the runtime."""
+        if self._runtime is not None:
+            await self._runtime.close()
+            self._runtime = None
+
+
+async def saga_service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the saga runtime with the public app and register the store's readiness probe."""
+    service = app[SAGAS]
+    await service.open()
+    app[READINESS].register("saga_store", service.runtime.store.ping)
+    yield
+    await service.close()

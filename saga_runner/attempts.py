@@ -1,0 +1,142 @@
+"""The retry loop of one step call (an action or a compensation), with persisted backoff.
+
+``AttemptLoop.run`` writes "about to call" before every attempt (so a replica that lost its lease
+stops before calling), calls, records the attempt, and on a retryable failure persists when the
+next attempt is due (``next_retry_at`` on the step, ``next_run_at`` on the saga) before sleeping,
+so a restarted sidecar honours the backoff instead of hammering the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
+from saga_runner.observer import SagaObserver
+from saga_runner.records import UNSET, Lease
+from saga_runner.redact import Redactor
+from saga_runner.retry import RetryPolicy
+from saga_runner.states import AttemptKind, StepStatus
+from saga_runner.store.base import SagaStore
+
+log = logging.getLogger("saga_sidecar.saga")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+NOT_PROCESSED_STATUSES = frozenset({408, 425, 429, 503})
+
+
+def outcome_unknown(result: CallResult) -> bool:
+    """Whether a failed call may still have taken effect upstream (so it must be compensated).
+
+    A definite answer that says the request was refused or not processed (a 4xx, or 503) is
+    known; a timeout, a reset after sending, or another 5xx is not.
+    """
+    if result.status is None:
+        return result.sent
+    return result.status >= 500 and result.status not in NOT_PROCESSED_STATUSES
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """One call to attempt: which step, which kind, what to send, what counts as success."""
+
+    saga_name: str
+    step_order: int
+    step_name: str
+    kind: AttemptKind
+    request: StepRequest
+    success: Collection[int]
+    timeout: float
+    retry: RetryPolicy
+    first_attempt: int = 1
+
+
+class AttemptLoop:
+    """Runs the attempts of one call under a lease, recording each one in the store."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        caller: StepCaller,
+        observer: SagaObserver,
+        redactor: Redactor,
+        *,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.caller = caller
+        self.observer = observer
+        self.redactor = redactor
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+
+    def _status_while_calling(self, kind: AttemptKind) -> StepStatus:
+        return StepStatus.RUNNING if kind is AttemptKind.ACTION else StepStatus.COMPENSATING
+
+    async def run(self, lease: Lease, spec: CallSpec) -> CallResult:
+        """Attempt ``spec`` until it succeeds, fails permanently, or its attempts run out."""
+        status = self._status_while_calling(spec.kind)
+        attempt = spec.first_attempt
+        while True:
+            await self.store.set_step_status(
+                lease,
+                spec.step_order,
+                status,
+                next_retry_at=None,
+                retry_count=attempt if spec.kind is AttemptKind.ACTION else UNSET,
+            )
+            result = await self._attempt(lease, spec, attempt)
+            if result.outcome is not Outcome.RETRYABLE or attempt >= spec.retry.attempts:
+                return result
+            delay = max(spec.retry.delay(attempt, self.rng), result.retry_after or 0.0)
+            due = datetime.now(UTC) + timedelta(seconds=delay)
+            await self.store.set_step_status(
+                lease,
+                spec.step_order,
+                status,
+                next_retry_at=due,
+                error=result.error or f"status {result.status}",
+                result=self.redactor.redact_call(result.as_record()),
+            )
+            await self.store.set_next_run_at(lease, due)
+            await self.sleep(delay)
+            attempt += 1
+
+    async def _attempt(self, lease: Lease, spec: CallSpec, attempt: int) -> CallResult:
+        started = datetime.now(UTC)
+        result = await self.caller.call(spec.request, success=spec.success, seconds=spec.timeout)
+        await self.store.record_attempt(
+            lease,
+            spec.step_order,
+            spec.kind,
+            attempt,
+            started_at=started,
+            duration_ms=result.duration * 1000,
+            status_code=result.status,
+            error=result.error,
+        )
+        self.observer.step_attempt(spec.saga_name, spec.step_name, spec.kind, result.outcome.value)
+        log.info(
+            "saga step %s %s attempt %d: %s",
+            spec.step_name,
+            spec.kind.value,
+            attempt,
+            result.status or result.error,
+            extra={
+                "saga_id": lease.saga_id,
+                "saga": spec.saga_name,
+                "step": spec.step_name,
+                "attempt": attempt,
+                "call": spec.kind.value,
+                "status": result.status,
+                "error": result.error,
+                "duration_ms": round(result.duration * 1000, 3),
+            },
+        )
+        return result

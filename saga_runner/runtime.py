@@ -1,0 +1,116 @@
+"""Everything a process needs to run sagas, opened and closed together.
+
+``SagaRuntime.open`` loads the definitions (``check`` has already validated them), connects to the
+store, applies migrations when asked, and wires the engine to an HTTP session of its own. The
+proxy opens one per process in a cleanup context; the CLI opens one for operator commands.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from saga_runner.attempts import AttemptLoop
+from saga_runner.caller import StepCaller
+from saga_runner.catalog import SagaCatalog
+from saga_runner.definition import SagaDefinition
+from saga_runner.engine import EngineSettings, SagaEngine
+from saga_runner.errors import DefinitionMissing
+from saga_runner.observer import NullObserver, SagaObserver
+from saga_runner.redact import Redactor
+from saga_runner.store.base import SagaStore, open_store
+
+
+def replica_id() -> str:
+    """A name for this process that is unique across replicas and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What the runtime needs from the sidecar config."""
+
+    store_url: str
+    base_dir: Path
+    migrate: bool
+    lease_seconds: float
+    default_timeout: float
+    services: Mapping[str, str]
+    redact_headers: tuple[str, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+
+
+class SagaRuntime:
+    """The store, engine, catalog and HTTP session of one process."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        engine: SagaEngine,
+        catalog: SagaCatalog,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.catalog = catalog
+        self.session = session
+
+    @classmethod
+    async def open(
+        cls,
+        settings: RuntimeSettings,
+        catalog: SagaCatalog,
+        observer: SagaObserver | None = None,
+    ) -> SagaRuntime:
+        """Connect to the store (migrating it when configured) and build the engine."""
+        store = await open_store(settings.store_url, settings.base_dir)
+        try:
+            if settings.migrate:
+                await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+        session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
+        )
+        redactor = Redactor(settings.redact_headers, settings.redact_fields)
+        observer = observer or NullObserver()
+        engine = SagaEngine(
+            store,
+            AttemptLoop(store, StepCaller(session), observer, redactor),
+            observer,
+            redactor,
+            EngineSettings(
+                owner=replica_id(),
+                lease_seconds=settings.lease_seconds,
+                default_timeout=settings.default_timeout,
+                services=dict(settings.services),
+            ),
+        )
+        return cls(store, engine, catalog, session)
+
+    async def definition_for(self, definition_hash: str) -> SagaDefinition:
+        """The definition an instance is pinned to: loaded now, or its stored snapshot.
+
+        Raises:
+            DefinitionMissing: neither the catalog nor the store knows the hash.
+        """
+        known = self.catalog.by_hash.get(definition_hash)
+        if known is not None:
+            return known
+        stored = await self.store.get_definition(definition_hash)
+        if stored is None or not isinstance(stored.body, dict):
+            raise DefinitionMissing(f"definition {definition_hash[:12]} is not known any more")
+        return SagaDefinition.from_snapshot(stored.body)
+
+    async def close(self) -> None:
+        """Close the HTTP session and the store."""
+        await self.session.close()
+        await self.store.close()
