@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from proxy.forward import Forwarder
     from proxy.metrics import SidecarMetrics
     from proxy.readiness import Readiness
+    from proxy.saga_service import SagaService
 
 CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
 METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")
@@ -19,6 +20,7 @@ CLIENT_SESSION: web.AppKey[ClientSession] = web.AppKey("client_session")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
 
 REQUEST_ID = "sidecar.request_id"
 IDEMPOTENCY_OUTCOME = "sidecar.idempotency_outcome"

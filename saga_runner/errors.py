@@ -8,7 +8,8 @@ Exception tree::
     ├── StoreError                 the saga store cannot be reached or answered unexpectedly
     │   └── LeaseLost              a write was refused because another replica owns the saga now
     ├── SagaNotFound               no saga instance (or no such step in it) with the given id
-    └── IllegalTransition          a status change the transition tables forbid (a caller bug)
+    ├── IllegalTransition          a status change the transition tables forbid (a caller bug)
+    └── DefinitionMissing          an instance is pinned to a definition version nobody knows
 """
 
 from __future__ import annotations
@@ -64,3 +65,7 @@ class IllegalTransition(SagaError):
         self.old = old
         self.new = new
         super().__init__(f"illegal {kind} status transition {old} -> {new}")
+
+
+class DefinitionMissing(SagaError):
+    """A saga instance is pinned to a definition version unknown to the catalog and the store."""
