@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 JsonValue: TypeAlias = Any
 """A value that round-trips through JSON (dict, list, str, int, float, bool or None)."""
@@ -226,7 +229,7 @@ class SagaPage:
     next_cursor: PageCursor | None
 
 
-R = TypeVar("R")
+R = TypeVar("R", bound="DataclassInstance")
 
 _ENUM_FIELDS: Final[Mapping[str, type[Enum]]] = {
     "SagaInstance.status": SagaStatus,
@@ -243,7 +246,7 @@ def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
         row: column name -> value; extra columns are ignored.
     """
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         value = row[field.name]
         enum = _ENUM_FIELDS.get(f"{cls.__name__}.{field.name}")
         values[field.name] = enum(value) if enum is not None else value

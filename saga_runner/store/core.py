@@ -17,14 +17,8 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
 from saga_runner.errors import StoreError
-from saga_runner.records import (
-    UNSET,
-    Lease,
-    PageCursor,
-)
-from saga_runner.states import (
-    SagaStatus,
-)
+from saga_runner.records import UNSET, Lease, PageCursor
+from saga_runner.states import SagaStatus
 
 Row: TypeAlias = dict[str, Any]
 Clock: TypeAlias = Callable[[], datetime]

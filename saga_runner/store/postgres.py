@@ -29,6 +29,7 @@ _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _OPTIONS: Final = ("schema", "min_size", "max_size", "command_timeout")
 _ACTIVE: Final = "status IN ('running', 'compensating')"
 _FENCE: Final = "id = $1 AND lease_version = $2 AND owner = $3"
+_PING_TIMEOUT: Final = 5.0
 
 
 def _param(n: int) -> str:
@@ -128,7 +129,9 @@ class PostgresStore(SagaStore):
             return await migrations.migrate_postgres(conn, self.schema)
 
     async def _ping(self) -> None:
-        await self._pool.fetchval("SELECT 1")
+        # Bounded, so a readiness probe answers "not ready" instead of hanging.
+        async with self._pool.acquire(timeout=_PING_TIMEOUT) as conn:
+            await conn.fetchval("SELECT 1", timeout=_PING_TIMEOUT)
 
     async def _close(self) -> None:
         await self._pool.close()

@@ -21,10 +21,7 @@ from saga_runner.records import (
     StepAttempt,
     from_row,
 )
-from saga_runner.states import (
-    ACTIVE_SAGA_STATUSES,
-    SagaStatus,
-)
+from saga_runner.states import ACTIVE_SAGA_STATUSES, SagaStatus
 from saga_runner.store.core import ListFilter, Row, StoreCore, require_aware, require_positive
 
 MAX_PAGE_SIZE = 1000
