@@ -15,6 +15,7 @@ from proxy.config import LoadedConfig
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
 from saga_runner.catalog import SagaCatalog, load_definitions
+from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import RuntimeSettings, SagaRuntime
 from saga_runner.states import AttemptKind, SagaStatus
 
@@ -75,7 +76,15 @@ class SagaService:
             loaded.base_dir, config.sagas.definitions, config.services
         )
         self.observer = MetricsObserver(metrics)
+        self.recovery_settings = RecoverySettings(
+            interval=config.sagas.recovery_interval,
+            lease_seconds=config.sagas.lease,
+            retention_seconds=config.sagas.retention,
+        )
+        self.shutdown_grace = config.shutdown_grace
+        self._metrics = metrics
         self._runtime: SagaRuntime | None = None
+        self._recovery: RecoveryWorker | None = None
 
     @property
     def runtime(self) -> SagaRuntime:
@@ -85,11 +94,20 @@ class SagaService:
         return self._runtime
 
     async def open(self) -> None:
-        """Connect to the store and build the engine."""
+        """Connect to the store, build the engine and start the recovery loop."""
         self._runtime = await SagaRuntime.open(self.settings, self.catalog, self.observer)
+        self._recovery = RecoveryWorker(
+            self._runtime,
+            self.recovery_settings,
+            self._metrics.saga_oldest_unfinished_age.set,
+        )
+        self._recovery.start()
 
     async def close(self) -> None:
-        """Close the runtime."""
+        """Stop the recovery loop (resumed sagas get the shutdown grace), close the runtime."""
+        if self._recovery is not None:
+            await self._recovery.stop(self.shutdown_grace)
+            self._recovery = None
         if self._runtime is not None:
             await self._runtime.close()
             self._runtime = None

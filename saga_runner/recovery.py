@@ -1,0 +1,171 @@
+"""The recovery loop every replica runs: resume sagas nobody is working on, prune old ones.
+
+Each tick claims (atomically, so two replicas never get the same saga) the ``running`` and
+``compensating`` instances whose lease expired or whose persisted ``next_run_at`` is due, and
+resumes each under the definition it is pinned to. An instance whose definition is known
+neither to this replica nor to the store is marked ``failed`` with the reason, for an operator.
+Finished sagas older than the retention period are deleted in bounded batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from saga_runner.errors import LeaseLost, SagaError, StoreError
+from saga_runner.records import Claim
+from saga_runner.runtime import SagaRuntime
+from saga_runner.states import SagaStatus
+
+log = logging.getLogger("saga_sidecar.recovery")
+
+RETENTION_BATCH = 500
+RETENTION_MAX_BATCHES = 20
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """How often to look for work, how much to take at once, how long to keep finished sagas."""
+
+    interval: float
+    lease_seconds: float
+    retention_seconds: float
+    max_concurrent: int = 50
+
+
+class RecoveryWorker:
+    """Claims and resumes due sagas on a timer; one per process."""
+
+    def __init__(
+        self,
+        runtime: SagaRuntime,
+        settings: RecoverySettings,
+        report_oldest_age: Callable[[float], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.report_oldest_age = report_oldest_age
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def owner(self) -> str:
+        """This replica's id (the owner written on claimed sagas)."""
+        return self.runtime.engine.settings.owner
+
+    def start(self) -> None:
+        """Start the loop in the background."""
+        self._loop_task = asyncio.create_task(self._loop(), name="saga-recovery")
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give resumed sagas ``grace`` seconds, then cancel them."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = list(self._running.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except StoreError as exc:
+                log.warning("recovery tick failed: %s", exc)
+            except Exception:
+                log.exception("recovery tick failed unexpectedly")
+            await asyncio.sleep(self.settings.interval)
+
+    async def tick(self) -> list[str]:
+        """One round: claim due sagas and start resuming them; prune; report the oldest age.
+
+        Returns:
+            the ids of the sagas claimed in this round.
+        """
+        room = self.settings.max_concurrent - len(self._running)
+        claims = (
+            await self.runtime.store.claim_due(self.owner, self.settings.lease_seconds, room)
+            if room > 0
+            else []
+        )
+        for claim in claims:
+            task = asyncio.create_task(self.resume(claim), name=f"saga-resume-{claim.saga.id}")
+            self._running[claim.saga.id] = task
+            task.add_done_callback(self._forget(claim.saga.id))
+        await self.prune()
+        await self._report_oldest()
+        return [claim.saga.id for claim in claims]
+
+    def _forget(self, saga_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._running.pop(saga_id, None)
+
+        return forget
+
+    async def resume(self, claim: Claim) -> None:
+        """Drive one claimed saga to its end; never raises."""
+        saga = claim.saga
+        log.info(
+            "resuming saga %s (%s)",
+            saga.id,
+            saga.status.value,
+            extra={"saga_id": saga.id, "saga": saga.business_type, "event": "resume"},
+        )
+        try:
+            definition = await self.runtime.definition_for(saga.definition_hash)
+        except StoreError as exc:
+            log.warning("saga %s not resumed, store failed: %s", saga.id, exc)
+            return
+        except SagaError as exc:
+            await self._fail_without_definition(claim, str(exc))
+            return
+        try:
+            await self.runtime.engine.execute(definition, claim.lease)
+        except LeaseLost:
+            log.info("saga %s was taken over by another replica", saga.id)
+        except StoreError as exc:
+            log.warning("saga %s paused, store failed: %s", saga.id, exc)
+        except Exception:
+            log.exception("saga %s failed unexpectedly while resuming", saga.id)
+
+    async def _fail_without_definition(self, claim: Claim, reason: str) -> None:
+        message = f"cannot resume: {reason}"
+        try:
+            await self.runtime.store.set_saga_status(
+                claim.lease, SagaStatus.FAILED, failure_reason=message, next_run_at=None
+            )
+            await self.runtime.store.record_event(
+                claim.saga.id, self.owner, "failed", {"reason": message}
+            )
+            await self.runtime.store.release(claim.lease)
+        except StoreError as exc:
+            log.warning("could not mark saga %s failed: %s", claim.saga.id, exc)
+        log.error("saga %s %s", claim.saga.id, message, extra={"saga_id": claim.saga.id})
+
+    async def prune(self) -> int:
+        """Delete finished sagas older than the retention period, in bounded batches."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.retention_seconds)
+        deleted = 0
+        for _ in range(RETENTION_MAX_BATCHES):
+            count = await self.runtime.store.delete_finished_before(cutoff, RETENTION_BATCH)
+            deleted += count
+            if count < RETENTION_BATCH:
+                break
+        if deleted:
+            log.info("retention deleted %d finished sagas", deleted, extra={"deleted": deleted})
+        return deleted
+
+    async def _report_oldest(self) -> None:
+        if self.report_oldest_age is None:
+            return
+        oldest = await self.runtime.store.oldest_unfinished_created_at()
+        age = 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+        self.report_oldest_age(max(age, 0.0))
