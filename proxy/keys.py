@@ -22,6 +22,7 @@ TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
 
-REQUEST_ID = "sidecar.request_id"
-IDEMPOTENCY_OUTCOME = "sidecar.idempotency_outcome"
-UPSTREAM_SECONDS = "sidecar.upstream_seconds"
+# Typed request keys: aiohttp 3.14 warns (NotAppKeyWarning) on plain string keys.
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+IDEMPOTENCY_OUTCOME: web.RequestKey[str] = web.RequestKey("idempotency_outcome", str)
+UPSTREAM_SECONDS: web.RequestKey[float] = web.RequestKey("upstream_seconds", float)

@@ -1,0 +1,29 @@
+"""Idempotency-Key protection (CONTRACT §4): duplicates of a covered request execute at most once.
+
+Public surface for the application factory: ``idempotency_middleware`` (after the problems
+middleware), ``idempotency_ctx`` (a cleanup context appended before the task scheduler's), and
+``FORWARD_ROUTE``, the name the catch-all forward route must carry so covered requests to it are
+buffered and stored instead of streamed. ``store_from_url`` builds a store on its own.
+"""
+
+from __future__ import annotations
+
+from proxy.idempotency.exchange import FORWARD_ROUTE
+from proxy.idempotency.middleware import (
+    IDEMPOTENCY_GUARD,
+    IdempotencyGuard,
+    idempotency_ctx,
+    idempotency_middleware,
+)
+from proxy.idempotency.store import IdempotencyStore, StoreUnavailable, store_from_url
+
+__all__ = [
+    "FORWARD_ROUTE",
+    "IDEMPOTENCY_GUARD",
+    "IdempotencyGuard",
+    "IdempotencyStore",
+    "StoreUnavailable",
+    "idempotency_ctx",
+    "idempotency_middleware",
+    "store_from_url",
+]

@@ -1,0 +1,159 @@
+"""``memory://``: the idempotency store inside one process (the embedded default).
+
+Same semantics as the Redis store for a single process: atomic because every operation runs
+without an ``await`` between its read and its write, leases and result TTLs enforced on read and
+swept from a heap of expiry times. Memory is bounded (``memory://?max_bytes=256MiB``): when the
+bound is reached and nothing has expired, new keys are refused with ``StoreFull`` (handled like
+any store failure) instead of dropping a record early, which could let a duplicate execute.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from proxy.idempotency.store import (
+    ChangeSignal,
+    EventSignal,
+    IdempotencyStore,
+    StoreFull,
+)
+from saga_runner.units import parse_size
+
+DEFAULT_MAX_BYTES = 256 * 1024**2
+_ENTRY_OVERHEAD = 200
+
+
+@dataclass
+class _Entry:
+    value: bytes
+    expires_at: float
+
+    def size(self, key: str) -> int:
+        return len(key) + len(self.value) + _ENTRY_OVERHEAD
+
+
+class MemoryStore(IdempotencyStore):
+    """Locks and records in a dict, bounded by ``max_bytes``, with lazy and swept expiry."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self._entries: dict[str, _Entry] = {}
+        self._expiries: list[tuple[float, str]] = []
+        self._waiters: dict[str, set[EventSignal]] = {}
+        self._bytes = 0
+        self._own_secret = secrets.token_hex(32).encode()
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """``memory://`` with an optional ``max_bytes`` query parameter (``64MiB``...)."""
+        query = parse_qs(urlsplit(url).query)
+        sizes = query.get("max_bytes")
+        return cls(parse_size(sizes[-1]) if sizes else DEFAULT_MAX_BYTES)
+
+    @property
+    def used_bytes(self) -> int:
+        """Approximate bytes held by live entries."""
+        return self._bytes
+
+    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
+        current = self._get(key)
+        if current is not None:
+            return current.value
+        self._put(key, value, lease_ms)
+        return None
+
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
+        if not self._owned(key, owner):
+            return False
+        self._put(key, value, ttl_ms, replacing=True)
+        self._notify(key)
+        return True
+
+    async def _release(self, key: str, owner: bytes) -> bool:
+        if not self._owned(key, owner):
+            return False
+        self._delete(key)
+        return True
+
+    async def _renew(self, key: str, owner: bytes, lease_ms: int) -> bool:
+        entry = self._get(key)
+        if entry is None or not entry.value.startswith(owner):
+            return False
+        entry.expires_at = time.monotonic() + lease_ms / 1000
+        heapq.heappush(self._expiries, (entry.expires_at, key))
+        return True
+
+    @asynccontextmanager
+    async def _watch(self, key: str) -> AsyncIterator[ChangeSignal]:
+        signal = EventSignal()
+        self._waiters.setdefault(key, set()).add(signal)
+        try:
+            yield signal
+        finally:
+            waiters = self._waiters[key]
+            waiters.discard(signal)
+            if not waiters:
+                del self._waiters[key]
+
+    async def _load_secret(self, candidate: bytes) -> bytes:
+        return self._own_secret
+
+    async def ping(self) -> None:
+        """Always answers: the store lives in this process."""
+
+    async def close(self) -> None:
+        """Drop everything and wake every waiter."""
+        for key in list(self._waiters):
+            self._notify(key)
+        self._entries.clear()
+        self._expiries.clear()
+        self._bytes = 0
+
+    def _owned(self, key: str, owner: bytes) -> bool:
+        entry = self._get(key)
+        return entry is not None and entry.value.startswith(owner)
+
+    def _get(self, key: str) -> _Entry | None:
+        self._sweep()
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires_at <= time.monotonic():
+            self._delete(key)
+            return None
+        return entry
+
+    def _put(self, key: str, value: bytes, ttl_ms: int, *, replacing: bool = False) -> None:
+        old = self._entries.get(key)
+        entry = _Entry(value, time.monotonic() + ttl_ms / 1000)
+        grow = entry.size(key) - (old.size(key) if old else 0)
+        if self._bytes + grow > self.max_bytes and not replacing:
+            raise StoreFull(
+                f"memory:// store is full ({self._bytes} of {self.max_bytes} bytes in use)"
+            )
+        self._entries[key] = entry
+        self._bytes += grow
+        heapq.heappush(self._expiries, (entry.expires_at, key))
+
+    def _delete(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size(key)
+        self._notify(key)
+
+    def _notify(self, key: str) -> None:
+        for signal in self._waiters.get(key, ()):
+            signal.event.set()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, key = heapq.heappop(self._expiries)
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires_at <= now:
+                self._delete(key)

@@ -1,0 +1,244 @@
+"""The idempotency middleware: CONTRACT §4 on the public request path.
+
+Covered request flow: covered? → parse the key (400) → read the body (413) → fingerprint → scoped
+lookup key → one-round-trip acquire: finished (replay, or 422 on another fingerprint) / in flight
+(409 with ``Retry-After: 1``, or wait) / acquired → execute as a tracked task shielded from client
+disconnects, under a lease renewer → store the answer (or release the key) → respond. The record
+is stored before the response goes out, so an immediate retry is a replay, never a 409.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+
+from aiohttp import web
+
+from proxy.config import IdempotencyConfig
+from proxy.errors import UpstreamError
+from proxy.idempotency import replies
+from proxy.idempotency.exchange import (
+    Answer,
+    CoveredRequest,
+    Handler,
+    open_answer,
+    pass_through,
+    read_body,
+)
+from proxy.idempotency.fingerprint import fingerprint
+from proxy.idempotency.keys import InvalidKey, KeyScoper, parse_key, parse_prefer_wait
+from proxy.idempotency.lease import LeaseRenewer
+from proxy.idempotency.policy import IdempotencyPolicy, RoutePolicy, keeps_answer
+from proxy.idempotency.record import StoredResponse, headers_to_store
+from proxy.idempotency.store import (
+    Acquired,
+    AcquireResult,
+    Completed,
+    IdempotencyStore,
+    InFlight,
+    StoreUnavailable,
+    new_token,
+    store_from_url,
+)
+from proxy.keys import CONFIG, FORWARDER, IDEMPOTENCY_OUTCOME, METRICS, READINESS, TASKS
+from proxy.metrics import SidecarMetrics
+
+log = logging.getLogger("saga_sidecar.idempotency")
+
+
+class IdempotencyGuard:
+    """Applies one ``idempotency`` config section to the requests of one application."""
+
+    def __init__(
+        self,
+        config: IdempotencyConfig,
+        store: IdempotencyStore,
+        metrics: SidecarMetrics,
+        read_timeout: float | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.read_timeout = read_timeout
+        self.policy = IdempotencyPolicy(config)
+        self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
+
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
+        policy = self.policy.for_request(request.method, request.path)
+        if policy is None:
+            return await handler(request)
+        header = self.config.header
+        try:
+            key = parse_key(request.headers.getall(header, []), header)
+        except InvalidKey as exc:
+            return replies.invalid_key(str(exc))
+        if key is None:
+            return replies.missing_key(header) if policy.require_key else await handler(request)
+        self.metrics.idem_requests.inc()
+        body = await read_body(request, self.config.max_request_body, self.read_timeout)
+        digest = fingerprint(request.method, request.raw_path, body)
+        call = CoveredRequest(request, handler, body, digest)
+        return await self._protect(call, key, policy)
+
+    async def _protect(
+        self, call: CoveredRequest, key: str, policy: RoutePolicy
+    ) -> web.StreamResponse:
+        token = new_token()
+        lease = self.config.lock_timeout
+        try:
+            lookup = await self.scoper.lookup_key(call.request.headers, key)
+            state = await self.store.acquire(lookup, call.fingerprint, token, lease)
+        except StoreUnavailable as exc:
+            return await self._store_unavailable(call, exc)
+        if isinstance(state, InFlight) and state.fingerprint == call.fingerprint:
+            state = await self._wait(call, state, lookup, token, policy)
+        return await self._answer(call, state, policy)
+
+    def _wait_seconds(self, request: web.Request, policy: RoutePolicy) -> float:
+        preferred = parse_prefer_wait(request.headers.getall("Prefer", []))
+        if preferred is not None:
+            return float(preferred)
+        return self.config.lock_timeout if policy.concurrent == "wait" else 0.0
+
+    async def _wait(
+        self, call: CoveredRequest, state: InFlight, lookup: str, token: str, policy: RoutePolicy
+    ) -> AcquireResult:
+        seconds = self._wait_seconds(call.request, policy)
+        if seconds <= 0:
+            return state
+        lease = self.config.lock_timeout
+        try:
+            return await self.store.wait(lookup, call.fingerprint, token, lease, seconds)
+        except StoreUnavailable as exc:
+            # A first request is known to be in flight: never pass this one through.
+            self._count_store_error("wait", exc)
+            return state
+
+    async def _answer(
+        self, call: CoveredRequest, state: AcquireResult, policy: RoutePolicy
+    ) -> web.StreamResponse:
+        request = call.request
+        if isinstance(state, Acquired):
+            request[IDEMPOTENCY_OUTCOME] = "miss"
+            return await request.app[TASKS].shield(self._execute(call, state, policy))
+        seen = state.record.fingerprint if isinstance(state, Completed) else state.fingerprint
+        if seen != call.fingerprint:
+            request[IDEMPOTENCY_OUTCOME] = "mismatch"
+            self.metrics.idem_mismatches.inc()
+            return replies.mismatch(self.config.header)
+        if isinstance(state, InFlight) or not state.record.body_retained:
+            request[IDEMPOTENCY_OUTCOME] = "conflict"
+            self.metrics.idem_conflicts.inc()
+            if isinstance(state, InFlight):
+                return replies.in_flight(self.config.header)
+            return replies.not_retained(state.record, self.config.max_body)
+        request[IDEMPOTENCY_OUTCOME] = "hit"
+        self.metrics.idem_hits.inc()
+        return replies.replay(state.record)
+
+    async def _execute(
+        self, call: CoveredRequest, lock: Acquired, policy: RoutePolicy
+    ) -> web.StreamResponse:
+        """Run the request once, store or release, then respond (a shielded, tracked task)."""
+        forwarder = call.request.app[FORWARDER]
+        on_error = partial(self._count_store_error, "renew")
+        async with LeaseRenewer(self.store, lock, self.config.lock_timeout, on_error):
+            try:
+                async with open_answer(call, forwarder, self.config.max_body) as answer:
+                    await self._settle(lock, call, answer, policy)
+                    return await answer.respond(call.request)
+            except UpstreamError as exc:
+                return await self._settle_failure(lock, call, exc, policy)
+            except Exception:
+                await self._release(lock)
+                raise
+
+    async def _settle(
+        self, lock: Acquired, call: CoveredRequest, answer: Answer, policy: RoutePolicy
+    ) -> None:
+        if not keeps_answer(answer.status, policy.unknown_outcome):
+            await self._release(lock)
+            return
+        record = StoredResponse(
+            status=answer.status,
+            headers=headers_to_store(answer.headers.items()),
+            body=answer.body or b"",
+            fingerprint=call.fingerprint,
+            created=time.time(),
+            body_retained=answer.body is not None,
+            reason=answer.reason,
+        )
+        await self._complete(lock, record, policy.ttl)
+
+    async def _settle_failure(
+        self, lock: Acquired, call: CoveredRequest, exc: UpstreamError, policy: RoutePolicy
+    ) -> web.StreamResponse:
+        """Nothing sent: release. Sent, no answer: hold (store a problem) or release."""
+        if not exc.sent or policy.unknown_outcome == "release":
+            await self._release(lock)
+            raise exc
+        response = replies.unknown_outcome(exc)
+        body = response.body if isinstance(response.body, bytes) else b""
+        answer = Answer(response.status, response.reason, response.headers.copy(), body)
+        await self._settle(lock, call, answer, policy)
+        return response
+
+    async def _complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> None:
+        try:
+            stored = await self.store.complete(lock, record, ttl)
+        except StoreUnavailable as exc:
+            # The client still gets its answer; the lock expires after one lease.
+            self._count_store_error("complete", exc)
+            return
+        if not stored:
+            log.warning("idempotency lease was lost before completion: answer not stored")
+
+    async def _release(self, lock: Acquired) -> None:
+        try:
+            await self.store.release(lock)
+        except StoreUnavailable as exc:
+            self._count_store_error("release", exc)
+
+    async def _store_unavailable(
+        self, call: CoveredRequest, exc: StoreUnavailable
+    ) -> web.StreamResponse:
+        action = self.config.on_store_error
+        call.request[IDEMPOTENCY_OUTCOME] = "store_error"
+        self._count_store_error(action, exc)
+        if action == "reject":
+            return replies.store_unavailable()
+        return await pass_through(call, call.request.app[FORWARDER])
+
+    def _count_store_error(self, action: str, exc: StoreUnavailable) -> None:
+        log.warning("idempotency store error (%s): %s", action, exc.detail)
+        self.metrics.idem_store_errors.labels(action).inc()
+
+
+IDEMPOTENCY_GUARD: web.AppKey[IdempotencyGuard] = web.AppKey("idempotency_guard")
+
+
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply Idempotency-Key protection (CONTRACT §4) to the public app's requests."""
+    guard = request.app.get(IDEMPOTENCY_GUARD)
+    if guard is None:
+        return await handler(request)
+    return await guard.handle(request, handler)
+
+
+async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the configured idempotency store, register its readiness probe, close it at exit.
+
+    Append it before the task scheduler's context, so in-flight requests are drained (and their
+    answers stored) before the store closes.
+    """
+    loaded = app[CONFIG].config
+    store = store_from_url(loaded.idempotency.store)
+    guard = IdempotencyGuard(loaded.idempotency, store, app[METRICS], loaded.limits.read_timeout)
+    app[IDEMPOTENCY_GUARD] = guard
+    app[READINESS].register("idempotency_store", store.ping)
+    yield
+    await store.close()

@@ -1,0 +1,110 @@
+"""``redis://`` (and ``rediss://``, Sentinel, Cluster): the shared idempotency store.
+
+One key per idempotency record, ``<prefix>:{<scoped key>}``, holding the in-flight lock (``SET NX
+PX`` with a random owner token, lease = ``lock_timeout``) and then the finished record (TTL =
+``ttl``). Acquire, complete, release and renew are each one Lua script (``*.lua`` next to this
+module, run with EVALSHA): one round trip, and complete/release/renew compare the owner token
+first, so a holder whose lease expired cannot overwrite or delete a newer holder's state. The
+record's pub/sub channel ``<prefix>:{<scoped key>}:done`` shares its hash tag, as would any
+further key of the record, so everything about one record lives in one Cluster slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
+
+from proxy.idempotency.redis_client import RedisConnection, connect, parse_redis_url
+from proxy.idempotency.redis_notify import CompletionListener
+from proxy.idempotency.store import ChangeSignal, IdempotencyStore, StoreUnavailable
+
+_SCRIPTS = ("acquire", "complete", "release", "renew", "secret")
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def _lua(name: str) -> str:
+    return resources.files("proxy.idempotency").joinpath(f"{name}.lua").read_text("utf-8")
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except _REDIS_ERRORS as exc:
+        reason = str(exc) or type(exc).__name__
+        raise StoreUnavailable(f"redis {operation} failed: {reason}") from exc
+
+
+class RedisStore(IdempotencyStore):
+    """Locks and records in Redis; see the module docstring for the key layout."""
+
+    def __init__(self, connection: RedisConnection, prefix: str) -> None:
+        super().__init__()
+        self.connection = connection
+        self.client = client = connection.client
+        self.prefix = prefix
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_lua(name)) for name in _SCRIPTS
+        }
+        self._listener = CompletionListener(client)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """A store for ``url`` (see ``redis_client`` for the accepted forms); no I/O yet."""
+        target = parse_redis_url(url)
+        return cls(connect(target), target.prefix)
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of scoped key ``key``; its hash tag is the scoped key."""
+        return f"{self.prefix}:{{{key}}}"
+
+    def channel(self, key: str) -> str:
+        """The pub/sub channel announcing completion or release of ``key``."""
+        return f"{self.prefix}:{{{key}}}:done"
+
+    async def _script(self, name: str, key: str, *args: Any) -> Any:
+        with _unavailable_on_error(name):
+            return await self._scripts[name](keys=[key], args=list(args))
+
+    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
+        current = await self._script("acquire", self.redis_key(key), value, lease_ms)
+        return current if isinstance(current, bytes) else None
+
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
+        channel = self.channel(key)
+        done = await self._script("complete", self.redis_key(key), owner, value, ttl_ms, channel)
+        return bool(done)
+
+    async def _release(self, key: str, owner: bytes) -> bool:
+        return bool(await self._script("release", self.redis_key(key), owner, self.channel(key)))
+
+    async def _renew(self, key: str, owner: bytes, lease_ms: int) -> bool:
+        return bool(await self._script("renew", self.redis_key(key), owner, lease_ms))
+
+    @asynccontextmanager
+    async def _watch(self, key: str) -> AsyncIterator[ChangeSignal]:
+        async with self._listener.watch(self.channel(key)) as signal:
+            yield signal
+
+    async def _load_secret(self, candidate: bytes) -> bytes:
+        secret = await self._script("secret", f"{self.prefix}:secret", candidate)
+        if not isinstance(secret, bytes) or not secret:
+            raise StoreUnavailable("redis returned no scoping secret")
+        return secret
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers PING."""
+        with _unavailable_on_error("ping"):
+            await self.client.ping()
+
+    async def close(self) -> None:
+        """Close the pub/sub listener and the connection pool."""
+        await self._listener.close()
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self.connection.aclose()

@@ -1,0 +1,241 @@
+"""The idempotency store interface: one lease-based lock-or-record slot per scoped key.
+
+Each key holds nothing, an in-flight lock (``b"L"`` + owner token + request fingerprint, with a
+lease), or a finished record (``record.encode_record``, with the result TTL). The public methods
+here hold the shared policy (tokens, lock values, decoding, waiting, the scoping secret); each
+backend implements the small ``_acquire/_complete/_release/_renew`` primitives atomically and
+owner-checked, so a holder whose lease was taken over can never overwrite or delete the new
+holder's state. ``store_from_url`` picks the backend from the configured URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.errors import SidecarError
+from proxy.idempotency.record import (
+    RecordFormatError,
+    StoredResponse,
+    decode_record,
+    encode_record,
+)
+
+LOCK_MARK = b"L"
+TOKEN_LENGTH = 32
+SECRET_REFRESH_SECONDS = 10.0
+
+
+class StoreUnavailable(SidecarError):
+    """The idempotency store could not be used (unreachable, timed out, full, corrupt data)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class StoreFull(StoreUnavailable):
+    """An in-process store reached its memory bound; nothing within its TTL is dropped early."""
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """This request holds the key's lock and must execute; ``token`` proves ownership."""
+
+    key: str
+    token: str
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Another request holds the key's lock; ``fingerprint`` is the request it executes."""
+
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The key's request finished; ``record`` is its stored answer."""
+
+    record: StoredResponse
+
+
+AcquireResult = Acquired | InFlight | Completed
+
+
+class ChangeSignal(Protocol):
+    """Wakes a waiter when a key may have changed (completed, released)."""
+
+    async def wait(self, seconds: float) -> None:
+        """Return on a change notification or after ``seconds``, whichever is first."""
+
+
+def new_token() -> str:
+    """A random lock owner token."""
+    return secrets.token_hex(TOKEN_LENGTH // 2)
+
+
+def lock_value(token: str, fingerprint: str) -> bytes:
+    """The bytes a lock holds: mark, owner token, fingerprint of the request it executes."""
+    return LOCK_MARK + token.encode() + fingerprint.encode()
+
+
+def owner_prefix(token: str) -> bytes:
+    """What an owner-checked write compares the stored value's start against."""
+    return LOCK_MARK + token.encode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class IdempotencyStore(ABC):
+    """Lease-based locks and stored responses under scoped keys (see the module docstring)."""
+
+    poll_interval = 0.5
+
+    def __init__(self) -> None:
+        self._secret: bytes | None = None
+        self._secret_loaded_at = 0.0
+
+    async def acquire(self, key: str, fingerprint: str, token: str, lease: float) -> AcquireResult:
+        """Take the lock for ``key`` (one round trip), or report who holds it or what finished.
+
+        Raises:
+            StoreUnavailable: the store could not answer.
+        """
+        current = await self._acquire(key, lock_value(token, fingerprint), _ms(lease))
+        return self._classify(key, token, current)
+
+    async def wait(
+        self, key: str, fingerprint: str, token: str, lease: float, seconds: float
+    ) -> AcquireResult:
+        """Wait up to ``seconds`` for the in-flight request on ``key`` to finish.
+
+        Wakes on the holder's completion or release (no busy polling; a slow poll is the
+        fallback for a lost notification or an expired lease), then acquires again: the result
+        is the finished record, the lock (the first holder released it), or still ``InFlight``.
+        """
+        deadline = time.monotonic() + seconds
+        async with self._watch(key) as signal:
+            while True:
+                state = await self.acquire(key, fingerprint, token, lease)
+                remaining = deadline - time.monotonic()
+                if not isinstance(state, InFlight) or remaining <= 0:
+                    return state
+                if state.fingerprint != fingerprint:
+                    return state
+                await signal.wait(min(remaining, self.poll_interval))
+
+    async def complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> bool:
+        """Replace the lock by ``record`` for ``ttl`` seconds; False when the lock was lost."""
+        return await self._complete(
+            lock.key, owner_prefix(lock.token), encode_record(record), _ms(ttl)
+        )
+
+    async def release(self, lock: Acquired) -> bool:
+        """Drop the lock so the key may be retried; False when it was no longer ours."""
+        return await self._release(lock.key, owner_prefix(lock.token))
+
+    async def renew(self, lock: Acquired, lease: float) -> bool:
+        """Extend the lock's lease; False when it was no longer ours."""
+        return await self._renew(lock.key, owner_prefix(lock.token), _ms(lease))
+
+    async def secret(self) -> bytes:
+        """The per-store scoping secret, created on first use and re-read every few seconds.
+
+        The value this process knows is offered on every re-read, so a store that lost its data
+        gets the same secret back from the first sidecar that notices.
+        """
+        age = time.monotonic() - self._secret_loaded_at
+        if self._secret is None or age > SECRET_REFRESH_SECONDS:
+            candidate = self._secret or secrets.token_hex(32).encode()
+            self._secret = await self._load_secret(candidate)
+            self._secret_loaded_at = time.monotonic()
+        return self._secret
+
+    def _classify(self, key: str, token: str, current: bytes | None) -> AcquireResult:
+        if current is None:
+            return Acquired(key, token)
+        if current.startswith(LOCK_MARK):
+            holder = current[1 : 1 + TOKEN_LENGTH].decode("ascii", "replace")
+            if holder == token:  # our own earlier attempt, its reply lost and retried
+                return Acquired(key, token)
+            return InFlight(current[1 + TOKEN_LENGTH :].decode("ascii", "replace"))
+        try:
+            return Completed(decode_record(current))
+        except RecordFormatError as exc:
+            raise StoreUnavailable(f"unreadable idempotency record: {exc}") from exc
+
+    @abstractmethod
+    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
+        """Set ``key`` to ``value`` for ``lease_ms`` if empty (None), else return its value."""
+
+    @abstractmethod
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
+        """If ``key`` holds a lock starting with ``owner``, replace it; notify waiters."""
+
+    @abstractmethod
+    async def _release(self, key: str, owner: bytes) -> bool:
+        """If ``key`` holds a lock starting with ``owner``, delete it; notify waiters."""
+
+    @abstractmethod
+    async def _renew(self, key: str, owner: bytes, lease_ms: int) -> bool:
+        """If ``key`` holds a lock starting with ``owner``, reset its expiry to ``lease_ms``."""
+
+    @abstractmethod
+    def _watch(self, key: str) -> AbstractAsyncContextManager[ChangeSignal]:
+        """Subscribe to changes of ``key`` for the duration of the context."""
+
+    @abstractmethod
+    async def _load_secret(self, candidate: bytes) -> bytes:
+        """Store ``candidate`` as the secret unless one exists; return the stored secret."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and background tasks."""
+
+
+async def sleep_or_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return
+
+
+class EventSignal:
+    """One waiter's wake-up event: set by a backend on a change, cleared after each wake."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Return when notified or after ``seconds``."""
+        await sleep_or_event(self.event, seconds)
+        self.event.clear()
+
+
+def store_from_url(url: str) -> IdempotencyStore:
+    """The store for ``idempotency.store``: ``memory://`` or a Redis URL.
+
+    Redis URLs: ``redis://``, ``rediss://``, ``redis+sentinel://``, ``redis+cluster://``; the
+    ``prefix`` query parameter sets the key prefix (default ``idem``).
+    """
+    if url.startswith("memory:"):
+        from proxy.idempotency.memory_store import MemoryStore
+
+        return MemoryStore.from_url(url)
+    from proxy.idempotency.redis_store import RedisStore
+
+    return RedisStore.from_url(url)

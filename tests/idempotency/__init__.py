@@ -1,0 +1,1 @@
+"""Idempotency-Key protection: unit tests, the store contract suite, and end-to-end tests."""
