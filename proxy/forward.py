@@ -180,36 +180,30 @@ async def relay(
     """Stream ``upstream`` to the client; each chunk is also given to ``sink`` when set.
 
     A failure after the response headers went out cannot become an error response any more:
-    the client connection is closed so a truncated body is never mistaken for a complete one.
+    the client connection is aborted so a truncated body is never mistaken for a complete one.
+    Unexpected exceptions (and cancellation) abort it too, then propagate.
     """
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(response_headers(upstream))
     if "Content-Length" not in response.headers and upstream.status not in (204, 304):
         response.enable_chunked_encoding()
     await response.prepare(request)
-    chunks = upstream.content.iter_any()
-    while True:
-        try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            break
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning(
-                "upstream body failed mid-stream on %s %s: %r", request.method, request.path, exc
-            )
-            return _abort(request, response)
-        if sink is not None:
-            sink(chunk)
-        try:
+    try:
+        async for chunk in upstream.content.iter_any():
+            if sink is not None:
+                sink(chunk)
             await response.write(chunk)
-        except ConnectionError:
-            return _abort(request, response)
-    await response.write_eof()
+        await response.write_eof()
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        log.warning("response to %s %s cut short: %r", request.method, request.path, exc)
+        abort_client(request)
+    except BaseException:
+        abort_client(request)
+        raise
     return response
 
 
-def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """Close the client connection so a cut-short body is seen as incomplete."""
+def abort_client(request: web.Request) -> None:
+    """Abort the client connection so a cut-short body is seen as incomplete."""
     if request.transport is not None:
         request.transport.abort()
-    return response

@@ -100,6 +100,9 @@ class LimitedRequestHandler(web.RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """Answer an error raised outside the app as problem+json and close the connection."""
+        if request.writer.output_size > 0:
+            # Already logged where it was raised; a second response would corrupt the first.
+            raise ConnectionError("a response was already started; closing the connection")
         status = error_status(exc, status)
         if status >= 500:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
@@ -111,8 +114,6 @@ class LimitedRequestHandler(web.RequestHandler):
                 message or exc,
                 extra={"status": status, "remote": request.remote},
             )
-        if request.writer.output_size > 0:
-            raise ConnectionError("a response was already started; closing the connection")
         response = problem_response(status, error_detail(status, exc, self.max_field_size))
         response.force_close()
         return response

@@ -79,5 +79,8 @@ async def problems_middleware(request: web.Request, handler: Any) -> web.StreamR
         return problem_for_exception(exc)
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if request.writer.output_size > 0:
+            # Part of a response already went out: only a closed connection can say it failed.
+            raise
         return problem_for_exception(exc)
     return response

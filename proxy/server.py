@@ -53,7 +53,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None
     public = LimitedAppRunner(
         apps.public,
         read_timeout=config.limits.read_timeout,
-        shutdown_timeout=config.shutdown_grace,
+        # aiohttp waits for a running handler twice (before and after cancelling its payload),
+        # each time up to shutdown_timeout: halves keep the whole drain within the grace.
+        shutdown_timeout=config.shutdown_grace / 2,
         access_log=None,
     )
     admin = web.AppRunner(apps.admin, shutdown_timeout=2.0, access_log=None)

@@ -89,7 +89,11 @@ class Upstream:
 
 
 async def start_app(app: web.Application, **runner_kwargs: Any) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on 127.0.0.1 on a kernel-chosen port; return the runner and the port."""
+    """Serve ``app`` on 127.0.0.1 on a kernel-chosen port; return the runner and the port.
+
+    Unless ``runner_kwargs`` say otherwise, cleanup waits at most 1 s for handlers still running.
+    """
+    runner_kwargs.setdefault("shutdown_timeout", 1.0)
     runner = web.AppRunner(app, access_log=None, **runner_kwargs)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

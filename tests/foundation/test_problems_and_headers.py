@@ -1,0 +1,127 @@
+"""The problems middleware and the pure header helpers, on an in-process aiohttp server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.errors import RequestBodyTimeout, UpstreamReset, UpstreamTimeout, UpstreamUnreachable
+from proxy.headers import add_forwarded, end_to_end
+from proxy.problems import problems_middleware
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(aiohttp_client: Any, handler: Handler) -> Any:
+    app = web.Application(middlewares=[problems_middleware])
+    app.router.add_get("/", handler)
+    return await aiohttp_client(app)
+
+
+def raising(exc: BaseException) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise exc
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (UpstreamUnreachable("upstream unreachable: refused"), 502),
+        (UpstreamReset("upstream connection failed: reset"), 502),
+        (UpstreamTimeout("upstream did not answer within 1s"), 504),
+        (RequestBodyTimeout(1.0), 408),
+        (web.HTTPNotFound(), 404),
+        (RuntimeError("secret internals"), 500),
+    ],
+)
+async def test_errors_become_problem_documents_without_internals(
+    aiohttp_client: Any, exc: BaseException, status: int
+) -> None:
+    client = await serve(aiohttp_client, raising(exc))
+    async with client.get("/") as response:
+        assert response.status == status
+        assert response.content_type == "application/problem+json"
+        problem = await response.json(content_type=None)
+    assert problem["status"] == status
+    assert {"type", "title", "detail"} <= problem.keys()
+    assert "secret internals" not in str(problem)
+    assert "Traceback" not in str(problem)
+
+
+async def test_method_not_allowed_keeps_its_allow_header(aiohttp_client: Any) -> None:
+    client = await serve(aiohttp_client, raising(web.HTTPNotFound()))
+    async with client.post("/") as response:
+        assert response.status == 405
+        assert response.content_type == "application/problem+json"
+        assert response.headers["Allow"] == "GET,HEAD"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_failure_after_the_response_started_cuts_the_connection(
+    aiohttp_client: Any, chunked: bool
+) -> None:
+    async def late_failure(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = 100
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        raise RuntimeError("late failure")
+
+    client = await serve(aiohttp_client, late_failure)
+    async with client.get("/") as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+def test_end_to_end_drops_hop_by_hop_and_connection_listed_headers() -> None:
+    headers = CIMultiDict(
+        [
+            ("Connection", "keep-alive, X-A"),
+            ("Connection", "x-b"),
+            ("X-A", "1"),
+            ("X-B", "2"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Sum"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic x"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Host", "example"),
+            ("X-Multi", "1"),
+            ("X-Multi", "2"),
+        ]
+    )
+    kept = end_to_end(headers, drop=("host",))
+    assert list(kept.items()) == [("X-Multi", "1"), ("X-Multi", "2")]
+
+
+def test_add_forwarded_appends_the_peer_and_keeps_earlier_proto_and_host() -> None:
+    headers: CIMultiDict[str] = CIMultiDict(
+        [("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "2.2.2.2, 3.3.3.3")]
+    )
+    headers["X-Forwarded-Proto"] = "https"
+    add_forwarded(headers, client_ip="10.0.0.9", proto="http", host="sidecar:8080")
+    assert headers.getall("X-Forwarded-For") == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]
+    assert headers["X-Forwarded-Proto"] == "https"
+    assert headers["X-Forwarded-Host"] == "sidecar:8080"
+
+
+def test_add_forwarded_without_a_peer_address_leaves_x_forwarded_for_alone() -> None:
+    headers: CIMultiDict[str] = CIMultiDict()
+    add_forwarded(headers, client_ip=None, proto="http", host=None)
+    assert "X-Forwarded-For" not in headers
+    assert "X-Forwarded-Host" not in headers
+    assert headers["X-Forwarded-Proto"] == "http"

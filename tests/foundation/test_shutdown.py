@@ -1,0 +1,124 @@
+"""SIGTERM/SIGINT: stop accepting, let in-flight requests finish within shutdown_grace, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+if TYPE_CHECKING:
+    from conftest import Sidecar
+
+
+class SlowApp:
+    """An upstream whose ``/slow`` answers after ``delay`` seconds and reports its arrivals."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.arrived = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_get("/slow", self.slow)
+        self.app.router.add_get("/fast", self.fast)
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.arrived.set()
+        await asyncio.sleep(self.delay)
+        return web.Response(text="finally")
+
+    async def fast(self, request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+
+async def start(
+    upstream_server: Callable[..., Any],
+    sidecar_process: Callable[..., Sidecar],
+    delay: float,
+    grace: str = "5s",
+) -> tuple[SlowApp, Sidecar]:
+    slow = SlowApp(delay)
+    upstream = await upstream_server(slow.app, handler_cancellation=True)
+    sidecar = sidecar_process({"upstream": {"url": upstream.url}, "shutdown_grace": grace})
+    return slow, sidecar
+
+
+async def get_text(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def wait_until_refused(sidecar: Sidecar, within: float) -> None:
+    url = URL(sidecar.url)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(url.host, url.port)
+        except ConnectionRefusedError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{sidecar.url} still accepts connections {within}s after the signal")
+
+
+async def wait_for_exit(sidecar: Sidecar, within: float) -> int:
+    deadline = time.monotonic() + within
+    while sidecar.process.poll() is None:
+        assert time.monotonic() < deadline, f"sidecar still running:\n{sidecar.log_text()}"
+        await asyncio.sleep(0.02)
+    return sidecar.process.returncode
+
+
+@pytest.mark.parametrize(("signum", "delay"), [(signal.SIGTERM, 1.5), (signal.SIGINT, 0.6)])
+async def test_stop_signal_drains_the_in_flight_request_then_exits_0(
+    upstream_server: Callable[..., Any],
+    sidecar_process: Callable[..., Sidecar],
+    signum: int,
+    delay: float,
+) -> None:
+    slow, sidecar = await start(upstream_server, sidecar_process, delay=delay)
+    in_flight = asyncio.create_task(get_text(f"{sidecar.url}/slow"))
+    await asyncio.wait_for(slow.arrived.wait(), 5)
+    signalled = time.monotonic()
+    sidecar.signal(signum)
+    await wait_until_refused(sidecar, within=1.0)
+    assert not in_flight.done()
+    assert await asyncio.wait_for(in_flight, 5) == (200, "finally")
+    assert await wait_for_exit(sidecar, within=3) == 0
+    assert time.monotonic() - signalled < 3.5
+    messages = [record.get("msg") for record in sidecar.log_records()]
+    assert "stop signal received, draining" in messages
+    assert messages[-1] == "stopped"
+
+
+async def test_idle_sidecar_exits_at_once_even_with_idle_keep_alive_clients(
+    upstream_server: Callable[..., Any], sidecar_process: Callable[..., Sidecar]
+) -> None:
+    _, sidecar = await start(upstream_server, sidecar_process, delay=0)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sidecar.url}/fast") as response:
+            assert await response.text() == "fast"
+        signalled = time.monotonic()
+        sidecar.signal(signal.SIGTERM)
+        assert await wait_for_exit(sidecar, within=3) == 0
+    assert time.monotonic() - signalled < 1.5
+
+
+async def test_request_outliving_shutdown_grace_is_cut_and_the_exit_is_still_0(
+    upstream_server: Callable[..., Any], sidecar_process: Callable[..., Sidecar]
+) -> None:
+    slow, sidecar = await start(upstream_server, sidecar_process, delay=10, grace="500ms")
+    in_flight = asyncio.create_task(get_text(f"{sidecar.url}/slow"))
+    await asyncio.wait_for(slow.arrived.wait(), 5)
+    signalled = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert await wait_for_exit(sidecar, within=4) == 0
+    assert 0.4 < time.monotonic() - signalled < 1.5
+    with pytest.raises(aiohttp.ClientError):
+        await asyncio.wait_for(in_flight, 5)
