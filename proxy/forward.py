@@ -74,8 +74,10 @@ def request_body_error(exc: BaseException) -> RequestBodyError | None:
 
 
 def _reason(exc: BaseException) -> str:
+    """One short line saying why an upstream call failed, for a problem detail."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    return str(cause) or type(cause).__name__
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def check_declared_length(request: web.Request, limit: int) -> None:

@@ -12,6 +12,9 @@ from proxy.forward import Forwarder
 from proxy.keys import CLIENT_SESSION, CONFIG, FORWARDER, TASKS
 
 _POOL_SIZE = 1000
+# Response header lines the app may send (aiohttp's default, 8190 bytes, turns a large
+# Content-Security-Policy or Set-Cookie into a 502); Envoy's default limit is of this order.
+_MAX_UPSTREAM_HEADER_FIELD = 64 * 1024
 
 
 async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -23,6 +26,8 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         raise_for_status=False,
+        max_line_size=_MAX_UPSTREAM_HEADER_FIELD,
+        max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
     )
     app[CLIENT_SESSION] = session
     app[FORWARDER] = Forwarder(

@@ -57,6 +57,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None
         # each time up to shutdown_timeout: halves keep the whole drain within the grace.
         shutdown_timeout=config.shutdown_grace / 2,
         access_log=None,
+        # A proxy relays request bodies as sent: aiohttp would otherwise inflate gzip/deflate
+        # bodies and forward them still labelled Content-Encoding, with the old length.
+        auto_decompress=False,
     )
     admin = web.AppRunner(apps.admin, shutdown_timeout=2.0, access_log=None)
     try:

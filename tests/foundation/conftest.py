@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="module")
 def upstream(app_in_thread: Callable[..., Upstream]) -> Upstream:
-    """The foundation upstream app, serving from a background thread for the whole module."""
-    return app_in_thread(upstream_app())
+    """The foundation upstream app, serving from a background thread for the whole module.
+
+    It does not decompress request bodies, so it sees the bytes exactly as the sidecar sent them.
+    """
+    return app_in_thread(upstream_app(), auto_decompress=False)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ through it in each direction.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,28 @@ async def test_content_length_upload_keeps_its_content_length(
     assert report["chunked"] is False
     assert [v for k, v in report["headers"] if k.lower() == "content-length"] == [str(size)]
     assert report["body_sha256"] == pattern_sha256(size)
+
+
+async def test_compressed_request_body_is_forwarded_as_sent_not_decompressed(
+    client: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    body = gzip.compress(b"".join(pattern_chunks(200_000)))
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+    report = await upload(client, sidecar, data=body, headers=headers)
+    assert (report["body_length"], report["body_sha256"]) == (
+        len(body),
+        hashlib.sha256(body).hexdigest(),
+    )
+    assert [v for k, v in report["headers"] if k.lower() == "content-encoding"] == ["gzip"]
+
+
+async def test_compressed_response_body_is_relayed_as_sent(
+    client: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    async with client.get(f"{sidecar.url}/gzipped") as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        raw = await response.read()
+    assert gzip.decompress(raw) == b"".join(pattern_chunks(100_000))
 
 
 async def test_50mb_upload_streams_without_growing_memory(

@@ -202,6 +202,25 @@ async def test_upstream_status_reason_and_headers_are_relayed(
     assert report["method"] == "GET"
 
 
+async def test_large_upstream_response_header_is_relayed(sidecar: Sidecar) -> None:
+    async with (
+        aiohttp.ClientSession(max_field_size=65536) as client,
+        client.get(f"{sidecar.url}/big-header?size=20000") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Big"] == "b" * 20000
+
+
+async def test_upstream_cookies_are_relayed_but_never_kept_between_requests(
+    client: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    async with client.get(f"{sidecar.url}/echo/set?status=200") as response:
+        assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as other_client:
+        report = await echo(other_client, sidecar, "/echo/after-cookies")
+    assert header_values(report, "Cookie") == []
+
+
 async def wait_for_access_log(sidecar: Sidecar, request_id: str) -> dict[str, Any]:
     """The access log line of ``request_id`` (logged just after the response is sent)."""
     for _ in range(100):

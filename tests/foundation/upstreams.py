@@ -9,6 +9,7 @@ resets, bodies cut short, stalls between chunks.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import socket
 import struct
@@ -95,6 +96,17 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def gzipped(request: web.Request) -> web.Response:
+    """100,000 pattern bytes, gzip-compressed, labelled ``Content-Encoding: gzip``."""
+    body = gzip.compress(b"".join(pattern_chunks(100_000)))
+    return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+
+async def big_header(request: web.Request) -> web.Response:
+    """A response with a ``?size=``-byte header value."""
+    return web.Response(text="big", headers={"X-Big": "b" * int(request.query["size"])})
+
+
 async def slow(request: web.Request) -> web.Response:
     """Answer after ``?delay=`` seconds."""
     await asyncio.sleep(float(request.query.get("delay", "1")))
@@ -160,6 +172,8 @@ def upstream_app() -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app.router.add_get("/download", download)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/gzipped", gzipped)
+    app.router.add_get("/big-header", big_header)
     app.router.add_get("/hop", hop_headers)
     app.router.add_get("/reset", reset)
     app.router.add_get("/close", close_without_answer)
