@@ -59,6 +59,18 @@ async def limited_body(
         yield chunk
 
 
+def request_target(request: web.Request) -> str:
+    """The path and query to send upstream, byte for byte as the client wrote them.
+
+    An absolute-form target (``GET http://host/path``) is reduced to its path and query.
+    """
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    url = URL(raw, encoded=True)
+    return (url.raw_path_qs or "/") if url.absolute else raw
+
+
 def request_body_error(exc: BaseException) -> RequestBodyError | None:
     """The RequestBodyError behind ``exc``, if reading the client's body is what failed.
 
@@ -127,7 +139,7 @@ class Forwarder:
             UpstreamTimeout: no response headers within the timeout.
             RequestBodyError: reading the client's streamed body failed (too large, too slow).
         """
-        url = URL(self.base_url + request.raw_path, encoded=True)
+        url = URL(self.base_url + request_target(request), encoded=True)
         started = time.perf_counter()
         try:
             response = await self.session.request(

@@ -9,17 +9,16 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from yarl import URL
+
+from foundation.rawhttp import Connection
 
 if TYPE_CHECKING:
     from conftest import Sidecar, Upstream
 
 READ_TIMEOUT = 0.3
-WAIT = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -33,67 +32,13 @@ def sidecar(module_sidecar_process: Callable[..., Sidecar], upstream: Upstream) 
     )
 
 
-@dataclass
-class RawResponse:
-    """One HTTP/1.x response read off a socket."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def problem(self) -> dict[str, Any]:
-        """The body as a problem document, checking its media type and members."""
-        assert self.headers["content-type"] == "application/problem+json"
-        problem: dict[str, Any] = json.loads(self.body)
-        assert problem["status"] == self.status
-        assert {"type", "title", "status", "detail"} <= problem.keys()
-        return problem
-
-
-class Connection:
-    """A raw TCP connection to the sidecar's public listener."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, sidecar: Sidecar) -> Connection:
-        url = URL(sidecar.url)
-        reader, writer = await asyncio.open_connection(url.host, url.port)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self) -> RawResponse:
-        async with asyncio.timeout(WAIT):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status_line, *lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in filter(None, lines):
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return RawResponse(int(status_line.split()[1]), headers, body)
-
-    async def closed_by_peer(self) -> bool:
-        async with asyncio.timeout(WAIT):
-            return await self.reader.read() == b""
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
 @pytest.fixture
 async def connect(sidecar: Sidecar) -> Any:
     """``await connect()`` opens a raw connection, closed after the test."""
     opened: list[Connection] = []
 
     async def open_one() -> Connection:
-        connection = await Connection.open(sidecar)
+        connection = await Connection.open(sidecar.url)
         opened.append(connection)
         return connection
 

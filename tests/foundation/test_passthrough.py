@@ -7,6 +7,7 @@ Methods, raw paths and query strings, repeated headers, hop-by-hop stripping in 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from yarl import URL
+
+from foundation.rawhttp import Connection
 
 if TYPE_CHECKING:
     from conftest import Sidecar, Upstream
@@ -98,6 +101,21 @@ async def test_path_and_query_arrive_byte_identical(
 ) -> None:
     report = await echo(client, sidecar, raw_path)
     assert report["raw_path"] == raw_path
+
+
+async def test_absolute_form_request_target_is_forwarded_as_its_path_and_query(
+    sidecar: Sidecar,
+) -> None:
+    connection = await Connection.open(sidecar.url)
+    try:
+        await connection.send(
+            b"GET http://example.com/echo/abs%2Fx?q=%20 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        )
+        response = await connection.response()
+    finally:
+        await connection.close()
+    assert response.status == 200
+    assert json.loads(response.body)["raw_path"] == "/echo/abs%2Fx?q=%20"
 
 
 async def test_repeated_header_lines_arrive_as_separate_lines(
