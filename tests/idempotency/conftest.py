@@ -3,10 +3,12 @@
 Fixtures:
     idem_prefix          a key prefix unique to the test; its Redis keys are deleted afterwards.
     redis_store_url      ``$REDIS_URL`` with that prefix.
-    store                the contract-suite store, parametrized: ``memory`` and ``redis``.
+    store                the contract-suite store, parametrized: ``memory``, ``redis``, and
+                         ``redis-cluster`` / ``redis-sentinel`` on private servers this session
+                         starts (``redis_cluster``, ``redis_sentinel``).
     counting_upstream    a ``CountingUpstream`` served on 127.0.0.1 in the test's loop.
-    sidecar              ``await sidecar(upstream_url, idempotency={...}, **config)``: the public
-                         app of an in-process sidecar on a real port (``InProcessSidecar``).
+    sidecar              ``await sidecar(upstream_url, idempotency={...}, runner={...}, **config)``:
+                         the public app of an in-process sidecar on a real port.
     redis_server         ``await redis_server()``: a private ``redis-server`` subprocess on its
                          own port that the test may stop and start again.
 """
@@ -14,8 +16,11 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import redis
 from aiohttp import web
 from conftest import Upstream, deep_merge, find_free_port
 from redis.asyncio import Redis
@@ -68,14 +74,116 @@ def redis_store_url(redis_url: str, idem_prefix: str) -> str:
     return with_prefix(redis_url, idem_prefix)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 async def store(
-    request: pytest.FixtureRequest, redis_store_url: str
+    request: pytest.FixtureRequest, redis_store_url: str, idem_prefix: str
 ) -> AsyncIterator[IdempotencyStore]:
-    """Each store implementation in turn (the contract suite runs against both)."""
-    instance = MemoryStore() if request.param == "memory" else store_from_url(redis_store_url)
+    """Each store implementation in turn: the contract suite runs against all of them."""
+    if request.param == "memory":
+        instance: IdempotencyStore = MemoryStore()
+    elif request.param == "redis":
+        instance = store_from_url(redis_store_url)
+    else:
+        topology: RedisTopology = request.getfixturevalue(request.param.replace("-", "_"))
+        instance = store_from_url(with_prefix(topology.url, idem_prefix))
     yield instance
     await instance.close()
+
+
+def _wait_until(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {within}s")
+
+
+@dataclass
+class RedisTopology:
+    """Redis processes started for the session, and the store URL that reaches them."""
+
+    url: str
+    processes: list[subprocess.Popen[bytes]]
+
+    def stop(self) -> None:
+        """Terminate every process."""
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(10)
+
+
+def _redis_process(workdir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return subprocess.Popen(
+        [binary, *extra, *args, "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(100):
+        port = find_free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port + 10000)) != 0:
+                return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
+    """A one-node Redis Cluster owning every slot (cross-slot rules apply as on any cluster)."""
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    port = _cluster_port()
+    process = _redis_process(
+        workdir, port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"
+    )
+    topology = RedisTopology(f"redis+cluster://127.0.0.1:{port}", [process])
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        _wait_until(lambda: bool(client.ping()), "redis cluster node")
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        _wait_until(lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),
+                    "cluster state ok")  # fmt: skip
+        yield topology
+    finally:
+        client.close()
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
+    """A Redis master watched by one Sentinel; the store finds the master through Sentinel."""
+    workdir = tmp_path_factory.mktemp("redis-sentinel")
+    master_port, sentinel_port = find_free_port(), find_free_port()
+    master = _redis_process(workdir, master_port)
+    config = workdir / "sentinel.conf"
+    config.write_text(f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n")
+    sentinel = _redis_process(workdir, sentinel_port, str(config), "--sentinel")
+    topology = RedisTopology(
+        f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0", [sentinel, master]
+    )
+    client = redis.Redis(port=sentinel_port, socket_timeout=1)
+    try:
+        _wait_until(
+            lambda: (
+                client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+                is not None
+            ),
+            "redis sentinel",
+        )
+        yield topology
+    finally:
+        client.close()
+        topology.stop()
 
 
 @pytest.fixture
@@ -111,7 +219,10 @@ def sidecar(
     """``await sidecar(upstream_url, idempotency={...}, **config)``; Redis store by default."""
 
     async def start(
-        upstream_url: str, idempotency: dict[str, Any] | None = None, **config: Any
+        upstream_url: str,
+        idempotency: dict[str, Any] | None = None,
+        runner: dict[str, Any] | None = None,
+        **config: Any,
     ) -> InProcessSidecar:
         base = {
             "upstream": {"url": upstream_url, "timeout": "5s"},
@@ -122,7 +233,7 @@ def sidecar(
             path=tmp_path / "sidecar.yaml", config=SidecarConfig.model_validate(merged)
         )
         public = build_apps(loaded).public
-        served = await upstream_server(public)
+        served = await upstream_server(public, **(runner or {}))
         return InProcessSidecar(public, served.url)
 
     return start

@@ -89,10 +89,10 @@ async def test_lock_expires_after_its_lease(store: IdempotencyStore) -> None:
 
 
 async def test_renew_extends_the_lease(store: IdempotencyStore) -> None:
-    lock = await acquired(store, "k1", lease=0.3)
-    for _ in range(4):
-        await asyncio.sleep(0.15)
-        assert await store.renew(lock, 0.3)
+    lock = await acquired(store, "k1", lease=0.2)
+    for _ in range(3):  # 0.3 s in all: past the original lease
+        await asyncio.sleep(0.1)
+        assert await store.renew(lock, 0.2)
     assert isinstance(await store.acquire("k1", "fp-1", new_token(), LEASE), InFlight)
 
 
