@@ -32,6 +32,9 @@ from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
 log = logging.getLogger("saga_sidecar.forward")
 
 RequestBody = bytes | AsyncIterator[bytes] | None
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Headers aiohttp's client would add on its own; the upstream gets only what the client sent.
+_NOT_ADDED_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 ChunkSink = Callable[[bytes], None]
 
 
@@ -133,23 +136,38 @@ class Forwarder:
     async def open(self, request: web.Request, body: RequestBody) -> aiohttp.ClientResponse:
         """Send ``request`` upstream with ``body`` and return the response (headers read).
 
+        A safe request without a body whose connection is dropped before any answer is sent
+        once more: that is how a pooled keep-alive connection the app closed at the same
+        moment shows up, and a safe method may be repeated.
+
         Raises:
             UpstreamUnreachable: nothing was sent (connection refused, DNS, pool).
             UpstreamReset: the connection broke after sending.
             UpstreamTimeout: no response headers within the timeout.
             RequestBodyError: reading the client's streamed body failed (too large, too slow).
         """
-        url = URL(self.base_url + request_target(request), encoded=True)
         started = time.perf_counter()
         try:
-            response = await self.session.request(
+            response = await self._send(request, body)
+        except UpstreamReset as exc:
+            if body is not None or request.method not in SAFE_METHODS:
+                raise
+            log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
+            response = await self._send(request, body)
+        request[UPSTREAM_SECONDS] = time.perf_counter() - started
+        return response
+
+    async def _send(self, request: web.Request, body: RequestBody) -> aiohttp.ClientResponse:
+        url = URL(self.base_url + request_target(request), encoded=True)
+        try:
+            return await self.session.request(
                 request.method,
                 url,
                 headers=self.upstream_headers(request),
                 data=body,
                 timeout=self.timeout,
                 allow_redirects=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                skip_auto_headers=_NOT_ADDED_HEADERS,
             )
         except RequestBodyError:
             raise
@@ -164,8 +182,6 @@ class Forwarder:
             if body_error is not None:
                 raise body_error from exc
             raise UpstreamReset(f"upstream connection failed: {_reason(exc)}") from exc
-        request[UPSTREAM_SECONDS] = time.perf_counter() - started
-        return response
 
     def request_body(self, request: web.Request) -> RequestBody:
         """The streamed, size-limited request body, or None when the request has none."""

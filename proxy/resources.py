@@ -29,6 +29,11 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         max_line_size=_MAX_UPSTREAM_HEADER_FIELD,
         max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
     )
+    # aiohttp silently re-sends a bodyless GET/HEAD/OPTIONS/TRACE/PUT/DELETE once when the
+    # connection drops before an answer; a PUT or DELETE the app may already have executed must
+    # not run twice (idempotency promises at most once), so only Forwarder.open decides what to
+    # retry. aiohttp's own TestClient turns it off the same way.
+    session._retry_connection = False
     app[CLIENT_SESSION] = session
     app[FORWARDER] = Forwarder(
         session,

@@ -10,6 +10,8 @@ Fixtures:
     upstream_server      ``await upstream_server(app) -> Upstream``: an app in the test's loop.
     app_in_thread        ``app_in_thread(app) -> Upstream``: an app in its own thread and loop,
                          usable from module-scoped fixtures (stopped at session end).
+    background_loop      the ``AppThread`` behind it; ``background_loop.run(coro)`` runs any
+                         coroutine (a raw asyncio server, say) on that loop.
     sidecar_process      ``sidecar_process(config) -> Sidecar``: a sidecar subprocess, stopped
                          at the end of the test. ``module_sidecar_process``: same, module scope.
     redis_url / database_url    the store URLs tests must use.
@@ -29,10 +31,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -43,6 +45,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SIDECAR_START_TIMEOUT = 15.0
 SIDECAR_STOP_TIMEOUT = 15.0
+T = TypeVar("T")
 
 
 def env_redis_url() -> str:
@@ -117,6 +120,10 @@ class AppThread:
         runner, port = future.result(timeout=10)
         self._runners.append(runner)
         return Upstream(app, port, stop=lambda: self._stop(runner))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the background loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
 
     def _stop(self, runner: web.AppRunner) -> None:
         if runner in self._runners:
@@ -294,11 +301,17 @@ async def upstream_server() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture(scope="session")
-def app_in_thread() -> Iterator[Callable[..., Upstream]]:
-    """``app_in_thread(app)`` serves ``app`` from a background loop (any fixture scope)."""
+def background_loop() -> Iterator[AppThread]:
+    """One event loop in a background thread for the whole session."""
     thread = AppThread()
-    yield thread.start
+    yield thread
     thread.close()
+
+
+@pytest.fixture(scope="session")
+def app_in_thread(background_loop: AppThread) -> Callable[..., Upstream]:
+    """``app_in_thread(app)`` serves ``app`` from the background loop (any fixture scope)."""
+    return background_loop.start
 
 
 @pytest.fixture

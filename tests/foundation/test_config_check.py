@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
+from proxy.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,7 +131,9 @@ def test_duplicate_keys_and_bad_nested_values_are_located(
     )
 
 
-def test_environment_values_and_defaults_are_substituted(tmp_path: Path) -> None:
+def test_environment_values_and_defaults_are_substituted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(
         tmp_path,
         """
@@ -140,13 +143,24 @@ def test_environment_values_and_defaults_are_substituted(tmp_path: Path) -> None
         admin: {token: "${ADMIN_TOKEN:-}", listen: "127.0.0.1:$${PORT_IS_LITERAL:-1}"}
         """,
     )
-    assert check(path).returncode == 2
-    result = check(path, env={"UPSTREAM_URL": "http://127.0.0.1:3000"})
-    assert result.returncode == 2
-    assert "admin.listen: expected host:port" in result.stderr
+    for name in ("UPSTREAM_URL", "UPSTREAM_TIMEOUT", "ADMIN_TOKEN", "PORT_IS_LITERAL"):
+        monkeypatch.delenv(name, raising=False)
+    assert check_in_process(path, capsys) == (
+        2,
+        [
+            f"{path}:2: upstream.url: environment variable UPSTREAM_URL is not set "
+            "(write ${UPSTREAM_URL:-default})",
+            f"{path}:4: admin.listen: expected host:port like 0.0.0.0:8080, "
+            "got '127.0.0.1:${PORT_IS_LITERAL:-1}'",
+        ],
+    )
+    monkeypatch.setenv("UPSTREAM_URL", "http://127.0.0.1:3000")
     path.write_text(path.read_text().replace("$${PORT_IS_LITERAL:-1}", "9901"))
-    result = check(path, env={"UPSTREAM_URL": "http://127.0.0.1:3000"})
-    assert (result.returncode, result.stderr) == (0, "")
+    assert check_in_process(path, capsys) == (0, [])
+    loaded = load_config(path)
+    assert loaded.config.upstream.url == "http://127.0.0.1:3000"
+    assert loaded.config.upstream.timeout == 0.25
+    assert loaded.config.admin.token == ""
 
 
 def test_valid_config_exits_0(tmp_path: Path) -> None:

@@ -118,6 +118,28 @@ async def test_absolute_form_request_target_is_forwarded_as_its_path_and_query(
     assert json.loads(response.body)["raw_path"] == "/echo/abs%2Fx?q=%20"
 
 
+async def test_upstream_gets_only_the_headers_the_client_sent_plus_forwarding_ones(
+    sidecar: Sidecar, upstream: Upstream
+) -> None:
+    connection = await Connection.open(sidecar.url)
+    try:
+        await connection.send(b"GET /echo/bare HTTP/1.1\r\nHost: bare.example\r\nX-One: 1\r\n\r\n")
+        response = await connection.response()
+    finally:
+        await connection.close()
+    received = dict(json.loads(response.body)["headers"])
+    assert set(received) == {
+        "Host",
+        "X-One",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "X-Request-Id",
+    }
+    assert received["Host"] == URL(upstream.url).raw_authority
+    assert received["X-Forwarded-Host"] == "bare.example"
+
+
 async def test_repeated_header_lines_arrive_as_separate_lines(
     client: aiohttp.ClientSession, sidecar: Sidecar
 ) -> None:

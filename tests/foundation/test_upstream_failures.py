@@ -7,8 +7,9 @@ an incomplete body, never as a complete-looking short one.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -17,7 +18,7 @@ import pytest
 from foundation.upstreams import pattern_body
 
 if TYPE_CHECKING:
-    from conftest import Sidecar, Upstream
+    from conftest import AppThread, Sidecar, Upstream
 
 BODY_LIMIT = 64 * 1024
 
@@ -72,6 +73,109 @@ async def test_upstream_closing_without_an_answer_is_a_502_problem(
 ) -> None:
     async with client.get(f"{sidecar.url}/close") as response:
         await assert_problem(response, 502)
+
+
+class DroppingUpstream:
+    """A raw upstream that answers every request, except that it drops the connection without
+    a word when a request for ``/drop`` arrives on a connection that already served one: a
+    keep-alive connection the app closed at the moment the proxy reused it."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line = head.split(b"\r\n", 1)[0]
+                self.heads.append(request_line)
+                if served and b" /drop " in request_line:
+                    return
+                await self.skip_body(reader, head)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                served += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def skip_body(reader: asyncio.StreamReader, head: bytes) -> None:
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                await reader.readexactly(int(line.split(b":")[1]))
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def dropping_upstream(background_loop: AppThread) -> Iterator[tuple[DroppingUpstream, str]]:
+    """The dropping upstream, served from the background loop for the whole module."""
+    upstream = DroppingUpstream()
+    url = background_loop.run(upstream.start())
+    yield upstream, url
+    background_loop.run(upstream.close())
+
+
+@pytest.fixture(scope="module")
+def dropping_sidecar(
+    module_sidecar_process: Callable[..., Sidecar],
+    dropping_upstream: tuple[DroppingUpstream, str],
+) -> Sidecar:
+    """A sidecar in front of the dropping upstream."""
+    return module_sidecar_process({"upstream": {"url": dropping_upstream[1]}})
+
+
+@pytest.fixture
+def dropping(
+    dropping_upstream: tuple[DroppingUpstream, str], dropping_sidecar: Sidecar
+) -> tuple[DroppingUpstream, Sidecar]:
+    """The dropping upstream, its record cleared, and the sidecar in front of it."""
+    upstream = dropping_upstream[0]
+    upstream.heads.clear()
+    return upstream, dropping_sidecar
+
+
+async def test_safe_request_on_a_keep_alive_connection_dropped_by_the_app_is_retried(
+    client: aiohttp.ClientSession, dropping: tuple[DroppingUpstream, Sidecar]
+) -> None:
+    upstream, sidecar = dropping
+    for path in ("/warm", "/drop"):
+        async with client.get(f"{sidecar.url}{path}") as response:
+            assert (response.status, await response.text()) == (200, "ok")
+    assert upstream.heads == [
+        b"GET /warm HTTP/1.1",
+        b"GET /drop HTTP/1.1",
+        b"GET /drop HTTP/1.1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "body"), [("POST", b"{}"), ("PATCH", b"{}"), ("PUT", None), ("DELETE", None)]
+)
+async def test_unsafe_request_on_a_dropped_connection_is_not_retried(
+    client: aiohttp.ClientSession,
+    dropping: tuple[DroppingUpstream, Sidecar],
+    method: str,
+    body: bytes | None,
+) -> None:
+    upstream, sidecar = dropping
+    async with client.get(f"{sidecar.url}/warm") as response:
+        assert response.status == 200
+    async with client.request(method, f"{sidecar.url}/drop", data=body) as response:
+        await assert_problem(response, 502)
+    assert upstream.heads == [b"GET /warm HTTP/1.1", f"{method} /drop HTTP/1.1".encode()]
 
 
 async def test_slow_upstream_is_a_504_problem_after_the_timeout(
