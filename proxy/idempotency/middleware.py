@@ -47,6 +47,12 @@ from proxy.metrics import SidecarMetrics
 
 log = logging.getLogger("saga_sidecar.idempotency")
 
+# ``idempotency_store_errors_total{action}``: what the failure affected. ``reject``/``pass``: the
+# store failed before forwarding and on_store_error answered 503 / forwarded unprotected;
+# ``wait``: a waiting duplicate got 409; ``complete``: an answer was delivered but not stored;
+# ``release``: a key stays locked until its lease ends; ``renew``: a lease renewal failed.
+STORE_ERROR_ACTIONS = ("reject", "pass", "wait", "complete", "release", "renew")
+
 
 class IdempotencyGuard:
     """Applies one ``idempotency`` config section to the requests of one application."""
@@ -64,6 +70,8 @@ class IdempotencyGuard:
         self.read_timeout = read_timeout
         self.policy = IdempotencyPolicy(config)
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
+        for action in STORE_ERROR_ACTIONS:  # exported as 0 from the start, so rate() works
+            metrics.idem_store_errors.labels(action)
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""

@@ -4,8 +4,8 @@ Fixtures:
     idem_prefix          a key prefix unique to the test; its Redis keys are deleted afterwards.
     redis_store_url      ``$REDIS_URL`` with that prefix.
     store                the contract-suite store, parametrized: ``memory``, ``redis``, and
-                         ``redis-cluster`` / ``redis-sentinel`` on private servers this session
-                         starts (``redis_cluster``, ``redis_sentinel``).
+                         ``redis-cluster`` / ``redis-sentinel`` / ``redis-tls`` (``rediss://``)
+                         on private servers this session starts.
     counting_upstream    a ``CountingUpstream`` served on 127.0.0.1 in the test's loop.
     sidecar              ``await sidecar(upstream_url, idempotency={...}, runner={...}, **config)``:
                          the public app of an in-process sidecar on a real port.
@@ -74,7 +74,7 @@ def redis_store_url(redis_url: str, idem_prefix: str) -> str:
     return with_prefix(redis_url, idem_prefix)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel", "redis-tls"])
 async def store(
     request: pytest.FixtureRequest, redis_store_url: str, idem_prefix: str
 ) -> AsyncIterator[IdempotencyStore]:
@@ -299,3 +299,33 @@ def redis_server() -> Iterator[Callable[[], Awaitable[RedisServer]]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
+    """A Redis serving TLS only, with a self-signed certificate for 127.0.0.1.
+
+    The topology URL is ``rediss://`` with ``ssl_ca_certs`` naming that certificate.
+    """
+    workdir = tmp_path_factory.mktemp("redis-tls")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = find_free_port()
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    process = _redis_process(workdir, 0, *tls, "--tls-auth-clients", "no")
+    topology = RedisTopology(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", [process])
+    client = redis.Redis(
+        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=1
+    )
+    try:
+        _wait_until(lambda: bool(client.ping()), "redis with TLS")
+        yield topology
+    finally:
+        client.close()
+        topology.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from idempotency.conftest import InProcessSidecar, SidecarFactory
 from idempotency.upstream import CountingUpstream
+from proxy.keys import METRICS
 
 KEY = "Idempotency-Key"
 PROBLEM = "application/problem+json"
@@ -510,3 +512,38 @@ async def test_waiter_executes_itself_when_the_first_is_released(
     )
     assert [reply.status for reply in replies] == [503] * 3
     assert upstream.executions["/status/503"] == 3
+
+
+async def test_access_log_records_each_idempotency_outcome(
+    guarded: tuple[InProcessSidecar, CountingUpstream],
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, _ = guarded
+    caplog.set_level(logging.INFO, logger="saga_sidecar.access")
+    first = asyncio.create_task(send(client, "POST", f"{proxy.url}/slow/0.3", "log-1"))
+    await asyncio.sleep(0.1)
+    await send(client, "POST", f"{proxy.url}/slow/0.3", "log-1")
+    await first
+    await send(client, "POST", f"{proxy.url}/slow/0.3", "log-1")
+    await send(client, "POST", f"{proxy.url}/slow/0.3", "log-1", body=b"other")
+    await send(client, "POST", f"{proxy.url}/slow/0.3")
+    outcomes = [
+        getattr(record, "idempotency", None)
+        for record in caplog.records
+        if record.name == "saga_sidecar.access"
+    ]
+    assert outcomes == ["conflict", "miss", "hit", "mismatch", "bypass"]
+
+
+async def test_store_error_counters_are_exported_from_the_start(
+    guarded: tuple[InProcessSidecar, CountingUpstream],
+) -> None:
+    proxy, _ = guarded
+    for action in ("reject", "pass", "wait", "complete", "release", "renew"):
+        assert (
+            proxy.app[METRICS].registry.get_sample_value(
+                "idempotency_store_errors_total", {"action": action}
+            )
+            == 0.0
+        )
