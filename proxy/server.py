@@ -33,11 +33,18 @@ def install_uvloop() -> bool:
 async def start_site(
     runner: web.AppRunner, listen: str, *, reuse_port: bool = False
 ) -> web.TCPSite:
-    """Set up ``runner`` and bind it to ``host:port``."""
+    """Set up ``runner`` and bind it to ``host:port``.
+
+    Raises:
+        SystemExit: the address cannot be bound (in use, not local, no permission).
+    """
     await runner.setup()
     host, port = split_hostport(listen)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        raise SystemExit(f"saga-sidecar: cannot listen on {listen}: {exc.strerror or exc}") from exc
     return site
 
 

@@ -1,11 +1,16 @@
-"""SIGTERM/SIGINT: stop accepting, let in-flight requests finish within shutdown_grace, exit 0."""
+"""Process lifecycle: SIGTERM/SIGINT drain in-flight requests within shutdown_grace and exit 0;
+a listener that cannot bind exits 1 with a one-line reason."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -122,3 +127,25 @@ async def test_request_outliving_shutdown_grace_is_cut_and_the_exit_is_still_0(
     assert 0.4 < time.monotonic() - signalled < 1.5
     with pytest.raises(aiohttp.ClientError):
         await asyncio.wait_for(in_flight, 5)
+
+
+def test_serve_on_a_busy_port_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        config = tmp_path / "sidecar.yaml"
+        config.write_text(
+            f'listen: "{listen}"\nadmin: {{listen: "127.0.0.1:0"}}\n'
+            'upstream: {url: "http://127.0.0.1:9"}\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"saga-sidecar: cannot listen on {listen}: ")
+    assert "Traceback" not in result.stderr
