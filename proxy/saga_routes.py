@@ -110,7 +110,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
             return problem_response(503, f"the saga store is unavailable: {exc}")
         if created.lease is None:
             return _existing(created.saga, definition)
-        run = _run(request.app, definition, created.lease, dict(request.headers))
+        run = _run(request.app, definition, created.lease, dict(request.headers), data)
         if definition.mode == "async":
             await request.app[TASKS].spawn(run)
             return accepted(created.saga)
@@ -136,11 +136,15 @@ def _existing(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
 
 
 async def _run(
-    app: web.Application, definition: SagaDefinition, lease: Lease, headers: dict[str, str]
+    app: web.Application,
+    definition: SagaDefinition,
+    lease: Lease,
+    headers: dict[str, str],
+    input_data: dict[str, Any],
 ) -> web.Response:
     runtime = app[SAGAS].runtime
     try:
-        saga = await runtime.engine.execute(definition, lease, headers)
+        saga = await runtime.engine.execute(definition, lease, headers, input_data=input_data)
     except LeaseLost:
         return accepted(await runtime.store.get_instance(lease.saga_id))
     except StoreError as exc:

@@ -96,15 +96,21 @@ class AttemptLoop:
                 return result
             delay = max(spec.retry.delay(attempt, self.rng), result.retry_after or 0.0)
             due = datetime.now(UTC) + timedelta(seconds=delay)
+            # The saga's next_run_at first: it is what recovery obeys, so a crash between the
+            # two writes can only lose the step's detail, never let a new owner call too early.
+            await self.store.set_next_run_at(lease, due)
             await self.store.set_step_status(
                 lease,
                 spec.step_order,
                 status,
                 next_retry_at=due,
                 error=result.error or f"status {result.status}",
-                result=self.redactor.redact_call(result.as_record()),
+                # ``result`` is the action's answer, which ``steps.NAME`` templates read (also
+                # when a compensation is resumed): a compensation's answer must not replace it.
+                result=self.redactor.redact_call(result.as_record())
+                if spec.kind is AttemptKind.ACTION
+                else UNSET,
             )
-            await self.store.set_next_run_at(lease, due)
             await self.sleep(delay)
             attempt += 1
 

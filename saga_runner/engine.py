@@ -22,7 +22,7 @@ from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.errors import StoreError, TemplateError
 from saga_runner.observer import SagaObserver
-from saga_runner.records import CreateResult, Lease, NewStep, SagaInstance, SagaStep
+from saga_runner.records import UNSET, CreateResult, Lease, NewStep, SagaInstance, SagaStep, Unset
 from saga_runner.redact import Redactor
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store.base import SagaStore
@@ -69,11 +69,13 @@ class _Run:
     lease: Lease
     saga: SagaInstance
     headers: dict[str, str]
+    # The trigger's body unredacted on a first run (the stored copy is redacted).
+    input: Any
     results: dict[str, StepResult] = field(default_factory=dict)
 
     def context(self) -> RenderContext:
         return RenderContext(
-            input=self.saga.input,
+            input=self.input,
             headers=self.headers,
             saga_id=self.saga.id,
             business_id=self.saga.business_id,
@@ -145,7 +147,12 @@ class SagaEngine:
             self._saved_definitions.add(definition.definition_hash)
 
     async def execute(
-        self, definition: SagaDefinition, lease: Lease, headers: Mapping[str, str] | None = None
+        self,
+        definition: SagaDefinition,
+        lease: Lease,
+        headers: Mapping[str, str] | None = None,
+        *,
+        input_data: Any = None,
     ) -> SagaInstance:
         """Drive the leased instance to a terminal state (or until its lease is lost).
 
@@ -154,6 +161,8 @@ class SagaEngine:
             lease: this replica's claim on the instance.
             headers: the trigger's headers; when None (a resumed saga) they are read back from
                 the instance's ``started`` event.
+            input_data: the trigger's body as given to ``start``; when None (a resumed saga)
+                the stored copy, in which ``redact.fields`` are already replaced.
 
         Raises:
             LeaseLost: another replica took the saga over; this one must stop.
@@ -161,14 +170,13 @@ class SagaEngine:
         detail = await self.store.get(lease.saga_id)
         if headers is None:
             started = next((e for e in detail.events if e.action == "started"), None)
-            stored = (
-                started.detail.get("headers", {})
-                if started and isinstance(started.detail, dict)
-                else {}
-            )
-            headers = stored if isinstance(stored, dict) else {}
+            headers = _started_headers(None if started is None else started.detail)
         run = _Run(
-            definition, lease, detail.instance, {k.lower(): str(v) for k, v in headers.items()}
+            definition,
+            lease,
+            detail.instance,
+            {k.lower(): str(v) for k, v in headers.items()},
+            detail.instance.input if input_data is None else input_data,
         )
         run.results.update(_known_results(detail.steps))
         self.observer.run_started(definition.name)
@@ -353,24 +361,38 @@ class SagaEngine:
             retry=compensation.retry,
         )
         result = await self.attempts.run(run.lease, spec)
+        # The compensation's answer goes next to its request: ``result`` keeps the action's.
+        answered = {
+            **self.redactor.redact_call(request.as_record()),
+            "response": self.redactor.redact_call(result.as_record()),
+        }
         if result.outcome is Outcome.SUCCESS:
             await self.store.set_step_status(
                 run.lease,
                 row.step_order,
                 StepStatus.COMPENSATED,
-                result=self.redactor.redact_call(result.as_record()),
+                compensate_data=answered,
                 error=None,
             )
             return None
         reason = result.error or f"status {result.status}"
-        return await self._compensation_failed(run, row.step_order, step_def, reason)
+        return await self._compensation_failed(run, row.step_order, step_def, reason, answered)
 
     async def _compensation_failed(
-        self, run: _Run, order: int, step_def: StepDefinition, reason: str
+        self,
+        run: _Run,
+        order: int,
+        step_def: StepDefinition,
+        reason: str,
+        compensate_data: dict[str, Any] | Unset = UNSET,
     ) -> str:
         message = f"compensation of step {step_def.name} failed: {reason}"
         await self.store.set_step_status(
-            run.lease, order, StepStatus.COMPENSATION_FAILED, error=message
+            run.lease,
+            order,
+            StepStatus.COMPENSATION_FAILED,
+            compensate_data=compensate_data,
+            error=message,
         )
         self._log(run, "compensation failed", step=step_def.name, reason=reason)
         return message
