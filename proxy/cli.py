@@ -10,6 +10,7 @@ from pathlib import Path
 
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
+from proxy.sagas_cli import add_sagas_parser, cmd_sagas
 from proxy.server import install_uvloop, serve
 from saga_runner.catalog import load_definitions
 from saga_runner.errors import ConfigError, SagaError, StoreError
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create or upgrade the saga tables in sagas.store"
     )
     _config_arg(migrate_cmd)
+    add_sagas_parser(commands, _config_arg)
     return parser
 
 
@@ -129,7 +131,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"serve": cmd_serve, "check": cmd_check, "migrate": cmd_migrate}
+def cmd_sagas_entry(args: argparse.Namespace) -> int:
+    """Operator commands over the saga store (see ``proxy.sagas_cli``)."""
+    loaded = load_or_report(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    return cmd_sagas(loaded, args)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "check": cmd_check,
+    "migrate": cmd_migrate,
+    "sagas": cmd_sagas_entry,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

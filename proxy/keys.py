@@ -21,6 +21,9 @@ FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
+# On the admin app: the public app, whose TASKS scheduler runs operator retries and aborts (it is
+# drained at shutdown before the saga runtime closes).
+PUBLIC_APP: web.AppKey[web.Application] = web.AppKey("public_app")
 
 # Typed request keys: aiohttp 3.14 warns (NotAppKeyWarning) on plain string keys.
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -9,7 +9,9 @@ Exception tree::
     │   └── LeaseLost              a write was refused because another replica owns the saga now
     ├── SagaNotFound               no saga instance (or no such step in it) with the given id
     ├── IllegalTransition          a status change the transition tables forbid (a caller bug)
-    └── DefinitionMissing          an instance is pinned to a definition version nobody knows
+    ├── DefinitionMissing          an instance is pinned to a definition version nobody knows
+    ├── OperationRefused           an operator retry/abort the saga's status or live lease forbids
+    └── OperatorInputError         an operator query or action with a bad filter, limit or actor
 """
 
 from __future__ import annotations
@@ -69,3 +71,21 @@ class IllegalTransition(SagaError):
 
 class DefinitionMissing(SagaError):
     """A saga instance is pinned to a definition version unknown to the catalog and the store."""
+
+
+class OperationRefused(SagaError):
+    """An operator action (retry, abort) that the saga's current state does not allow.
+
+    Attributes:
+        saga_id: the saga the action was refused on.
+        status: the saga's status when it was refused.
+    """
+
+    def __init__(self, saga_id: str, status: str, message: str) -> None:
+        self.saga_id = saga_id
+        self.status = status
+        super().__init__(message)
+
+
+class OperatorInputError(SagaError, ValueError):
+    """An operator query or action with an invalid argument (status, limit, cursor, actor)."""

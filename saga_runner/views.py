@@ -1,0 +1,142 @@
+"""JSON views of saga records for operators: the admin API, the dashboard and ``sagas --json``.
+
+Stored records are already redacted when the engine writes them; every view redacts again on the
+way out (defence in depth), hiding the value of any key, at any depth, that names a redacted
+header or body field (``Authorization``, cookies, ``redact.headers``, ``redact.fields``).
+Timestamps are ISO-8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from saga_runner.records import (
+    JsonValue,
+    SagaDetail,
+    SagaEvent,
+    SagaInstance,
+    SagaPage,
+    SagaStep,
+    StepAttempt,
+)
+from saga_runner.redact import REDACTED, Redactor
+
+
+class OutputRedactor:
+    """Hides every value whose key names a redacted header or body field, at any depth."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.keys = redactor.headers | redactor.fields
+
+    def __call__(self, value: JsonValue) -> JsonValue:
+        """A redacted copy of a JSON value."""
+        if isinstance(value, Mapping):
+            return {
+                k: REDACTED if str(k).lower() in self.keys else self(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self(v) for v in value]
+        return value
+
+
+def stamp(value: datetime | None) -> str | None:
+    """An aware datetime as ISO-8601 text (``None`` stays ``None``)."""
+    return None if value is None else value.isoformat()
+
+
+def saga_summary(saga: SagaInstance) -> dict[str, Any]:
+    """The fields of an instance a list shows (no input, no stored response)."""
+    return {
+        "id": saga.id,
+        "name": saga.name,
+        "business_id": saga.business_id,
+        "status": saga.status.value,
+        "mode": saga.mode,
+        "current_step": saga.current_step,
+        "failed_step": saga.failed_step,
+        "failure_reason": saga.failure_reason,
+        "created_at": stamp(saga.created_at),
+        "updated_at": stamp(saga.updated_at),
+        "completed_at": stamp(saga.completed_at),
+        "compensated_at": stamp(saga.compensated_at),
+    }
+
+
+def saga_view(saga: SagaInstance, redact: OutputRedactor) -> dict[str, Any]:
+    """Every field of an instance, its input and stored response redacted."""
+    return {
+        **saga_summary(saga),
+        "definition_hash": saga.definition_hash,
+        "idempotency_key_hash": saga.idempotency_key,
+        "input": redact(saga.input),
+        "response": redact(saga.response),
+        "owner": saga.owner,
+        "lease_expires_at": stamp(saga.lease_expires_at),
+        "lease_version": saga.lease_version,
+        "next_run_at": stamp(saga.next_run_at),
+    }
+
+
+def attempt_view(attempt: StepAttempt) -> dict[str, Any]:
+    """One HTTP call of a step: which, when, how long, and what came back."""
+    return {
+        "kind": attempt.kind.value,
+        "attempt": attempt.attempt,
+        "started_at": stamp(attempt.started_at),
+        "duration_ms": round(attempt.duration_ms, 3),
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+    }
+
+
+def step_view(
+    step: SagaStep, attempts: list[StepAttempt], redact: OutputRedactor
+) -> dict[str, Any]:
+    """One step with the request it sent, its last answer and every attempt (oldest first)."""
+    return {
+        "order": step.step_order,
+        "name": step.step_name,
+        "status": step.status.value,
+        "retry_count": step.retry_count,
+        "max_retry_count": step.max_retry_count,
+        "next_retry_at": stamp(step.next_retry_at),
+        "error": step.error,
+        "execute_data": redact(step.execute_data),
+        "compensate_data": redact(step.compensate_data),
+        "result": redact(step.result),
+        "created_at": stamp(step.created_at),
+        "updated_at": stamp(step.updated_at),
+        "attempts": [attempt_view(a) for a in attempts],
+    }
+
+
+def event_view(event: SagaEvent, redact: OutputRedactor) -> dict[str, Any]:
+    """One event: who did what, when."""
+    return {
+        "at": stamp(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "detail": redact(event.detail),
+    }
+
+
+def detail_view(detail: SagaDetail, redact: OutputRedactor) -> dict[str, Any]:
+    """An instance with its step timeline (attempts grouped per step) and its events."""
+    by_step: dict[int, list[StepAttempt]] = {}
+    for attempt in sorted(detail.attempts, key=lambda a: (a.started_at, a.id)):
+        by_step.setdefault(attempt.step_order, []).append(attempt)
+    return {
+        **saga_view(detail.instance, redact),
+        "steps": [step_view(s, by_step.get(s.step_order, []), redact) for s in detail.steps],
+        "events": [event_view(e, redact) for e in detail.events],
+    }
+
+
+def page_view(page: SagaPage) -> dict[str, Any]:
+    """One page of the newest-first list and the cursor of the next (``None`` on the last)."""
+    return {
+        "items": [saga_summary(s) for s in page.items],
+        "next_cursor": None if page.next_cursor is None else page.next_cursor.encode(),
+    }
