@@ -108,6 +108,20 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return raw.decode("utf-8", errors="replace")
 
 
+async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes, however many pieces it arrives in.
+
+    (``StreamReader.read(n)`` returns only what is buffered so far: a body sent in two pieces
+    would be cut after the first.)
+    """
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        buffer += chunk
+        if len(buffer) >= limit:
+            break
+    return bytes(buffer[:limit])
+
+
 class StepCaller:
     """Sends step calls over one shared ClientSession."""
 
@@ -121,8 +135,8 @@ class StepCaller:
         started = time.perf_counter()
         data = None if request.body is None else json.dumps(request.body).encode()
         headers = dict(request.headers)
-        if data is not None:
-            headers.setdefault("Content-Type", "application/json")
+        if data is not None and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
         try:
             async with self.session.request(
                 request.method,
@@ -133,7 +147,7 @@ class StepCaller:
                 timeout=aiohttp.ClientTimeout(total=seconds),
                 allow_redirects=False,
             ) as response:
-                raw = await response.content.read(MAX_RESULT_BODY)
+                raw = await read_bounded(response.content, MAX_RESULT_BODY)
                 return CallResult(
                     outcome=classify(response.status, success),
                     status=response.status,

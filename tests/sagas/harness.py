@@ -8,6 +8,7 @@ table behind the store's back, for "this text is stored nowhere" assertions.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import sqlite3
@@ -26,7 +27,7 @@ from saga_store.helpers import TABLES, Target
 
 from proxy.keys import SAGAS
 from saga_runner.definition import SagaDefinition, load_definition
-from saga_runner.records import SagaDetail
+from saga_runner.records import SagaDetail, SagaInstance
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
 from sagas.services import FakeServices
@@ -34,6 +35,9 @@ from sagas.services import FakeServices
 SERVICES = ("inventory", "payments", "shipping")
 FAST_RETRY = {"attempts": 3, "backoff": "10ms", "multiplier": 2, "max_backoff": "20ms"}
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ORDER = {"order_no": "A-1", "amount": 12.5, "items": [1]}
+"""A trigger body the order saga accepts."""
+PROBLEM = "application/problem+json"
 
 
 def order_saga(**overrides: Any) -> dict[str, Any]:
@@ -245,6 +249,21 @@ class SidecarHarness:
             raw = await response.read()
             parsed = json.loads(raw) if raw else None
             return response.status, dict(response.headers), parsed
+
+    async def only_saga(self) -> SagaDetail:
+        """The one saga instance in the store, with its steps."""
+        page = await self.runtime.store.list_sagas()
+        assert len(page.items) == 1, page.items
+        return await self.runtime.store.get(page.items[0].id)
+
+    async def finished(self, saga_id: str, within: float = 5.0) -> SagaInstance:
+        """Poll the store until the saga reaches a terminal status."""
+        async with asyncio.timeout(within):
+            while True:
+                saga = await self.runtime.store.get_instance(saga_id)
+                if saga.status in TERMINAL:
+                    return saga
+                await asyncio.sleep(0.02)
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict[tuple[str, str], float]:
         """Scrape the admin ``/metrics``: (sample name, sorted labels as text) -> value."""

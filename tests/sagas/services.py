@@ -36,6 +36,7 @@ class Reply:
         headers: extra response headers (``Retry-After`` ...).
         delay: seconds to sleep before answering (past the step's timeout: a timeout).
         gate: an event the handler waits for before answering (the test opens it).
+        pieces: send the body in this many writes, 20 ms apart (a slow, chunked answer).
     """
 
     status: int = 200
@@ -43,6 +44,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     gate: asyncio.Event | None = None
+    pieces: int = 1
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,8 @@ class FakeServices:
         app.router.add_route("*", "/{tail:.*}", self._handler(service))
         return app
 
-    def _handler(self, service: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
+    def _handler(self, service: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
             raw = await request.read()
             body = json.loads(raw) if raw else None
             call = Call(
@@ -145,7 +147,7 @@ class FakeServices:
             condition = self._condition()
             async with condition:
                 condition.notify_all()
-            return await self._answer(service, call)
+            return await self._answer(service, call, request)
 
         return handle
 
@@ -155,7 +157,7 @@ class FakeServices:
                 return plan.replies.pop(0) if plan.replies else plan.then
         return None
 
-    async def _answer(self, service: str, call: Call) -> web.Response:
+    async def _answer(self, service: str, call: Call, request: web.Request) -> web.StreamResponse:
         reply = self._next_reply(service, call) or Reply(201 if call.method == "POST" else 200)
         if reply.gate is not None:
             await reply.gate.wait()
@@ -164,9 +166,23 @@ class FakeServices:
         body = reply.body
         if body is _DEFAULT:
             body = self._default_body(service, call, reply.status)
-        return web.json_response(body, status=reply.status, headers=reply.headers)
+        if reply.pieces == 1:
+            return web.json_response(body, status=reply.status, headers=reply.headers)
+        return await _stream(request, reply, json.dumps(body).encode())
 
     def _default_body(self, service: str, call: Call, status: int) -> Any:
         if call.method == "POST" and 200 <= status < 300:
             return {"id": f"{service}-{next(self._ids[service])}", "received": call.body}
         return {"service": service, "status": status, "path": call.raw_path}
+
+
+async def _stream(request: web.Request, reply: Reply, raw: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    response.content_type = "application/json"
+    await response.prepare(request)
+    size = -(-len(raw) // reply.pieces)
+    for start in range(0, len(raw), size):
+        await response.write(raw[start : start + size])
+        await asyncio.sleep(0.02)
+    await response.write_eof()
+    return response

@@ -8,7 +8,6 @@ the trigger handler. Both saga stores are exercised.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,18 +15,8 @@ import pytest
 from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
 from sagas.conftest import SidecarFactory
-from sagas.harness import TERMINAL, Database, SidecarHarness, order_saga
+from sagas.harness import ORDER, PROBLEM, Database, order_saga
 from sagas.services import FakeServices, Reply
-
-ORDER = {"order_no": "A-1", "amount": 12.5, "items": [1]}
-PROBLEM = "application/problem+json"
-
-
-async def only_saga(sidecar: SidecarHarness) -> Any:
-    """The one saga instance in the store."""
-    page = await sidecar.runtime.store.list_sagas()
-    assert len(page.items) == 1
-    return await sidecar.runtime.store.get(page.items[0].id)
 
 
 async def test_a_sync_trigger_answers_the_response_template_when_the_saga_completes(
@@ -49,7 +38,7 @@ async def test_a_sync_trigger_answers_the_response_template_when_the_saga_comple
         "shipment": "shipping-1",
         "summary": "charged 12.5",
     }
-    detail = await only_saga(sidecar)
+    detail = await sidecar.only_saga()
     assert headers["Saga-Id"] == detail.instance.id
     assert detail.instance.status is SagaStatus.COMPLETED
 
@@ -64,7 +53,7 @@ async def test_a_declined_step_answers_its_4xx_as_a_problem_naming_the_saga_and_
 
     assert status == 402
     assert headers["Content-Type"].startswith(PROBLEM)
-    detail = await only_saga(sidecar)
+    detail = await sidecar.only_saga()
     assert headers["Saga-Id"] == detail.instance.id
     assert body == {
         "type": "about:blank",
@@ -106,7 +95,7 @@ async def test_a_step_failing_with_a_5xx_answers_502(
         "charge",
     )
     assert headers["Saga-Id"] == body["saga_id"]
-    assert (await only_saga(sidecar)).instance.status.value == saga_status
+    assert (await sidecar.only_saga()).instance.status.value == saga_status
 
 
 async def test_an_async_trigger_answers_202_at_once_and_the_saga_finishes_in_the_background(
@@ -124,20 +113,10 @@ async def test_an_async_trigger_answers_202_at_once_and_the_saga_finishes_in_the
     store = sidecar.runtime.store
     assert (await store.get_instance(body["saga_id"])).status is SagaStatus.RUNNING
     gate.set()
-    saga = await poll_until_terminal(sidecar, body["saga_id"])
+    saga = await sidecar.finished(body["saga_id"])
     assert saga.status is SagaStatus.COMPLETED
     assert saga.response["body"]["charge"] == {"id": "pay-1"}
     assert len(services.lines()) == 3
-
-
-async def poll_until_terminal(sidecar: SidecarHarness, saga_id: str, within: float = 5.0) -> Any:
-    """Read the saga from the store until it reaches a terminal status."""
-    async with asyncio.timeout(within):
-        while True:
-            saga = await sidecar.runtime.store.get_instance(saga_id)
-            if saga.status in TERMINAL:
-                return saga
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -245,7 +224,7 @@ async def test_the_trigger_forwards_secrets_to_steps_but_stores_them_redacted(
     sent = services.calls[0]
     assert sent.headers["authorization"] == "Bearer tok-SECRET"
     assert sent.body["password"] == "pw-SECRET"
-    detail = await only_saga(sidecar)
+    detail = await sidecar.only_saga()
     assert detail.instance.input["password"] == REDACTED
     assert detail.steps[0].execute_data["headers"]["Authorization"] == REDACTED
     stored = await database.dump()
