@@ -3,7 +3,9 @@
 ``Forwarder.open`` sends one request upstream (method, raw path and query, end-to-end headers,
 ``X-Forwarded-*``, a streamed or buffered body) and classifies failures into ``UpstreamError``s;
 ``relay`` streams an upstream response back to the client. ``Forwarder.handle`` is the catch-all
-handler composing the two. Bodies are never held whole in memory on this path.
+handler composing the two. Bodies are never held whole in memory on this path, and nothing the
+app may already have executed is sent twice: only a safe request without a body is retried,
+once, when its (pooled) connection drops before any answer.
 """
 
 from __future__ import annotations
@@ -214,9 +216,9 @@ async def relay(
     Unexpected exceptions (and cancellation) abort it too, then propagate.
     """
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    # Without a Content-Length aiohttp frames the body itself: chunked for HTTP/1.1 clients,
+    # delimited by closing the connection for HTTP/1.0 ones (which cannot take chunks).
     response.headers.extend(response_headers(upstream))
-    if "Content-Length" not in response.headers and upstream.status not in (204, 304):
-        response.enable_chunked_encoding()
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():

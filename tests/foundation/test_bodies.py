@@ -7,6 +7,7 @@ through it in each direction.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from foundation.upstreams import pattern_body, pattern_chunks, pattern_sha256
 
@@ -72,6 +74,22 @@ async def test_small_response_bodies_arrive_intact(
     url = f"{sidecar.url}/download?size={size}&chunked={chunked}"
     received, digest, announced = await download_sha256(client, url)
     assert (received, digest) == (size, announced)
+
+
+@pytest.mark.parametrize("chunked", ["", "1"])
+async def test_http_1_0_client_gets_a_streamed_body_without_chunked_framing(
+    sidecar: Sidecar, chunked: str
+) -> None:
+    url = URL(sidecar.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"GET /download?size=100000&chunked={chunked} HTTP/1.0\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    assert hashlib.sha256(body).hexdigest() == pattern_sha256(100_000)
 
 
 async def test_chunked_upload_arrives_intact_and_chunked(
