@@ -62,7 +62,15 @@ def saga_answer(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
     """What a sync trigger answers for an instance in a terminal state."""
     stored = saga.response if isinstance(saga.response, dict) else {}
     if saga.status is SagaStatus.COMPLETED:
-        response = web.json_response(stored.get("body"), status=int(stored.get("status", 200)))
+        body = stored.get("body")
+        status = int(stored.get("status", 200))
+        # No ``response.body``: an empty answer, not the JSON text "null". (``b""``, not None,
+        # so the idempotency layer sees a body it can store and replay.)
+        response = (
+            web.Response(status=status, body=b"")
+            if body is None
+            else web.json_response(body, status=status)
+        )
         for name, value in (stored.get("headers") or {}).items():
             response.headers[name] = str(value)
     else:

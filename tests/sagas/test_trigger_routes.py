@@ -264,3 +264,23 @@ async def test_saga_metrics_count_starts_outcomes_and_step_attempts(
     assert attempts("charge", "compensation_success") == 1
     assert attempts("charge", "compensation_retryable") == 3
     assert attempts("reserve", "compensation_success") == 1
+
+
+@pytest.mark.parametrize("status", [200, 204])
+async def test_a_response_without_a_body_answers_empty_and_replays_empty(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, status: int
+) -> None:
+    sidecar = await make_sidecar(order_saga(response={"status": status}))
+    key = {"Idempotency-Key": "no-body"}
+
+    answers = []
+    for _ in range(2):
+        async with client.post(sidecar.url + "/api/orders", json=ORDER, headers=key) as response:
+            answers.append((response.status, response.headers.copy(), await response.read()))
+
+    (first_status, first, first_body), (second_status, second, second_body) = answers
+    assert first_status == second_status == status
+    assert first_body == second_body == b""
+    assert "Content-Type" not in first
+    assert second["Idempotent-Replayed"] == "true"
+    assert second["Saga-Id"] == first["Saga-Id"]
