@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import LoadedConfig
+from proxy.idempotency.keys import InvalidKey, parse_key
 from proxy.keys import CONFIG, SAGAS, TASKS
 from proxy.problems import problem_response
 from saga_runner.definition import SagaDefinition
@@ -46,10 +47,17 @@ async def read_input(request: web.Request, limit: int) -> dict[str, Any]:
 
 
 def trigger_key(request: web.Request, loaded: LoadedConfig) -> str | None:
-    """The trigger's idempotency key, hashed with its scope headers (never stored raw)."""
+    """The trigger's idempotency key, hashed with its scope headers (never stored raw).
+
+    The key is parsed as the idempotency layer parses it, so ``"abc"`` and ``abc`` name the
+    same saga even on a route where that layer is disabled.
+
+    Raises:
+        InvalidKey: the key header is repeated or not 1-255 visible ASCII characters.
+    """
     idem = loaded.config.idempotency
-    key = request.headers.get(idem.header)
-    if not key:
+    key = parse_key(request.headers.getall(idem.header, []), idem.header)
+    if key is None:
         return None
     digest = hashlib.sha256()
     for name in idem.scope_headers:
@@ -110,7 +118,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
             created = await runtime.engine.start(
                 definition, data, dict(request.headers), trigger_key(request, loaded)
             )
-        except BadTrigger as exc:
+        except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))
         except TemplateError as exc:
             return problem_response(422, f"cannot start saga {definition.name}: {exc}")

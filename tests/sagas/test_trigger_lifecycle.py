@@ -123,3 +123,40 @@ async def test_the_same_key_from_another_tenant_starts_its_own_saga(
     assert alice[0] == bob[0] == 201
     assert alice[1]["Saga-Id"] != bob[1]["Saga-Id"]
     assert await database.count("saga_instances") == 2
+
+
+async def test_the_quoted_and_bare_forms_of_a_key_name_one_saga_without_the_middleware(
+    make_sidecar: SidecarFactory, database: Database, client: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(
+        idempotency={"routes": [{"path": "/api/orders", "enabled": False}]}
+    )
+
+    bare = await sidecar.post(client, "/api/orders", ORDER, headers={"Idempotency-Key": "k-1"})
+    quoted = await sidecar.post(client, "/api/orders", ORDER, headers={"Idempotency-Key": '"k-1"'})
+
+    assert bare[0] == quoted[0] == 201
+    assert bare[1]["Saga-Id"] == quoted[1]["Saga-Id"]
+    assert await database.count("saga_instances") == 1
+
+
+@pytest.mark.parametrize("middleware", ["on", "off"])
+@pytest.mark.parametrize(
+    "headers",
+    [[("Idempotency-Key", "k" * 256)], [("Idempotency-Key", "a"), ("Idempotency-Key", "b")]],
+)
+async def test_an_invalid_key_gets_400_and_starts_nothing(
+    make_sidecar: SidecarFactory,
+    database: Database,
+    client: aiohttp.ClientSession,
+    middleware: str,
+    headers: list[tuple[str, str]],
+) -> None:
+    routes = [{"path": "/api/orders", "enabled": False}] if middleware == "off" else []
+    sidecar = await make_sidecar(idempotency={"routes": routes})
+
+    async with client.post(sidecar.url + "/api/orders", json=ORDER, headers=headers) as response:
+        assert response.status == 400
+        assert response.content_type == PROBLEM
+
+    assert await database.count("saga_instances") == 0
