@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.admin import admin_token_middleware, setup_admin_routes
 from proxy.config import LoadedConfig
+from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx, idempotency_middleware
 from proxy.keys import CONFIG, FORWARDER, METRICS, READINESS
 from proxy.logs import access_log_middleware
 from proxy.metrics import SidecarMetrics, metrics_middleware
@@ -48,7 +49,12 @@ def build_public_app(
     """The proxy listener's application."""
     limits = loaded.config.limits
     app = web.Application(
-        middlewares=[metrics_middleware, access_log_middleware, problems_middleware],
+        middlewares=[
+            metrics_middleware,
+            access_log_middleware,
+            problems_middleware,
+            idempotency_middleware,
+        ],
         client_max_size=limits.max_request_body,
         handler_args={
             "max_field_size": limits.max_header_size,
@@ -57,8 +63,9 @@ def build_public_app(
     )
     _shared(app, loaded, metrics, ready)
     app.cleanup_ctx.append(client_session_ctx)
+    app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     app.cleanup_ctx.append(task_scheduler_ctx)
-    app.router.add_route("*", "/{tail:.*}", forward_handler)
+    app.router.add_route("*", "/{tail:.*}", forward_handler, name=FORWARD_ROUTE)
     return app
 
 
