@@ -1,9 +1,10 @@
 """What the Prometheus rules and the Grafana dashboard query: metric names and label names.
 
 A deliberately small PromQL reader, enough for our own expressions: it finds every vector
-selector (``name{label="v"}``, ``{__name__=~"a_(b|c)_total"}`` and bare names), every grouping
-clause (``by``/``without``/``on``/``ignoring``/``group_left``/``group_right``) and every ``job``
-matcher. Syntax itself is checked by promtool, not here.
+selector (``name{label="v"}`` and bare names), every grouping clause (``by``/``without``/``on``/
+``ignoring``/``group_left``/``group_right``) and every ``job`` matcher. Selectors by
+``__name__`` are refused: the names they match could not be checked. Syntax itself is checked by
+promtool, not here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from itertools import product
 from typing import Any
 
 import yaml
@@ -34,14 +34,13 @@ _NOISE = re.compile(
 )
 _IDENT = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?")
 _KEYWORDS = frozenset({"and", "or", "unless", "bool", "inf", "nan", "offset", "__selector__"})
-_NAME_REGEX = re.compile(r"[A-Za-z0-9_:]+|\(([A-Za-z0-9_:|]+)\)")
 
 
 @dataclass(frozen=True)
 class Selector:
-    """One vector selector: the metric names it can match and the label names it filters on."""
+    """One vector selector: the metric name and the label names it filters on."""
 
-    names: frozenset[str]
+    name: str
     labels: frozenset[str]
 
 
@@ -55,33 +54,14 @@ class Query:
 
     @property
     def metric_names(self) -> frozenset[str]:
-        """Every metric name any selector of the expression can match."""
-        return frozenset(name for s in self.selectors for name in s.names)
-
-
-def expand_name_regex(regex: str) -> frozenset[str]:
-    """The names a ``__name__`` regex made of literals and ``(a|b)`` groups matches."""
-    pieces: list[list[str]] = []
-    position = 0
-    for match in _NAME_REGEX.finditer(regex):
-        assert match.start() == position, f"unsupported __name__ regex {regex!r}"
-        pieces.append(match.group(1).split("|") if match.group(1) else [match.group(0)])
-        position = match.end()
-    assert position == len(regex), f"unsupported __name__ regex {regex!r}"
-    return frozenset("".join(parts) for parts in product(*pieces))
+        """Every metric name the expression selects."""
+        return frozenset(s.name for s in self.selectors)
 
 
 def _selector(name: str | None, body: str) -> Selector:
-    names: set[str] = {name} if name else set()
-    labels = set()
-    for label, op, value in _MATCHER.findall(body):
-        if label == "__name__":
-            assert op == "=~" or op == "=", f"unsupported __name__ matcher in {{{body}}}"
-            names |= expand_name_regex(value) if op == "=~" else {value}
-        else:
-            labels.add(label)
-    assert names, f"selector without a metric name: {{{body}}}"
-    return Selector(frozenset(names), frozenset(labels))
+    labels = {label for label, _, _ in _MATCHER.findall(body)}
+    assert name and "__name__" not in labels, f"select by metric name, not {{{body}}}"
+    return Selector(name, frozenset(labels))
 
 
 def parse_query(expr: str) -> Query:
@@ -93,7 +73,7 @@ def parse_query(expr: str) -> Query:
     for match in _IDENT.finditer(rest):
         name, call = match.group(1), match.group(2)
         if call is None and name not in _KEYWORDS:
-            selectors.append(Selector(frozenset({name}), frozenset()))
+            selectors.append(Selector(name, frozenset()))
     return Query(expr, tuple(selectors), frozenset(g for g in grouping if g))
 
 
