@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from saga_runner.states import AttemptKind, SagaStatus
 from sagas.conftest import LEASE_SECONDS, EngineFactory
+from sagas.harness import order_saga
 from sagas.services import FakeServices, Reply
 
 ORDER = {"order_no": "A-1", "amount": 12.5, "items": [1]}
@@ -134,3 +135,20 @@ async def test_an_operator_retry_of_a_failed_compensation_still_renders_it_from_
     reserve = (await store.get(resumed.id)).steps[0]
     assert reserve.status.value == "compensated"
     assert reserve.result["body"]["id"] == "inventory-1", "the action's answer is kept"
+
+
+async def test_a_step_without_a_compensation_is_marked_compensated_without_a_call(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    saga = order_saga()
+    del saga["steps"][0]["compensation"]
+    services.always("shipping", "POST /shipments", Reply(409))
+    engine = await make_engine(saga)
+
+    run = await engine.run(ORDER)
+
+    assert services.lines() == [*FORWARD, undo_charge(run.detail.instance.id)]
+    assert run.status is SagaStatus.COMPENSATED
+    reserve = run.detail.steps[0]
+    assert reserve.status.value == "compensated" and reserve.compensate_data is None
+    assert not [a for a in run.detail.attempts if a.step_order == 0 and a.kind.value != "action"]

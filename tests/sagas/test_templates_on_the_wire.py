@@ -12,7 +12,7 @@ import pytest
 
 from saga_runner.states import SagaStatus
 from sagas.conftest import EngineFactory
-from sagas.services import FakeServices
+from sagas.services import FakeServices, Reply
 
 
 def one_step(action: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -134,3 +134,39 @@ async def test_a_path_value_that_cannot_be_one_segment_fails_the_step_without_a_
     assert step.status.value == "failed" and step.execute_data is None
     assert "cannot be used in a path" in (step.error or "")
     assert run.detail.instance.response == {"status": 422}, "the trigger's input is at fault"
+
+
+async def test_a_later_step_reads_an_earlier_steps_status_headers_and_body(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    services.plan(
+        "inventory",
+        "POST /items",
+        Reply(202, {"id": "r-9", "lines": [{"sku": "Q"}]}, {"Location": "/items/r-9"}),
+    )
+    saga = one_step({"path": "/items", "body": {"n": 1}})
+    saga["steps"].append(
+        {
+            "name": "confirm",
+            "action": {
+                "service": "payments",
+                "method": "PUT",
+                "path": "/confirm/{{ steps.lookup.body.id }}",
+                "headers": {"X-From": "{{ steps.lookup.headers.location }}"},
+                "body": {
+                    "status": "{{ steps.lookup.status }}",
+                    "first": "{{ steps.lookup.body.lines.0 }}",
+                    "where": "{{ steps.lookup.headers.Location }}",
+                },
+            },
+        }
+    )
+    engine = await make_engine(saga)
+
+    run = await engine.run({})
+
+    assert run.status is SagaStatus.COMPLETED
+    confirm = services.calls[1]
+    assert confirm.line == "payments PUT /confirm/r-9"
+    assert confirm.headers["x-from"] == "/items/r-9"
+    assert confirm.body == {"status": 202, "first": {"sku": "Q"}, "where": "/items/r-9"}
