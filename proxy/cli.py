@@ -11,7 +11,6 @@ from pathlib import Path
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
 from proxy.sagas_cli import add_sagas_parser, cmd_sagas
-from proxy.server import install_uvloop, serve
 from saga_runner.catalog import load_definitions
 from saga_runner.errors import ConfigError, SagaError, StoreError
 from saga_runner.store.base import open_store
@@ -118,6 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.config)
     if loaded is None:
         return EXIT_INVALID
+    # Imported here: the whole proxy is only needed to serve, not to check or operate on sagas.
+    from proxy.server import install_uvloop, serve
+
     setup_logging(loaded.config.log.format, loaded.config.log.level)
     install_uvloop()
     try:

@@ -26,12 +26,13 @@ def esc(value: object) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def when(iso: str | None) -> str:
-    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC), escaped; ``-`` when absent."""
+def when(iso: str | None, *, millis: bool = True) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS[.mmm]`` (UTC), escaped; ``-`` when absent."""
     if not iso:
         return "-"
     moment = datetime.fromisoformat(iso)
-    return esc(moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}")
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return esc(f"{text}.{moment.microsecond // 1000:03d}" if millis else text)
 
 
 def badge(status: str) -> str:
@@ -110,10 +111,10 @@ def saga_rows(items: Iterable[Mapping[str, Any]], step_names: Mapping[str, str])
             f"<td>{esc(saga['name'])}</td>"
             f'<td class="mono">{esc(saga["business_id"] or "-")}</td>'
             f"<td>{badge(saga['status'])}</td>"
-            f"<td>{esc(step_names.get(saga['id'], '-'))}</td>"
+            f'<td class="nowrap">{esc(step_names.get(saga["id"], "-"))}</td>'
             f'<td class="reason">{esc(saga["failure_reason"] or "")}</td>'
-            f"<td>{when(saga['created_at'])}</td>"
-            f"<td>{when(saga['updated_at'])}</td>"
+            f'<td class="nowrap">{when(saga["created_at"], millis=False)}</td>'
+            f'<td class="nowrap">{when(saga["updated_at"], millis=False)}</td>'
             "</tr>"
         )
     if not rows:
