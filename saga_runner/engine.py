@@ -20,7 +20,7 @@ from typing import Any
 from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import SagaDefinition, StepDefinition
-from saga_runner.errors import StoreError, TemplateError
+from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.observer import SagaObserver
 from saga_runner.records import UNSET, CreateResult, Lease, NewStep, SagaInstance, SagaStep, Unset
 from saga_runner.redact import Redactor
@@ -183,6 +183,16 @@ class SagaEngine:
         try:
             async with self._lease_keeper(lease):
                 return await self._drive(run, detail.steps)
+        except LeaseLost as exc:
+            # Said here, once for trigger and recovery runs alike: the operator's evidence that
+            # a paused or partitioned replica was fenced off instead of overwriting the new owner.
+            log.warning(
+                "saga %s: lease lost to another replica, stopping: %s",
+                lease.saga_id,
+                exc,
+                extra={"saga_id": lease.saga_id, "saga": definition.name, "event": "lease_lost"},
+            )
+            raise
         finally:
             self.observer.run_stopped(definition.name)
             with contextlib.suppress(StoreError):
@@ -426,7 +436,11 @@ class SagaEngine:
                 await asyncio.sleep(interval)
                 try:
                     if not await self.store.renew(lease, self.settings.lease_seconds):
-                        log.warning("lease on saga %s lost", lease.saga_id)
+                        log.warning(
+                            "lease on saga %s lost",
+                            lease.saga_id,
+                            extra={"saga_id": lease.saga_id, "event": "lease_renewal_refused"},
+                        )
                         return
                 except StoreError as exc:
                     log.warning("lease renewal of saga %s failed: %s", lease.saga_id, exc)

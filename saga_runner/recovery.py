@@ -2,9 +2,11 @@
 
 Each tick claims (atomically, so two replicas never get the same saga) the ``running`` and
 ``compensating`` instances whose lease expired or whose persisted ``next_run_at`` is due, and
-resumes each under the definition it is pinned to. An instance whose definition is known
-neither to this replica nor to the store is marked ``failed`` with the reason, for an operator.
-Finished sagas older than the retention period are deleted in bounded batches.
+resumes each under the definition it is pinned to; when the claim supersedes a run of this very
+worker (its own lease expired), that stale run is cancelled first. An instance whose definition
+is known neither to this replica nor to the store is marked ``failed`` with the reason, for an
+operator. Finished sagas older than the retention period are deleted in bounded batches, by one
+replica at a time on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -16,25 +18,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from saga_runner.errors import LeaseLost, SagaError, StoreError
+from saga_runner.errors import ConfigError, LeaseLost, SagaError, StoreError
 from saga_runner.records import Claim
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
 
 log = logging.getLogger("saga_sidecar.recovery")
 
-RETENTION_BATCH = 500
-RETENTION_MAX_BATCHES = 20
-
 
 @dataclass(frozen=True)
 class RecoverySettings:
-    """How often to look for work, how much to take at once, how long to keep finished sagas."""
+    """How often to look for work, how much to take at once, how long to keep finished sagas.
+
+    Retention deletes at most ``retention_batch`` instances per statement and at most
+    ``retention_max_batches`` statements per tick, so a large backlog never holds locks long.
+    """
 
     interval: float
     lease_seconds: float
     retention_seconds: float
     max_concurrent: int = 50
+    retention_batch: int = 500
+    retention_max_batches: int = 20
 
 
 class RecoveryWorker:
@@ -56,6 +61,11 @@ class RecoveryWorker:
     def owner(self) -> str:
         """This replica's id (the owner written on claimed sagas)."""
         return self.runtime.engine.settings.owner
+
+    @property
+    def active(self) -> frozenset[str]:
+        """The ids of the sagas this worker is resuming right now."""
+        return frozenset(self._running)
 
     def start(self) -> None:
         """Start the loop in the background."""
@@ -97,7 +107,10 @@ class RecoveryWorker:
             else []
         )
         for claim in claims:
-            task = asyncio.create_task(self.resume(claim), name=f"saga-resume-{claim.saga.id}")
+            stale = self._running.get(claim.saga.id)
+            task = asyncio.create_task(
+                self._resume_after(stale, claim), name=f"saga-resume-{claim.saga.id}"
+            )
             self._running[claim.saga.id] = task
             task.add_done_callback(self._forget(claim.saga.id))
         await self.prune()
@@ -105,10 +118,20 @@ class RecoveryWorker:
         return [claim.saga.id for claim in claims]
 
     def _forget(self, saga_id: str) -> Callable[[asyncio.Task[None]], None]:
-        def forget(_task: asyncio.Task[None]) -> None:
-            self._running.pop(saga_id, None)
+        def forget(task: asyncio.Task[None]) -> None:
+            if self._running.get(saga_id) is task:  # not the run that superseded it
+                self._running.pop(saga_id)
 
         return forget
+
+    async def _resume_after(self, stale: asyncio.Task[None] | None, claim: Claim) -> None:
+        # ``stale`` is this worker's own earlier run of the saga, whose lease expired (its
+        # renewals were starved) and was just claimed anew: its lease is fenced off already, so
+        # stop it before resuming, and one process never drives a saga twice at once.
+        if stale is not None:
+            stale.cancel()
+            await asyncio.gather(stale, return_exceptions=True)
+        await self.resume(claim)
 
     async def resume(self, claim: Claim) -> None:
         """Drive one claimed saga to its end; never raises."""
@@ -123,6 +146,10 @@ class RecoveryWorker:
             definition = await self.runtime.definition_for(saga.definition_hash)
         except StoreError as exc:
             log.warning("saga %s not resumed, store failed: %s", saga.id, exc)
+            return
+        except ConfigError as exc:
+            reason = f"the stored snapshot of definition {saga.definition_hash[:12]} is invalid"
+            await self._fail_without_definition(claim, f"{reason}: {exc}")
             return
         except SagaError as exc:
             await self._fail_without_definition(claim, str(exc))
@@ -148,16 +175,27 @@ class RecoveryWorker:
             await self.runtime.store.release(claim.lease)
         except StoreError as exc:
             log.warning("could not mark saga %s failed: %s", claim.saga.id, exc)
-        log.error("saga %s %s", claim.saga.id, message, extra={"saga_id": claim.saga.id})
+            return
+        age = (datetime.now(UTC) - claim.saga.created_at).total_seconds()
+        self.runtime.engine.observer.saga_finished(
+            claim.saga.business_type, SagaStatus.FAILED, max(age, 0.0)
+        )
+        log.error(
+            "saga %s %s",
+            claim.saga.id,
+            message,
+            extra={"saga_id": claim.saga.id, "saga": claim.saga.business_type, "event": "failed"},
+        )
 
     async def prune(self) -> int:
         """Delete finished sagas older than the retention period, in bounded batches."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.retention_seconds)
+        batch = self.settings.retention_batch
         deleted = 0
-        for _ in range(RETENTION_MAX_BATCHES):
-            count = await self.runtime.store.delete_finished_before(cutoff, RETENTION_BATCH)
+        for _ in range(self.settings.retention_max_batches):
+            count = await self.runtime.store.delete_finished_before(cutoff, batch)
             deleted += count
-            if count < RETENTION_BATCH:
+            if count < batch:
                 break
         if deleted:
             log.info("retention deleted %d finished sagas", deleted, extra={"deleted": deleted})

@@ -5,7 +5,8 @@ as the ``search_path`` connection parameter (a startup setting survives the ``RE
 runs when a connection returns to the pool; a ``SET`` in ``init`` would not). Fenced writes are
 single statements whose ``WHERE`` carries the lease, or CTEs that lock the instance row
 ``FOR NO KEY UPDATE`` first, so a concurrent claim and a stale write are strictly ordered.
-Claims use ``FOR UPDATE SKIP LOCKED``.
+Claims use ``FOR UPDATE SKIP LOCKED``; retention runs under a per-schema transaction-scoped
+advisory lock, so only one replica prunes at a time.
 """
 
 from __future__ import annotations
@@ -314,6 +315,9 @@ class PostgresStore(SagaStore):
         return _row(await self._pool.fetchrow(sql, *args))
 
     async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
+        # One replica prunes at a time: the others skip the tick instead of deleting alongside
+        # it (and queueing on the same cascades). Transaction-scoped, so a crash releases it.
+        lock = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
         sql = """
             WITH doomed AS (
                 SELECT id FROM saga_instances
@@ -324,5 +328,8 @@ class PostgresStore(SagaStore):
                 FOR UPDATE SKIP LOCKED
             )
             DELETE FROM saga_instances WHERE id IN (SELECT id FROM doomed)"""
-        status: str = await self._pool.execute(sql, cutoff, limit)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(lock, f"saga_runner:retention:{self.schema}"):
+                return 0
+            status: str = await conn.execute(sql, cutoff, limit)
         return int(status.rsplit(" ", 1)[-1])

@@ -140,7 +140,8 @@ class SagaReader(StoreCore):
         """Delete at most ``batch_size`` completed/compensated sagas finished before ``cutoff``.
 
         Their steps, attempts and events go with them. ``failed`` sagas are kept for operators.
-        Call again while it returns ``batch_size``.
+        Call again while it returns ``batch_size``. On PostgreSQL only one replica prunes at a
+        time: a call made while another is deleting returns 0 at once.
 
         Args:
             cutoff: delete sagas whose ``completed_at``/``compensated_at`` is earlier.

@@ -1,0 +1,1 @@
+"""Durability tests: sagas survive crashes, restarts and competing replicas."""
