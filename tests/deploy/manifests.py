@@ -106,6 +106,13 @@ def config_path(container: Obj) -> PurePosixPath:
     return PurePosixPath(str(parsed.config))
 
 
+def local_args(container: Obj, rootfs: Path) -> list[str]:
+    """The container's CLI arguments with its ``--config`` path moved under ``rootfs``."""
+    args = cli_args(container)
+    flag = next(i for i, arg in enumerate(args) if arg in ("--config", "-c"))
+    return [*args[: flag + 1], str(host_path(rootfs, args[flag + 1])), *args[flag + 2 :]]
+
+
 def decode_secret(secret: Obj) -> dict[str, str]:
     """A Secret's data, decoded (``stringData`` included)."""
     values = {
@@ -173,3 +180,11 @@ def container_port(container: Obj, port: int | str) -> int:
         if item.get("name") == port:
             return int(item["containerPort"])
     raise AssertionError(f"container {container['name']} has no port named {port!r}")
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (``256Mi``, ``1Gi``, ``500M``, ``1024``) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    match = re.fullmatch(r"(\d+)([KMG]i?)?", quantity)
+    assert match, f"unsupported quantity {quantity!r}"
+    return int(match.group(1)) * units.get(match.group(2) or "", 1)
