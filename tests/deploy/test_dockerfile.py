@@ -19,8 +19,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from deploy.conftest import rendered_overlay
 from deploy.dockerfile import Dockerfile, parse_dockerfile
-from deploy.manifests import config_path, host_path
+from deploy.manifests import command_container, config_path, host_path, pod_spec
 from deploy.tools import DEPLOY, REPO_ROOT, clean_env, require_tool, run
 from proxy.cli import build_parser
 
@@ -80,9 +81,6 @@ def test_baked_config_loads_its_baked_saga_files(dockerfile: Dockerfile, tmp_pat
 
 
 def test_kubernetes_mounts_its_config_where_the_image_expects_it(dockerfile: Dockerfile) -> None:
-    from deploy.conftest import rendered_overlay
-    from deploy.manifests import command_container, pod_spec
-
     cmd = build_parser().parse_args(dockerfile.stage("runtime").last("CMD").exec_form())
     _, sidecar = command_container(pod_spec(rendered_overlay("example").workload()), "serve")
     assert config_path(sidecar) == PurePosixPath(str(cmd.config))

@@ -31,6 +31,7 @@ from deploy.manifests import (
     render,
     sleep_seconds,
 )
+from deploy.promql import job_selectors, rule_expressions
 from deploy.tools import DEPLOY, REPO_ROOT, clean_env, require_tool, run
 from proxy.config import LoadedConfig, load_config, split_hostport
 
@@ -245,8 +246,6 @@ def test_selectors_match_the_pod_labels(rendered: Rendered) -> None:
 def test_pod_monitor_scrapes_the_admin_metrics_as_the_job_the_rules_select(
     rendered: Rendered, tmp_path: Path
 ) -> None:
-    from deploy.promql import job_selectors, rule_expressions
-
     config = load_sidecar_config(rendered, tmp_path).config
     _, sidecar = command_container(pod_spec(rendered.workload()), "serve")
     (monitor,) = rendered.of_kind("PodMonitor")
