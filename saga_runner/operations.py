@@ -54,6 +54,8 @@ MAX_ACTOR_LENGTH: Final = 100
 MAX_REASON_LENGTH: Final = 1000
 RETRYABLE: Final = frozenset({SagaStatus.FAILED, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 ABORTABLE: Final = frozenset({SagaStatus.RUNNING})
+RULES: Final = {"retry": (RETRYABLE, "retried"), "abort": (ABORTABLE, "aborted")}
+"""Per action: the statuses it applies to, and its past participle for refusals."""
 
 
 @dataclass(frozen=True)
@@ -236,14 +238,16 @@ class SagaOperations:
             SagaNotFound: no such saga.
             OperationRefused: it is finished, or live and held by a replica (without ``force``).
         """
-        saga = await self._expect(saga_id, RETRYABLE, "retried")
+        saga = await self._expect(saga_id, "retry")
         if not force and _held(saga, self.store.now()):
             raise _held_refusal(saga)
         definition = await self._definition(saga)
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=force)
         if claim is None:
             raise _held_refusal(await self.store.get_instance(saga_id))
-        return await self._prepare(claim, "retry", actor, definition, force=force, reason=reason)
+        return await self._prepare(
+            claim, "retry", actor, definition, holder=saga.owner, force=force, reason=reason
+        )
 
     async def abort(self, saga_id: str, actor: str, *, reason: str | None = None) -> OperatorRun:
         """Take a ``running`` saga from whoever runs it and turn it to compensation.
@@ -257,12 +261,14 @@ class SagaOperations:
             SagaNotFound: no such saga.
             OperationRefused: it is not ``running``.
         """
-        saga = await self._expect(saga_id, ABORTABLE, "aborted")
+        saga = await self._expect(saga_id, "abort")
         definition = await self._definition(saga)
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=True)
         if claim is None:
             raise StoreError(f"saga {saga_id}: a forced claim was refused")
-        return await self._prepare(claim, "abort", actor, definition, force=True, reason=reason)
+        return await self._prepare(
+            claim, "abort", actor, definition, holder=saga.owner, force=True, reason=reason
+        )
 
     @property
     def _owner(self) -> str:
@@ -272,9 +278,8 @@ class SagaOperations:
     def _lease_seconds(self) -> float:
         return self.runtime.engine.settings.lease_seconds
 
-    async def _expect(
-        self, saga_id: str, allowed: frozenset[SagaStatus], verb: str
-    ) -> SagaInstance:
+    async def _expect(self, saga_id: str, action: str) -> SagaInstance:
+        allowed, verb = RULES[action]
         saga = await self.store.get_instance(saga_id)
         if saga.status not in allowed:
             raise OperationRefused(saga_id, saga.status.value, _refusal(saga, allowed, verb))
@@ -297,22 +302,22 @@ class SagaOperations:
         actor: str,
         definition: SagaDefinition,
         *,
+        holder: str | None,
         force: bool,
         reason: str | None,
     ) -> OperatorRun:
         """Apply the action's status change and record it; give the claim back on any failure."""
-        saga = claim.saga
-        allowed = RETRYABLE if action == "retry" else ABORTABLE
+        allowed, verb = RULES[action]
         try:
-            if saga.status not in allowed:  # it moved on between the read and the claim
-                verb = "retried" if action == "retry" else "aborted"
-                raise OperationRefused(saga.id, saga.status.value, _refusal(saga, allowed, verb))
-            previous = saga.status
+            if claim.saga.status not in allowed:  # it moved on between the read and the claim
+                raise OperationRefused(
+                    claim.saga.id, claim.saga.status.value, _refusal(claim.saga, allowed, verb)
+                )
             saga = await self._transition(claim, action, actor)
             detail: dict[str, JsonValue] = {
-                "previous_status": previous.value,
+                "previous_status": claim.saga.status.value,
                 "status": saga.status.value,
-                "previous_owner": claim.saga.owner,
+                "previous_owner": holder,
                 "force": force,
                 "replica": self._owner,
             }

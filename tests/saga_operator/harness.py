@@ -22,6 +22,7 @@ import aiohttp
 import yaml
 from saga_store.helpers import FakeClock
 
+from saga_runner.definition import load_definition
 from saga_runner.records import NewStep, SagaInstance
 from saga_runner.states import SagaStatus
 from saga_runner.store import SagaStore
@@ -169,18 +170,25 @@ async def wait_for_status(
     saga_id: str,
     statuses: frozenset[str] | set[str],
     token: str | None = None,
+    *,
+    event: str | None = None,
     within: float = 15.0,
 ) -> dict[str, Any]:
-    """Poll ``GET /sagas/{id}`` until the saga's status is one of ``statuses``."""
+    """Poll ``GET /sagas/{id}`` until the saga's status is one of ``statuses``.
+
+    With ``event``, also until an event with that action is recorded (an operator run records
+    ``<action>_finished`` just after the saga reaches its end).
+    """
     deadline = time.monotonic() + within
     body: Any = None
     while time.monotonic() < deadline:
         status, body = await get_json(client, f"{admin_url}/sagas/{saga_id}", token)
         assert status == 200, body
-        if body["status"] in statuses:
+        recorded = event is None or any(e["action"] == event for e in body["events"])
+        if body["status"] in statuses and recorded:
             return dict(body)
         await asyncio.sleep(0.05)
-    raise AssertionError(f"saga {saga_id} never reached {sorted(statuses)}: {body}")
+    raise AssertionError(f"saga {saga_id} never reached {sorted(statuses)} ({event}): {body}")
 
 
 @dataclass(frozen=True)
@@ -216,3 +224,28 @@ async def run_cli(*args: str, env: Mapping[str, str] | None = None) -> CliResult
 def an_hour_ago() -> FakeClock:
     """A clock for seeding, starting an hour before now."""
     return FakeClock(datetime.now(UTC) - timedelta(hours=1))
+
+
+async def stuck_order(seeder: Seeder, config_dir: Path, order_no: str, lease_seconds: float) -> str:
+    """A ``running`` ``order`` saga (the real definition) held by a replica that went away.
+
+    The holder's lease was taken an hour ago for ``lease_seconds``: under 3600 it has expired.
+    """
+    definition = load_definition(config_dir / "sagas" / "order.yaml", None)
+    store = seeder.store
+    await store.save_definition(
+        definition.definition_hash, definition.name, definition.to_snapshot()
+    )
+    seeder.clock.advance(1)
+    created = await store.create_instance(
+        business_type=definition.name,
+        business_id=order_no,
+        definition_hash=definition.definition_hash,
+        mode="async",
+        input_data={"order_no": order_no, "card_number": "[REDACTED]"},
+        steps=[NewStep(step.name, step.retry.attempts) for step in definition.steps],
+        owner="replica-gone",
+        lease_seconds=lease_seconds,
+    )
+    await store.record_event(created.saga.id, "replica-gone", "started", {"headers": {}})
+    return created.saga.id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from saga_operator.harness import (
     Seeder,
     auth,
     get_json,
+    stuck_order,
     wait_for_status,
 )
 from saga_operator.shop import Shop
@@ -185,7 +187,9 @@ async def test_retry_of_a_failed_saga_after_the_upstream_is_fixed_ends_compensat
     assert response.headers["Location"] == f"/sagas/{saga_id}"
     assert saga["id"] == saga_id and saga["status"] == "compensating"
 
-    saga = await wait_for_status(client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN)
+    saga = await wait_for_status(
+        client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN, event="retry_finished"
+    )
     assert saga["steps"][0]["status"] == "compensated"
     assert order_id not in shop.orders
     assert shop.calls.count(f"DELETE /orders/{order_id}") == 3
@@ -213,7 +217,9 @@ async def test_abort_of_a_running_saga_compensates_its_steps_now(
     assert saga["status"] == "compensating"
     assert saga["failure_reason"].startswith("aborted by admin-api:127.0.0.1")
 
-    saga = await wait_for_status(client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN)
+    saga = await wait_for_status(
+        client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN, event="abort_finished"
+    )
     assert [s["status"] for s in saga["steps"]] == ["compensated", "compensated"]
     assert shop.refunded == [saga_id]
     assert shop.orders == {}
@@ -346,3 +352,29 @@ async def test_output_redacts_secrets_even_when_stored_unredacted(
         "cookie": "[REDACTED]",
         "x-api-key": "[REDACTED]",
     }
+
+
+async def test_forced_retry_takes_a_running_saga_from_a_live_replica_and_finishes_it(
+    make_sidecar: MakeSidecar,
+    seeder: Seeder,
+    shop: Shop,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sidecar = await make_sidecar(token=TOKEN)
+    held = await stuck_order(seeder, tmp_path, "G-1", lease_seconds=10 * 86400)
+    url = f"{sidecar.admin_url}/sagas/{held}/retry"
+
+    status, problem, _ = await post(client, url)
+    assert status == 409 and "held by replica-gone" in problem["detail"]
+    status, saga, _ = await post(client, url, {"force": True, "actor": "erin"})
+    assert status == 202, saga
+    assert saga["status"] == "running"
+    saga = await wait_for_status(
+        client, sidecar.admin_url, held, {"completed"}, TOKEN, event="retry_finished"
+    )
+    assert [s["status"] for s in saga["steps"]] == ["succeeded", "succeeded"]
+    retry = saga["events"][1]
+    assert (retry["actor"], retry["action"]) == ("admin-api:erin", "retry")
+    assert retry["detail"]["previous_owner"] == "replica-gone"
+    assert retry["detail"]["force"] is True

@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from saga_operator.conftest import Sidecar
-from saga_operator.harness import TERMINAL, Seeder, run_cli, wait_for_status, write_config
+from saga_operator.harness import (
+    TERMINAL,
+    Seeder,
+    run_cli,
+    stuck_order,
+    wait_for_status,
+    write_config,
+)
 from saga_operator.shop import Shop
 from saga_runner.states import SagaStatus
 
@@ -218,3 +225,31 @@ async def test_an_unreachable_store_exits_1(tmp_path: Path, free_port: Callable[
     result = await run_cli("sagas", "list", "-c", str(config))
     assert result.code == 1
     assert "saga store error" in result.stderr
+
+
+async def test_retry_resumes_a_running_saga_whose_replica_died(
+    seeder: Seeder, config: str, shop: Shop, tmp_path: Path
+) -> None:
+    stuck = await stuck_order(seeder, tmp_path, "Z-1", lease_seconds=60)
+    held = await stuck_order(seeder, tmp_path, "Z-2", lease_seconds=10 * 86400)
+
+    result = await run_cli("sagas", "retry", stuck, "--json", "-c", config)
+    assert result.code == 0, result.stderr
+    assert result.json()["status"] == "completed"
+    assert [body["order_no"] for body in shop.bodies if body and "order_no" in body] == ["Z-1"]
+
+    refused = await run_cli("sagas", "retry", held, "-c", config)
+    assert refused.code == 1
+    assert "held by replica-gone" in refused.stderr and "force" in refused.stderr
+    forced = await run_cli("sagas", "retry", held, "--force", "--actor", "dan", "-c", config)
+    assert forced.code == 0, forced.stderr
+    assert f"ended: {held} order completed" in forced.stdout
+    events = (await seeder.store.get(held)).events
+    assert [(e.actor, e.action) for e in events] == [
+        ("replica-gone", "started"),
+        ("cli:dan", "retry"),
+        ("cli:dan", "retry_finished"),
+    ]
+    assert events[1].detail["force"] is True
+    assert events[1].detail["previous_owner"] == "replica-gone"
+    assert events[1].detail["previous_status"] == "running"
