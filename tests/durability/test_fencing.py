@@ -32,8 +32,13 @@ async def test_replica_paused_past_its_lease_is_fenced_off_and_changes_nothing(
     claimed = await pg.instance(saga_id)
     paused.signal(signal.SIGSTOP)
 
-    row = await pg.wait_status(saga_id)
-    assert row["status"] == "completed"
+    assert (await pg.wait_status(saga_id))["status"] == "completed"
+
+    async def released() -> dict[str, Any] | None:
+        row = await pg.instance(saga_id)
+        return row if row["owner"] is None else None
+
+    row = await eventually(released, "the new owner released the finished saga")
     assert row["lease_version"] > claimed["lease_version"]
     assert any(r.get("event") == "resume" for r in log_events(other, saga_id))
     settled = await snapshot(pg, saga_id)
