@@ -74,9 +74,8 @@ async def test_waits_grow_by_the_multiplier_up_to_the_cap_and_are_persisted_firs
         assert charge.error == "status 500" and charge.result["status"] == 500
         assert charge.next_retry_at is not None
         assert seen.instance.next_run_at == charge.next_retry_at
-        assert charge.next_retry_at - charge.updated_at == pytest.approx(
-            timedelta(seconds=delay), abs=timedelta(milliseconds=50)
-        )
+        planned = (charge.next_retry_at - charge.updated_at).total_seconds()
+        assert delay - 0.05 < planned <= delay
         assert len([a for a in seen.attempts if a.step_order == 1]) == number
     assert detail.steps[1].next_retry_at is None and detail.instance.next_run_at is None
 
@@ -97,9 +96,8 @@ async def test_a_long_retry_after_on_a_503_replaces_the_short_backoff(
     assert delay == pytest.approx(120, abs=2)
     ship = recorder.seen[0].steps[2]
     assert ship.next_retry_at is not None
-    assert ship.next_retry_at - ship.updated_at == pytest.approx(
-        timedelta(seconds=120), abs=timedelta(seconds=2)
-    )
+    planned = (ship.next_retry_at - ship.updated_at).total_seconds()
+    assert delay - 0.5 < planned <= delay
 
 
 async def test_a_compensation_backs_off_with_its_own_policy(
