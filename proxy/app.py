@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.admin import admin_token_middleware, setup_admin_routes
+from proxy.admin_sagas import setup_saga_admin_routes
 from proxy.config import LoadedConfig
+from proxy.dashboard import setup_dashboard_routes
 from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx, idempotency_middleware
-from proxy.keys import CONFIG, FORWARDER, METRICS, READINESS
+from proxy.keys import CONFIG, FORWARDER, METRICS, PUBLIC_APP, READINESS, SAGAS
 from proxy.logs import access_log_middleware
 from proxy.metrics import SidecarMetrics, metrics_middleware
 from proxy.problems import problems_middleware
 from proxy.readiness import Readiness
 from proxy.resources import client_session_ctx, task_scheduler_ctx
+from proxy.saga_routes import setup_saga_routes
+from proxy.saga_service import SagaService, saga_service_ctx
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,24 @@ async def forward_handler(request: web.Request) -> web.StreamResponse:
 
 
 def _shared(
-    app: web.Application, loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+    app: web.Application,
+    loaded: LoadedConfig,
+    metrics: SidecarMetrics,
+    ready: Readiness,
+    sagas: SagaService | None,
 ) -> None:
     app[CONFIG] = loaded
     app[METRICS] = metrics
     app[READINESS] = ready
+    if sagas is not None:
+        app[SAGAS] = sagas
 
 
 def build_public_app(
-    loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+    loaded: LoadedConfig,
+    metrics: SidecarMetrics,
+    ready: Readiness,
+    sagas: SagaService | None = None,
 ) -> web.Application:
     """The proxy listener's application."""
     limits = loaded.config.limits
@@ -61,21 +74,30 @@ def build_public_app(
             "max_line_size": limits.max_header_size,
         },
     )
-    _shared(app, loaded, metrics, ready)
+    _shared(app, loaded, metrics, ready, sagas)
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
+    if sagas is not None:
+        app.cleanup_ctx.append(saga_service_ctx)
+        setup_saga_routes(app)
     app.cleanup_ctx.append(task_scheduler_ctx)
     app.router.add_route("*", "/{tail:.*}", forward_handler, name=FORWARD_ROUTE)
     return app
 
 
 def build_admin_app(
-    loaded: LoadedConfig, metrics: SidecarMetrics, ready: Readiness
+    loaded: LoadedConfig,
+    metrics: SidecarMetrics,
+    ready: Readiness,
+    sagas: SagaService | None = None,
 ) -> web.Application:
     """The admin listener's application."""
     app = web.Application(middlewares=[problems_middleware, admin_token_middleware])
-    _shared(app, loaded, metrics, ready)
+    _shared(app, loaded, metrics, ready, sagas)
     setup_admin_routes(app)
+    if sagas is not None:
+        setup_saga_admin_routes(app)
+        setup_dashboard_routes(app)
     return app
 
 
@@ -83,7 +105,8 @@ def build_apps(loaded: LoadedConfig) -> SidecarApps:
     """Build both applications for one sidecar process."""
     metrics = SidecarMetrics()
     ready = Readiness()
-    return SidecarApps(
-        public=build_public_app(loaded, metrics, ready),
-        admin=build_admin_app(loaded, metrics, ready),
-    )
+    sagas = SagaService(loaded, metrics) if loaded.config.sagas is not None else None
+    public = build_public_app(loaded, metrics, ready, sagas)
+    admin = build_admin_app(loaded, metrics, ready, sagas)
+    admin[PUBLIC_APP] = public  # operator retries/aborts run on the public app's scheduler
+    return SidecarApps(public=public, admin=admin)
