@@ -234,7 +234,12 @@ class SagaEngine:
         try:
             request = self._request(run, step_def, AttemptKind.ACTION)
         except TemplateError as exc:
-            await self.store.set_step_status(run.lease, order, StepStatus.FAILED, error=str(exc))
+            # A resumed ``running`` step may have taken effect before the crash: when it cannot
+            # even be re-sent, it must still be compensated (CONTRACT §5), so say so.
+            cut_off = {"outcome_unknown": True} if row.status is StepStatus.RUNNING else UNSET
+            await self.store.set_step_status(
+                run.lease, order, StepStatus.FAILED, error=str(exc), result=cut_off
+            )
             status = 422 if _caused_by_trigger(exc) else 502
             return StepFailure(order, step_def.name, f"step {step_def.name}: {exc}", status)
         resumed = row.status is StepStatus.RUNNING

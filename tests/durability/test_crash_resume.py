@@ -113,3 +113,21 @@ async def test_saga_killed_mid_compensation_ends_compensated_with_each_undo_appl
     assert sorted(r["idempotency"] for r in front_requests(front, "/refund")) == ["hit", "miss"]
     steps = await pg.steps(saga_id)
     assert [s["status"] for s in steps] == ["compensated", "compensated", "failed"]
+
+
+async def test_sidecar_stopped_mid_step_hands_its_saga_over_and_it_completes_elsewhere(
+    cluster: SagaCluster, ledger: Ledger, pg: Db, http: aiohttp.ClientSession
+) -> None:
+    ledger.script("/pack", first_delay=3.0)
+    cluster.write_saga(saga("drain", [step("pack", "/pack"), step("send", "/send")]))
+    draining = cluster.start(shutdown_grace="500ms")
+    saga_id = await cluster.trigger(http, draining, "drain", {"order": "D-1"})
+    await eventually(lambda: ledger.calls_to("/pack", saga_id), "pack reached the app")
+
+    assert draining.stop() == 0
+    row = await pg.instance(saga_id)
+    assert (row["status"], row["owner"]) == ("running", None), "released at shutdown"
+
+    cluster.start()
+    assert (await pg.wait_status(saga_id))["status"] == "completed"
+    assert [c.path for c in ledger.of_saga(saga_id)] == ["/pack", "/pack", "/send"]

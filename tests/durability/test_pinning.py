@@ -93,3 +93,36 @@ async def test_saga_whose_definition_vanished_fails_with_a_reason_on_resume(
     async with http.get(f"{second.admin_url}/healthz") as response:
         assert response.status == 200
     assert second.process.poll() is None
+
+
+async def test_step_cut_off_mid_call_whose_service_is_gone_after_restart_is_not_forgotten(
+    cluster: SagaCluster, ledger: Ledger, pg: Db, http: aiohttp.ClientSession
+) -> None:
+    ledger.script("/ship", first_delay=2.0)
+    cluster.services["carrier"] = cluster.ledger_url
+    path = cluster.write_saga(
+        saga(
+            "moved",
+            [
+                step("reserve", "/reserve", undo="/release"),
+                step("ship", "/ship", undo="/unship", service="carrier"),
+            ],
+        )
+    )
+    first = cluster.start()
+    saga_id = await cluster.trigger(http, first, "moved", {"order": "M-1"})
+    await eventually(lambda: ledger.calls_to("/ship", saga_id), "ship reached the carrier")
+    kill(first)
+    path.unlink()  # the saga and its service are gone from the new release's config
+    del cluster.services["carrier"]
+
+    cluster.start()
+    row = await pg.wait_status(saga_id)
+
+    # /ship may have taken effect and can be neither re-sent nor undone: an operator must look
+    # (and compensation stops there, in reverse order, leaving reserve for after the fix).
+    assert row["status"] == "failed"
+    assert "carrier" in row["failure_reason"]
+    steps = {s["step_name"]: s["status"] for s in await pg.steps(saga_id)}
+    assert steps == {"reserve": "succeeded", "ship": "compensation_failed"}
+    assert ledger.calls_to("/release", saga_id) == []
