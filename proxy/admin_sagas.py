@@ -16,8 +16,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import quote
 
 from aiohttp import web
+from aiojobs import Scheduler
 
 from proxy.keys import PUBLIC_APP, SAGAS, TASKS
 from proxy.problems import problem_response
@@ -175,27 +177,39 @@ async def run_in_background(run: OperatorRun) -> None:
     )
 
 
-async def spawn(app: web.Application, run: OperatorRun) -> None:
-    """Hand ``run`` to the public app's scheduler; give the saga back if that is impossible.
+def operator_scheduler(app: web.Application) -> Scheduler:
+    """The public app's task scheduler, which runs operator retries and aborts.
 
     Raises:
-        RuntimeUnavailable: there is no open scheduler (the sidecar is stopping).
+        RuntimeUnavailable: there is none open (the sidecar is starting or stopping).
     """
     public = app.get(PUBLIC_APP)
     scheduler = None if public is None else public.get(TASKS)
+    if scheduler is None or scheduler.closed:
+        raise RuntimeUnavailable("no task scheduler to run the saga on")
+    return scheduler
+
+
+async def spawn(scheduler: Scheduler, run: OperatorRun) -> None:
+    """Run ``run`` in the background; if the scheduler refuses it, give the saga back.
+
+    Raises:
+        RuntimeUnavailable: the scheduler closed meanwhile; the action stays recorded and the
+            released saga is resumed by recovery (this replica's or another's).
+    """
     try:
-        if scheduler is None or scheduler.closed:
-            raise RuntimeUnavailable("no task scheduler to run the saga on")
         await scheduler.spawn(run_in_background(run))
-    except BaseException:
+    except RuntimeError as exc:
         await run.abandon()
-        raise
+        raise RuntimeUnavailable(
+            f"the {run.action} is recorded but cannot run here ({exc}); recovery resumes it"
+        ) from exc
 
 
 def accepted(run: OperatorRun, operations: SagaOperations) -> web.Response:
     """``202`` with the saga as the action left it, and where to follow it."""
     response = web.json_response(saga_view(run.saga, operations.redact), status=202)
-    response.headers["Location"] = f"/sagas/{run.saga.id}"
+    response.headers["Location"] = f"/sagas/{quote(run.saga.id, safe='')}"
     return response
 
 
@@ -204,13 +218,14 @@ async def retry_saga(request: web.Request) -> web.Response:
     """``POST /sagas/{id}/retry``: resume a failed saga's compensation, or a stuck saga."""
     body = await action_body(request, "retry")
     operations = saga_operations(request.app)
+    scheduler = operator_scheduler(request.app)
     run = await operations.retry(
         request.match_info["saga_id"],
         request_actor(request, body.get("actor")),
         force=bool(body.get("force", False)),
         reason=clean_reason(body.get("reason")),
     )
-    await spawn(request.app, run)
+    await spawn(scheduler, run)
     return accepted(run, operations)
 
 
@@ -219,12 +234,13 @@ async def abort_saga(request: web.Request) -> web.Response:
     """``POST /sagas/{id}/abort``: compensate a running saga now."""
     body = await action_body(request, "abort")
     operations = saga_operations(request.app)
+    scheduler = operator_scheduler(request.app)
     run = await operations.abort(
         request.match_info["saga_id"],
         request_actor(request, body.get("actor")),
         reason=clean_reason(body.get("reason")),
     )
-    await spawn(request.app, run)
+    await spawn(scheduler, run)
     return accepted(run, operations)
 
 

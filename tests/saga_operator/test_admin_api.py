@@ -9,7 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import Upstream
 
+from proxy.app import build_apps
+from proxy.config import load_config
+from proxy.keys import PUBLIC_APP
 from saga_operator.conftest import Sidecar
 from saga_operator.harness import (
     TERMINAL,
@@ -19,6 +23,7 @@ from saga_operator.harness import (
     get_json,
     stuck_order,
     wait_for_status,
+    write_config,
 )
 from saga_operator.shop import Shop
 from saga_runner.states import SagaStatus
@@ -378,3 +383,25 @@ async def test_forced_retry_takes_a_running_saga_from_a_live_replica_and_finishe
     assert (retry["actor"], retry["action"]) == ("admin-api:erin", "retry")
     assert retry["detail"]["previous_owner"] == "replica-gone"
     assert retry["detail"]["force"] is True
+
+
+async def test_actions_answer_503_and_change_nothing_without_a_scheduler_to_run_them(
+    store_url: str,
+    shop: Shop,
+    seeder: Seeder,
+    tmp_path: Path,
+    upstream_server: Callable[..., Awaitable[Upstream]],
+    client: aiohttp.ClientSession,
+) -> None:
+    failed = await seeder.saga(SagaStatus.FAILED, business_id="H-1")
+    apps = build_apps(load_config(write_config(tmp_path, store_url, shop.url)))
+    del apps.admin[PUBLIC_APP]  # as if the public listener (and its scheduler) were gone
+    await upstream_server(apps.public)
+    admin = (await upstream_server(apps.admin)).url
+    _, before = await get_json(client, f"{admin}/sagas/{failed.id}")
+
+    status, problem, _ = await post(client, f"{admin}/sagas/{failed.id}/retry", token=None)
+    assert status == 503, problem
+    assert "no task scheduler" in problem["detail"]
+    _, after = await get_json(client, f"{admin}/sagas/{failed.id}")
+    assert after == before
