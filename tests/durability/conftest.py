@@ -6,10 +6,15 @@ starts ``saga-sidecar serve`` subprocesses on that schema with a short lease (1 
 recovery loop (200 ms) and 10 ms backoffs, so crashes and takeovers happen within seconds.
 
 Fixtures:
-    ledger     a ``Ledger`` on a real port (``ledger_url``), stopped after the test.
-    pg         a ``Db``: the test's schema, read and written behind the sidecars' backs.
-    cluster    a ``SagaCluster``: ``write_saga(doc)``, ``start(**overrides) -> Sidecar``.
-    http       an ``aiohttp.ClientSession``.
+    ledger_upstream  ``(Ledger, url)``: the test's recording upstream on a real port.
+    ledger           that ``Ledger`` alone.
+    pg               a ``Db``: the test's schema, read and written behind the sidecars' backs.
+    cluster          a ``SagaCluster``: ``write_saga(doc)``, ``start(**overrides) -> Sidecar``,
+                     ``await trigger(http, sidecar, name, body) -> saga id``.
+    http             an ``aiohttp.ClientSession``.
+
+Helpers: ``saga``/``step`` build saga documents, ``eventually`` polls, ``kill`` is ``kill -9``,
+``metric`` reads one ``/metrics`` sample, ``log_events`` filters a sidecar's log by saga id.
 """
 
 from __future__ import annotations
