@@ -30,6 +30,7 @@ from saga_runner.template import RenderContext, StepResult
 
 log = logging.getLogger("saga_sidecar.saga")
 
+UNBUILDABLE = "cannot build the compensation"
 FORWARDED_TRIGGER_HEADERS = ("traceparent", "tracestate", "x-request-id")
 TO_COMPENSATE = frozenset(
     {
@@ -324,20 +325,32 @@ class SagaEngine:
         return run.saga
 
     async def _compensate(self, run: _Run) -> SagaInstance:
+        """Undo steps in reverse order; the saga is ``failed`` if any step could not be undone.
+
+        A compensation that ran out of attempts stops the walk (earlier steps stay as they are
+        for an operator). One that could not even be built because its step's outcome is
+        unknown (no answer to take an id from) is recorded as failed and the walk goes on, so
+        the earlier, known effects are still undone.
+        """
         detail = await self.store.get(run.saga.id)
+        failures: list[str] = []
         for row in reversed(detail.steps):
             if not _needs_compensation(row):
                 continue
             failure = await self._compensate_step(run, row)
-            if failure is not None:
-                run.saga = await self.store.set_saga_status(
-                    run.lease, SagaStatus.FAILED, failure_reason=failure, next_run_at=None
-                )
-                self._finished(run)
-                return run.saga
-        run.saga = await self.store.set_saga_status(
-            run.lease, SagaStatus.COMPENSATED, next_run_at=None
-        )
+            if failure is None:
+                continue
+            failures.append(failure)
+            if not (UNBUILDABLE in failure and _outcome_was_unknown(row)):
+                break
+        if failures:
+            run.saga = await self.store.set_saga_status(
+                run.lease, SagaStatus.FAILED, failure_reason="; ".join(failures), next_run_at=None
+            )
+        else:
+            run.saga = await self.store.set_saga_status(
+                run.lease, SagaStatus.COMPENSATED, next_run_at=None
+            )
         self._finished(run)
         return run.saga
 
@@ -364,7 +377,8 @@ class SagaEngine:
             await self.store.set_step_status(run.lease, row.step_order, StepStatus.COMPENSATED)
             return None
         if request is None:
-            return await self._compensation_failed(run, row.step_order, step_def, str(problem))
+            reason = f"{UNBUILDABLE}: {problem}"
+            return await self._compensation_failed(run, row.step_order, step_def, reason)
         spec = CallSpec(
             saga_name=run.definition.name,
             step_order=row.step_order,
@@ -461,6 +475,12 @@ class SagaEngine:
 
 def _success(explicit: tuple[int, ...] | None, default: frozenset[int]) -> frozenset[int]:
     return default if explicit is None else frozenset(explicit)
+
+
+def _outcome_was_unknown(row: SagaStep) -> bool:
+    if row.status is StepStatus.RUNNING:
+        return True
+    return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
 
 
 def _needs_compensation(row: SagaStep) -> bool:

@@ -262,7 +262,7 @@ async def test_a_503_after_every_retry_is_known_unprocessed_and_not_compensated(
     assert run.detail.instance.failure_reason == "step charge: status 503"
 
 
-async def test_an_unknown_outcome_whose_compensation_needs_the_missing_answer_waits_for_an_operator(
+async def test_an_unknown_outcome_whose_compensation_needs_the_missing_answer_still_undoes_the_rest(
     make_engine: EngineFactory, services: FakeServices
 ) -> None:
     services.always("shipping", "POST /shipments", Reply(500, {"error": "boom"}))
@@ -270,9 +270,14 @@ async def test_an_unknown_outcome_whose_compensation_needs_the_missing_answer_wa
 
     run = await engine.run(ORDER)
 
-    assert services.lines() == [RESERVE, CHARGE, SHIP, SHIP, SHIP], "no guessed compensation"
+    calls = services.lines()
+    assert calls[:5] == [RESERVE, CHARGE, SHIP, SHIP, SHIP]
+    assert not any(line.startswith("shipping") for line in calls[5:]), "no guessed compensation"
+    assert [line.split()[0] for line in calls[5:]] == ["payments", "inventory"], calls
     assert run.status is SagaStatus.FAILED
     ship = run.detail.steps[2]
     assert ship.status.value == "compensation_failed"
     assert ship.error is not None and "steps.ship.body has no key 'id'" in ship.error
     assert ship.result["outcome_unknown"] is True
+    assert [s.status.value for s in run.detail.steps[:2]] == ["compensated", "compensated"]
+    assert "ship" in (run.detail.instance.failure_reason or "")
