@@ -267,3 +267,18 @@ def test_example_saga_files_are_the_ones_in_config() -> None:
     assert deployed
     for file in deployed:
         assert file.read_text() == (REPO_ROOT / "config" / "sagas" / file.name).read_text()
+
+
+def test_example_secret_points_at_the_example_stores() -> None:
+    rendered = rendered_overlay("example")
+    _, sidecar = command_container(pod_spec(rendered.workload()), "serve")
+    env = container_env(rendered, sidecar)
+    redis, database = urlsplit(env["REDIS_URL"]), urlsplit(env["DATABASE_URL"])
+    for url in (redis, database):
+        service = rendered.get("Service", str(url.hostname))
+        assert url.port in {port["port"] for port in service["spec"]["ports"]}
+    (postgres,) = [c for _, c in all_containers(pod_spec(rendered.get("Deployment", "postgres")))]
+    credentials = container_env(rendered, postgres)
+    assert database.username == credentials["POSTGRES_USER"]
+    assert database.password == credentials["POSTGRES_PASSWORD"]
+    assert database.path == "/" + credentials["POSTGRES_DB"]
