@@ -1,1 +1,1 @@
-"""Bundled demo services for ``make run``: the app the sidecar fronts, and orders/payments services."""
+"""Bundled demo services for `make run`: the app the sidecar fronts, plus orders and payments."""
