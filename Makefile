@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv run test lint format clean
+.PHONY: all venv run test lint format clean bench profile
 all: lint test
 
 $(STAMP): pyproject.toml
@@ -20,6 +20,14 @@ run: venv  ## start demo services + sidecar (embedded stores) and print curl exa
 
 test: venv  ## the whole suite against real Redis and PostgreSQL
 	@scripts/with-test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv  ## throughput/latency table vs. baselines (needs wrk; BENCH_QUICK=1 for ~2 min)
+	@bench/prereqs.sh
+	@scripts/with-test-services.sh $(BIN)/python -m bench.run
+
+profile: venv  ## py-spy flame graph of the sidecar under load (PROFILE_SCENARIO=get|post|miss|replay|saga)
+	@bench/prereqs.sh
+	@scripts/with-test-services.sh $(BIN)/python -m bench.profile
 
 lint: venv
 	$(BIN)/ruff check .

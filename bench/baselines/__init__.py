@@ -1,0 +1,1 @@
+"""Baselines the sidecar is measured against in the same ``make bench`` run."""
