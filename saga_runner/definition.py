@@ -223,6 +223,17 @@ class CallDefinition(_Model):
         """Whether an answer with ``status`` means the call succeeded."""
         return status in (self.DEFAULT_SUCCESS if self.success is None else self.success)
 
+    def referenced_steps(self) -> frozenset[str]:
+        """Names of the steps whose answers this call's templates look up."""
+        compiled: list[CompiledValue] = [self._path, *self._headers.values(), self._body]
+        return frozenset(
+            ref.step
+            for value in compiled
+            for _loc, template in value.templates()
+            for ref in template.references
+            if ref.step is not None
+        )
+
     def render(self, ctx: RenderContext) -> RenderedCall:
         """Render path, headers and body; raise TemplateError on a failed lookup."""
         return RenderedCall(

@@ -30,7 +30,6 @@ from saga_runner.template import RenderContext, StepResult
 
 log = logging.getLogger("saga_sidecar.saga")
 
-UNBUILDABLE = "cannot build the compensation"
 FORWARDED_TRIGGER_HEADERS = ("traceparent", "tracestate", "x-request-id")
 TO_COMPENSATE = frozenset(
     {
@@ -327,10 +326,10 @@ class SagaEngine:
     async def _compensate(self, run: _Run) -> SagaInstance:
         """Undo steps in reverse order; the saga is ``failed`` if any step could not be undone.
 
-        A compensation that ran out of attempts stops the walk (earlier steps stay as they are
-        for an operator). One that could not even be built because its step's outcome is
-        unknown (no answer to take an id from) is recorded as failed and the walk goes on, so
-        the earlier, known effects are still undone.
+        A compensation that failed stops the walk (earlier steps stay as they are for an
+        operator), unless it can never be built because it needs an answer its step never got
+        (see ``_undo_impossible``): that one is recorded as failed and the walk goes on, so the
+        earlier, known effects are still undone.
         """
         detail = await self.store.get(run.saga.id)
         failures: list[str] = []
@@ -341,7 +340,7 @@ class SagaEngine:
             if failure is None:
                 continue
             failures.append(failure)
-            if not (UNBUILDABLE in failure and _outcome_was_unknown(row)):
+            if not _undo_impossible(run.definition.steps[row.step_order], row):
                 break
         if failures:
             run.saga = await self.store.set_saga_status(
@@ -377,7 +376,7 @@ class SagaEngine:
             await self.store.set_step_status(run.lease, row.step_order, StepStatus.COMPENSATED)
             return None
         if request is None:
-            reason = f"{UNBUILDABLE}: {problem}"
+            reason = f"cannot build the compensation: {problem}"
             return await self._compensation_failed(run, row.step_order, step_def, reason)
         spec = CallSpec(
             saga_name=run.definition.name,
@@ -477,7 +476,16 @@ def _success(explicit: tuple[int, ...] | None, default: frozenset[int]) -> froze
     return default if explicit is None else frozenset(explicit)
 
 
-def _outcome_was_unknown(row: SagaStep) -> bool:
+def _undo_impossible(step_def: StepDefinition, row: SagaStep) -> bool:
+    """Whether the step's compensation needs an answer the step never got (outcome unknown).
+
+    Such a compensation can never be built, so waiting for it would leave every earlier step's
+    effect in place; other failures (the service is gone, the compensation keeps failing) can be
+    fixed by an operator and stop the reverse walk to keep its order.
+    """
+    compensation = step_def.compensation
+    if compensation is None or step_def.name not in compensation.referenced_steps():
+        return False
     if row.status is StepStatus.RUNNING:
         return True
     return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
