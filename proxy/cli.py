@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
@@ -14,6 +15,9 @@ from proxy.sagas_cli import add_sagas_parser, cmd_sagas
 from saga_runner.catalog import load_definitions
 from saga_runner.errors import ConfigError, SagaError, StoreError
 from saga_runner.store.base import open_store
+
+if TYPE_CHECKING:
+    from proxy.workers import WorkerSlot
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -113,17 +117,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the sidecar until a stop signal."""
+    """Run the sidecar (``workers`` processes) until a stop signal."""
     loaded = load_or_report(args.config)
     if loaded is None:
         return EXIT_INVALID
     # Imported here: the whole proxy is only needed to serve, not to check or operate on sagas.
-    from proxy.server import install_uvloop, serve
+    from proxy.server import install_uvloop
+    from proxy.workers import Supervisor
 
     setup_logging(loaded.config.log.format, loaded.config.log.level)
     install_uvloop()
+    count = loaded.config.worker_count()
+    if count == 1:
+        return _serve(loaded)
+    supervisor = Supervisor(count, loaded.config.shutdown_grace)
+    return supervisor.run(lambda slot: _serve(loaded, slot))
+
+
+def _serve(loaded: LoadedConfig, worker: WorkerSlot | None = None) -> int:
+    from proxy.server import serve
+
     try:
-        asyncio.run(serve(loaded))
+        asyncio.run(serve(loaded, worker=worker))
     except ConfigError as exc:
         _report(exc)
         return EXIT_INVALID

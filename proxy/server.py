@@ -2,6 +2,9 @@
 
 On a stop signal the public listener stops accepting at once, in-flight requests get up to
 ``shutdown_grace`` to finish, tracked background tasks are drained, then stores and pools close.
+With ``workers`` > 1 this runs in every worker process (``proxy.workers``): all bind the public
+address with SO_REUSEPORT, worker 0 alone binds the admin address, and the others serve their
+metrics on a Unix socket that worker 0's ``/metrics`` sums.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from aiohttp import web
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, split_hostport
 from proxy.limits import LimitedAppRunner
+from proxy.workers import WorkerSlot, metrics_app, pod_metrics_middleware
 
 log = logging.getLogger("saga_sidecar.server")
 
@@ -48,8 +52,16 @@ async def start_site(
     return site
 
 
-async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the public and admin listeners until ``stop`` is set or a stop signal arrives."""
+async def serve(
+    loaded: LoadedConfig, stop: asyncio.Event | None = None, worker: WorkerSlot | None = None
+) -> None:
+    """Run the public and admin listeners until ``stop`` is set or a stop signal arrives.
+
+    Args:
+        loaded: the configuration.
+        stop: set it to stop (stop signals set it too).
+        worker: this process's place among ``workers`` > 1 (None: the only process).
+    """
     config = loaded.config
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,11 +80,20 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event | None = None) -> None
         # bodies and forward them still labelled Content-Encoding, with the old length.
         auto_decompress=False,
     )
-    admin = web.AppRunner(apps.admin, shutdown_timeout=2.0, access_log=None)
+    if worker is not None and worker.serves_admin:
+        apps.admin.middlewares.append(pod_metrics_middleware(worker))
+    admin_app = apps.admin if worker is None or worker.serves_admin else metrics_app(apps.public)
+    admin = web.AppRunner(admin_app, shutdown_timeout=2.0, access_log=None)
     try:
-        await start_site(public, config.listen, reuse_port=config.worker_count() > 1)
-        await start_site(admin, config.admin.listen)
-        log.info("listening", extra={"listen": config.listen, "admin": config.admin.listen})
+        await start_site(public, config.listen, reuse_port=worker is not None)
+        if worker is None or worker.serves_admin:
+            await start_site(admin, config.admin.listen)
+        else:
+            await admin.setup()
+            await web.UnixSite(admin, str(worker.metrics_socket(worker.index))).start()
+        admin_listen = config.admin.listen if worker is None or worker.serves_admin else None
+        where = {"listen": config.listen, "admin": admin_listen}
+        log.info("listening", extra=where | ({"worker": worker.index} if worker else {}))
         await stop.wait()
         log.info("stop signal received, draining", extra={"grace_s": config.shutdown_grace})
     finally:
