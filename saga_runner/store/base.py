@@ -19,7 +19,7 @@ from the injected clock (UTC), so both backends and the tests share one notion o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -360,6 +360,31 @@ class SagaStore(SagaReader):
         expires = self.now() + timedelta(seconds=lease_seconds)
         with self._guard("renew"):
             return await self._renew(lease, expires)
+
+    async def renew_many(self, leases: Iterable[Lease], lease_seconds: float) -> frozenset[Lease]:
+        """Extend many leases at once: one statement on PostgreSQL, one transaction on SQLite.
+
+        This is how a process keeps every saga it runs (``saga_runner.leases``): one round
+        trip per renewal round, however many sagas it holds. A lease is extended only while
+        its saga's row still names it (same owner and version), like ``renew``.
+
+        Args:
+            leases: the caller's leases; a lease given twice is renewed once.
+            lease_seconds: the new expiry of all of them, counted from now.
+
+        Returns:
+            the leases that were not renewed because they are lost: the saga was claimed by a
+            newer lease (another replica, an operator, or this replica again), released, or
+            deleted. Stop working on those sagas; every other lease was extended.
+        """
+        require_positive("lease_seconds", lease_seconds)
+        unique = list(dict.fromkeys(leases))
+        if not unique:
+            return frozenset()
+        expires = self.now() + timedelta(seconds=lease_seconds)
+        with self._guard("renew_many"):
+            renewed = await self._renew_many(unique, expires)
+        return frozenset(unique).difference(renewed)
 
     async def release(self, lease: Lease, *, next_run_at: datetime | None = None) -> bool:
         """Give the saga up, so recovery may claim it (at ``next_run_at`` if given).

@@ -9,7 +9,7 @@ column -> value with datetimes and JSON already decoded). The policy built on th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -175,6 +175,11 @@ class StoreCore(ABC):
 
     @abstractmethod
     async def _renew(self, lease: Lease, expires: datetime) -> bool: ...
+
+    @abstractmethod
+    async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+        """Extend, in one statement or transaction, every lease still matching its saga's row
+        (id, owner and version); return the leases extended."""
 
     @abstractmethod
     async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool: ...

@@ -226,6 +226,26 @@ class PostgresStore(SagaStore):
         status = await self._pool.execute(sql, lease.saga_id, lease.version, lease.owner, expires)
         return bool(status == "UPDATE 1")
 
+    async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+        # The rows are locked in id order first, so two replicas renewing overlapping batches
+        # (one of them holding stale leases) wait for each other instead of deadlocking.
+        sql = """
+            WITH held AS (
+                SELECT s.id FROM saga_instances AS s
+                JOIN unnest($2::text[], $3::text[], $4::bigint[]) AS l(id, owner, version)
+                  ON s.id = l.id AND s.owner = l.owner AND s.lease_version = l.version
+                ORDER BY s.id
+                FOR NO KEY UPDATE OF s
+            )
+            UPDATE saga_instances AS s SET lease_expires_at = $1
+            FROM held WHERE s.id = held.id
+            RETURNING s.id, s.owner, s.lease_version"""
+        ids = [lease.saga_id for lease in leases]
+        owners = [lease.owner for lease in leases]
+        versions = [lease.version for lease in leases]
+        rows = await self._pool.fetch(sql, expires, ids, owners, versions)
+        return {Lease(r["id"], r["owner"], r["lease_version"]) for r in rows}
+
     async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (
             "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = $4 "

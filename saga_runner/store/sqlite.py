@@ -48,6 +48,8 @@ _ACTIVE: Final = "status IN ('running', 'compensating')"
 _FENCE: Final = "id = ?1 AND lease_version = ?2 AND owner = ?3"
 _BUSY_TIMEOUT_MS: Final = 10_000
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
+# Leases per renewal statement: 3 parameters each, under SQLite's historic limit of 999.
+_RENEW_BATCH: Final = 300
 
 
 def _param(n: int) -> str:
@@ -284,6 +286,28 @@ class SqliteStore(SagaStore):
         return await self._changed_one(
             sql, [lease.saga_id, lease.version, lease.owner, _timestamp(expires)]
         )
+
+    async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+        renewed: set[Lease] = set()
+        async with self._write() as conn:
+            for start in range(0, len(leases), _RENEW_BATCH):
+                batch = leases[start : start + _RENEW_BATCH]
+                # UPDATE ... FROM, so each lease is found through the primary key (a row-value
+                # IN would scan the whole table).
+                sql = f"""
+                    UPDATE saga_instances AS s SET lease_expires_at = ?1
+                    FROM (VALUES {sqltext.row_values(len(batch), 3, _param, 2)}) AS held
+                    WHERE s.id = held.column1 AND s.owner = held.column2
+                      AND s.lease_version = held.column3
+                    RETURNING id, owner, lease_version"""
+                args: list[Any] = [_timestamp(expires)]
+                args += [v for lease in batch for v in (lease.saga_id, lease.owner, lease.version)]
+                async with conn.execute(sql, args) as cursor:
+                    renewed.update(
+                        Lease(r["id"], r["owner"], r["lease_version"])
+                        for r in await cursor.fetchall()
+                    )
+        return renewed
 
     async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (

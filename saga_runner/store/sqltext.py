@@ -41,6 +41,15 @@ def insert(table: str, columns: Sequence[str], param: Placeholder) -> str:
     return f"INSERT INTO {column(table)} ({names}) VALUES ({values})"
 
 
+def row_values(rows: int, width: int, param: Placeholder, first: int) -> str:
+    """``(p1, p2), (p3, p4), ...``: ``rows`` tuples of ``width`` parameters from ``first`` on,
+    for a ``VALUES`` list whose length is the batch's."""
+    return ", ".join(
+        "(" + ", ".join(param(first + row * width + n) for n in range(width)) + ")"
+        for row in range(rows)
+    )
+
+
 def page(
     where: ListFilter, limit: int, before: PageCursor | None, param: Placeholder
 ) -> tuple[str, list[Any]]:
