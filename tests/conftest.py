@@ -342,3 +342,27 @@ def redis_url() -> str:
 def database_url() -> str:
     """The PostgreSQL server tests use (``$DATABASE_URL`` or 127.0.0.1:5432, db test)."""
     return env_database_url()
+
+
+@pytest.fixture(scope="session")
+def pg_session_schema(database_url: str) -> Iterator[Any]:
+    """A migrated PostgreSQL saga schema shared by this test session, dropped at the end.
+
+    Tests that use it empty it first (``Target.truncate``); one schema per session keeps
+    PostgreSQL runs fast and leaves nothing behind.
+    """
+    from saga_store.helpers import Target, new_schema, run_in_thread
+
+    target = Target.postgres(database_url, new_schema())
+    try:
+        run_in_thread(target.migrate())
+        yield target
+    finally:
+        run_in_thread(target.drop())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which saga store the test runs against (every saga-store test runs on both)."""
+    name: str = request.param
+    return name

@@ -16,38 +16,20 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import Upstream
-from saga_store.helpers import Target, new_schema, run_in_thread
+from saga_store.helpers import Target
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, load_config
 from saga_operator.harness import Seeder, an_hour_ago, write_config
 from saga_operator.shop import Shop
 from saga_runner.store import open_store
-
-
-@pytest.fixture(scope="session")
-def pg_operator_schema(database_url: str) -> Iterator[Target]:
-    """A migrated PostgreSQL schema for this session, dropped at the end."""
-    target = Target.postgres(database_url, new_schema())
-    try:
-        run_in_thread(target.migrate())
-        yield target
-    finally:
-        run_in_thread(target.drop())
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which saga store the test runs against."""
-    name: str = request.param
-    return name
 
 
 @pytest.fixture
@@ -57,7 +39,7 @@ async def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest
         target = Target.sqlite(tmp_path / "sagas.db")
         await target.migrate()
     else:
-        target = request.getfixturevalue("pg_operator_schema")
+        target = request.getfixturevalue("pg_session_schema")
         await target.truncate()
     return target.url
 

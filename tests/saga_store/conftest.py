@@ -17,31 +17,13 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from saga_runner.store import SagaStore
-from saga_store.helpers import FakeClock, Target, new_schema, run_in_thread
-
-
-@pytest.fixture(scope="session")
-def pg_session_schema(database_url: str) -> Iterator[Target]:
-    """A migrated PostgreSQL schema for this test session, dropped at the end."""
-    target = Target.postgres(database_url, new_schema())
-    try:
-        run_in_thread(target.migrate())
-        yield target
-    finally:
-        run_in_thread(target.drop())
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which backend the test runs against."""
-    name: str = request.param
-    return name
+from saga_store.helpers import FakeClock, Target, new_schema
 
 
 @pytest.fixture

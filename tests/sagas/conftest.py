@@ -16,14 +16,14 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import Upstream, deep_merge
-from saga_store.helpers import Target, new_schema, run_in_thread
+from saga_store.helpers import Target
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, SidecarConfig
@@ -45,24 +45,6 @@ LEASE_SECONDS = 5.0
 
 EngineFactory = Callable[..., Awaitable[EngineHarness]]
 SidecarFactory = Callable[..., Awaitable[SidecarHarness]]
-
-
-@pytest.fixture(scope="session")
-def pg_session_schema(database_url: str) -> Iterator[Target]:
-    """A migrated PostgreSQL schema for this test session, dropped at the end."""
-    target = Target.postgres(database_url, new_schema())
-    try:
-        run_in_thread(target.migrate())
-        yield target
-    finally:
-        run_in_thread(target.drop())
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which saga store the test runs against."""
-    name: str = request.param
-    return name
 
 
 @pytest.fixture
