@@ -8,13 +8,16 @@ Header values are never logged.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
+import os
+import secrets
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -42,9 +45,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines of one event-loop iteration in one write, not one write per line.
+
+    Under load many requests finish in the same iteration; their access lines then cost one
+    system call together. Outside a running loop (start-up, threads, shutdown) a line is
+    written at once, and ``flush`` writes whatever is pending.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._pending) > 1:
+            return  # a write is already scheduled
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines, self._pending = self._pending, []
+                self.stream.write("\n".join(lines) + "\n")
+            super().flush()
+
+
 def setup_logging(fmt: str, level: str) -> None:
     """Configure the root logger for ``json`` or ``text`` output at ``level``."""
-    handler = logging.StreamHandler(sys.stdout)
+    # Neither format shows the caller, thread or process: skip finding them for every record.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = BatchingStreamHandler(sys.stdout)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -55,12 +94,36 @@ def setup_logging(fmt: str, level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class RequestIds:
+    """Fresh request ids: 32 hex digits, a random per-process prefix and a counter.
+
+    As unique as a random id (the prefix is drawn again in every forked worker) without a
+    system call for randomness on every request.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        """Draw a new prefix and restart the counter."""
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(secrets.randbelow(1 << 32))
+
+    def next(self) -> str:
+        """The next id."""
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids = RequestIds()
+
+
 def request_id_for(request: web.Request) -> str:
     """The caller's X-Request-Id when it is sane, otherwise a fresh one."""
     given = request.headers.get("X-Request-Id", "")
     if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
-    return uuid.uuid4().hex
+    return _request_ids.next()
 
 
 @web.middleware

@@ -175,6 +175,7 @@ def _fork_worker(slot: WorkerSlot, serve: Callable[[WorkerSlot], int]) -> int:
     except BaseException:
         log.exception("worker %d failed", slot.index)
     finally:
+        logging.shutdown()  # flushes lines still pending in the batching handler
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
