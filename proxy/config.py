@@ -8,6 +8,7 @@ Saga definition files named by ``sagas.definitions`` are validated by ``saga_run
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from saga_runner.units import ByteSize, Duration
 from saga_runner.yamlfile import LocatedDocument, load_yaml, validate
@@ -54,8 +55,22 @@ class Limits(Model):
     read_timeout: Duration = 60.0
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only ever reaches this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 class AdminConfig(Model):
-    """The admin listener: probes, metrics, saga API and dashboard."""
+    """The admin listener: probes, metrics, saga API and dashboard.
+
+    The saga API can retry and abort sagas, so a listener reachable from other machines needs a
+    ``token``; ``allow_public_without_token: true`` is the explicit opt-out (a trusted network).
+    """
 
     listen: str = "127.0.0.1:9901"
     token: str = ""
@@ -66,6 +81,17 @@ class AdminConfig(Model):
     def _listen(cls, value: str) -> str:
         split_hostport(value)
         return value
+
+    @model_validator(mode="after")
+    def _public_needs_token(self) -> AdminConfig:
+        host, _ = split_hostport(self.listen)
+        if not (self.token or self.allow_public_without_token or is_loopback(host)):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address, so the admin API would be "
+                "open to the network: set admin.token (or admin.allow_public_without_token: "
+                "true on a trusted network), or listen on 127.0.0.1"
+            )
+        return self
 
 
 class UpstreamConfig(Model):
