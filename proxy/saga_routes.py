@@ -9,7 +9,6 @@ used answers from the existing instance instead of starting a second one.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.records import Lease, SagaInstance
 from saga_runner.states import SagaStatus
+from saga_runner.storable import UnstorableJson, clean_text, parse_json
 
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
@@ -38,9 +38,9 @@ async def read_input(request: web.Request, limit: int) -> dict[str, Any]:
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError) as exc:
-        raise BadTrigger(f"the body is not valid JSON: {exc}") from exc
+        data = parse_json(raw or b"{}")
+    except UnstorableJson as exc:
+        raise BadTrigger(f"the body is not valid JSON or cannot be stored: {exc}") from exc
     if not isinstance(data, dict):
         raise BadTrigger("the body must be a JSON object")
     return data
@@ -113,10 +113,13 @@ def trigger_handler(definition: SagaDefinition) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         loaded = request.app[CONFIG]
         runtime = request.app[SAGAS].runtime
+        # Recorded with the saga: bytes that are not UTF-8 must not fail the write after the
+        # instance was created (the client would get a 503 for a saga that runs anyway).
+        headers = {name: clean_text(value) for name, value in request.headers.items()}
         try:
             data = await read_input(request, loaded.config.idempotency.max_request_body)
             created = await runtime.engine.start(
-                definition, data, dict(request.headers), trigger_key(request, loaded)
+                definition, data, headers, trigger_key(request, loaded)
             )
         except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))
@@ -126,7 +129,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
             return problem_response(503, f"the saga store is unavailable: {exc}")
         if created.lease is None:
             return _existing(created.saga, definition)
-        run = _run(request.app, definition, created.lease, dict(request.headers), data)
+        run = _run(request.app, definition, created.lease, headers, data)
         if definition.mode == "async":
             await request.app[TASKS].spawn(run)
             return accepted(created.saga)
