@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from saga_runner.storable import UnstorableJson, clean_text, parse_json
+
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RESULT_BODY = 1024 * 1024
 
@@ -97,15 +99,19 @@ def classify(status: int, success: Collection[int] | None) -> Outcome:
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:
-    """JSON when the body parses as JSON, otherwise text (undecodable bytes replaced)."""
+    """JSON when the body parses as JSON every store can keep, otherwise text.
+
+    Undecodable bytes, NUL characters and unpaired surrogates in the text are replaced
+    (``saga_runner.storable``): an answer the store refused would pause its saga forever.
+    """
     if not raw:
         return None
     if "json" in content_type or raw[:1] in (b"{", b"["):
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            return parse_json(raw)
+        except UnstorableJson:
             pass
-    return raw.decode("utf-8", errors="replace")
+    return clean_text(raw.decode("utf-8", errors="replace"))
 
 
 async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
@@ -151,7 +157,7 @@ class StepCaller:
                 return CallResult(
                     outcome=classify(response.status, success),
                     status=response.status,
-                    headers={k.lower(): v for k, v in response.headers.items()},
+                    headers={k.lower(): clean_text(v) for k, v in response.headers.items()},
                     body=decode_body(raw, response.headers.get("Content-Type", "")),
                     duration=time.perf_counter() - started,
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
