@@ -25,7 +25,8 @@ def bearer_token_matches(header: str, token: str) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    # surrogateescape: aiohttp hands over undecodable header bytes as lone surrogates.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 @web.middleware

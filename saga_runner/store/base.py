@@ -47,7 +47,7 @@ from saga_runner.states import (
     StepStatus,
 )
 from saga_runner.store.core import Clock, Row, given, require_aware, require_positive
-from saga_runner.store.reads import SagaReader
+from saga_runner.store.reads import SagaReader, require_storable_id
 
 
 class SagaStore(SagaReader):
@@ -437,6 +437,7 @@ class SagaStore(SagaReader):
             the claim, or ``None`` when someone else holds an unexpired lease and not ``force``.
         """
         require_positive("lease_seconds", lease_seconds)
+        require_storable_id(saga_id)
         now = self.now()
         expires = now + timedelta(seconds=lease_seconds)
         with self._guard("claim_one"):

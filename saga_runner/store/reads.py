@@ -22,9 +22,22 @@ from saga_runner.records import (
     from_row,
 )
 from saga_runner.states import ACTIVE_SAGA_STATUSES, SagaStatus
+from saga_runner.storable import clean_text
 from saga_runner.store.core import ListFilter, Row, StoreCore, require_aware, require_positive
 
 MAX_PAGE_SIZE = 1000
+
+
+def storable_lookup(*values: str | None) -> bool:
+    """Whether every value could be stored: one holding NUL or an unpaired surrogate can
+    match no row (and PostgreSQL would refuse the query itself, as if it were down)."""
+    return all(value is None or clean_text(value) == value for value in values)
+
+
+def require_storable_id(saga_id: str) -> None:
+    """Raise ``SagaNotFound`` for an id that no stored saga can have."""
+    if not storable_lookup(saga_id):
+        raise SagaNotFound(f"no saga {saga_id!r}")
 
 
 class SagaReader(StoreCore):
@@ -38,6 +51,7 @@ class SagaReader(StoreCore):
         Args:
             saga_id: the saga's id.
         """
+        require_storable_id(saga_id)
         with self._guard("get"):
             found = await self._select_detail(saga_id)
         if found is None:
@@ -56,6 +70,7 @@ class SagaReader(StoreCore):
         Args:
             saga_id: the saga's id.
         """
+        require_storable_id(saga_id)
         with self._guard("get_instance"):
             row = await self._select_instance(saga_id)
         if row is None:
@@ -86,6 +101,8 @@ class SagaReader(StoreCore):
             before = PageCursor(
                 require_aware("before.created_at", before.created_at), before.saga_id
             )
+        if not storable_lookup(name, business_id):
+            return SagaPage((), None)
         where = ListFilter(status=status, name=name, business_id=business_id)
         with self._guard("list_sagas"):
             rows = await self._select_page(where, limit + 1, before)
