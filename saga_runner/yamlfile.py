@@ -26,6 +26,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 _ABSENT = object()
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
+# Bounds on what one document may expand to: nested aliases ("billion laughs") or a recursive
+# alias would otherwise hang ``check`` and ``serve``, and deep nesting overflow the stack.
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
 _ENV_RE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -108,22 +113,38 @@ def parse_yaml(
     """Parse YAML ``text`` that came from ``file`` (see ``load_yaml``)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError([ConfigIssue(file, 1, "YAML error: nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         raise ConfigError([ConfigIssue(file, line, f"YAML syntax error: {problem}")]) from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError([ConfigIssue(file, line, f"YAML error: {_one_line(exc)}")]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(file, 1, f"YAML error: {exc}")]) from exc
+        raise ConfigError([ConfigIssue(file, 1, f"YAML error: {_one_line(exc)}")]) from exc
     if node is None:
         return LocatedDocument(file, None, {(): 1})
     builder = _Builder(file, env)
-    data = builder.build(node, ())
+    try:
+        data = builder.build(node, ())
+    except _TooLarge as exc:
+        raise ConfigError([*builder.issues, exc.issue]) from None
     if builder.issues and not defer_issues:
         raise ConfigError(builder.issues)
     return LocatedDocument(
         file, data, builder.lines, tuple(builder.issues), frozenset(builder.bad_locs)
     )
+
+
+class _TooLarge(Exception):
+    """The document nests deeper than ``MAX_DEPTH`` or expands past ``MAX_VALUES`` values."""
+
+    def __init__(self, issue: ConfigIssue) -> None:
+        super().__init__(issue.message)
+        self.issue = issue
 
 
 class _Builder:
@@ -136,8 +157,18 @@ class _Builder:
         self.issues: list[ConfigIssue] = []
         self.bad_locs: set[Loc] = set()
         self._constructor = yaml.SafeLoader("")
+        self._values = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self._values += 1
+        if len(loc) > MAX_DEPTH or self._values > MAX_VALUES:
+            problem = (
+                f"nested more than {MAX_DEPTH} levels deep"
+                if len(loc) > MAX_DEPTH
+                else f"the document expands to more than {MAX_VALUES} values (nested aliases?)"
+            )
+            line = node.start_mark.line + 1
+            raise _TooLarge(ConfigIssue(self.file, line, f"{_dotted(loc[:3])}: {problem}"))
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
@@ -180,8 +211,8 @@ class _Builder:
     def _scalar(self, node: yaml.Node, loc: Loc) -> Any:
         try:
             value = self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self._add(node, f"{_dotted(loc)}: {exc}")
+        except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses (!!python/...)
+            self._add(node, f"{_dotted(loc) or 'value'}: {_one_line(exc)}")
             return None
         if isinstance(value, str) and "$" in value:
             try:
@@ -193,6 +224,13 @@ class _Builder:
 
     def _add(self, node: yaml.Node, message: str) -> None:
         self.issues.append(ConfigIssue(self.file, node.start_mark.line + 1, message))
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """The problem an exception states, without PyYAML's multi-line position details."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        return " ".join(str(p) for p in (exc.context, exc.problem) if p)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _dotted(loc: Sequence[str | int]) -> str:
