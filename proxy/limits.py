@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,8 @@ from proxy.problems import problem_response
 log = logging.getLogger("saga_sidecar.limits")
 
 _TOO_MANY_HEADERS = "Too many headers"
+# From the first quoted value (``b'…'``, ``'…'``, ``bytearray(b'…')``) to the end of the line.
+_QUOTED_RE = re.compile(r"\s*(bytearray\()?b?['\"].*")
 
 
 class RequestHeadTimeout(Exception):
@@ -47,6 +50,19 @@ def error_status(exc: BaseException | None, default: int) -> int:
     return default
 
 
+def safe_reason(exc: BaseException) -> str:
+    """What the parser objected to, without the client's bytes it quotes.
+
+    aiohttp's messages repeat the offending line (``Invalid header value char: b'Authorization:
+    Bearer …'``); those bytes may be credentials, so neither a log line nor a problem detail
+    may carry them.
+    """
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    lines = str(text).splitlines()
+    first = _QUOTED_RE.sub("", lines[0] if lines else "")
+    return first.rstrip(" :.") or type(exc).__name__
+
+
 def error_detail(status: int, exc: BaseException | None, max_field_size: int) -> str:
     """A problem detail for ``exc`` that never echoes the client's bytes back at length."""
     if status == 431:
@@ -59,7 +75,7 @@ def error_detail(status: int, exc: BaseException | None, max_field_size: int) ->
     if status >= 500:
         return "the sidecar failed to handle this request"
     if isinstance(exc, HttpProcessingError) and exc.message:
-        return f"malformed request: {exc.message[:200]}"
+        return f"malformed request: {safe_reason(exc)[:200]}"
     return "malformed request"
 
 
@@ -111,7 +127,7 @@ class LimitedRequestHandler(web.RequestHandler):
                 "rejected a request from %s with %s: %s",
                 request.remote,
                 status,
-                message or exc,
+                safe_reason(exc) if exc is not None else "malformed request",
                 extra={"status": status, "remote": request.remote},
             )
         response = problem_response(status, error_detail(status, exc, self.max_field_size))

@@ -36,7 +36,10 @@ class Recorder:
 
     def app(self) -> web.Application:
         """The application to serve."""
-        app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(
+            client_max_size=64 * 1024**2,
+            handler_args={"max_field_size": 64 * 1024, "max_line_size": 64 * 1024},
+        )
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
 
@@ -47,7 +50,10 @@ class Recorder:
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = json.loads(raw) if raw else None
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
         call = Call(request.method, request.path, request.headers.get("Idempotency-Key"), body)
         with self._lock:
             self.calls.append(call)
