@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import LoadedConfig
+from proxy.forward import limited_body
 from proxy.idempotency.keys import InvalidKey, parse_key
 from proxy.keys import CONFIG, SAGAS, TASKS
 from proxy.problems import problem_response
@@ -30,11 +31,21 @@ class BadTrigger(Exception):
     """The trigger request cannot start a saga (its body is not a JSON object)."""
 
 
-async def read_input(request: web.Request, limit: int) -> dict[str, Any]:
-    """The trigger's body as a JSON object."""
+async def read_input(
+    request: web.Request, limit: int, read_timeout: float | None = None
+) -> dict[str, Any]:
+    """The trigger's body as a JSON object.
+
+    A body still arriving is read chunk by chunk: a client pausing longer than ``read_timeout``
+    gets 408 (instead of holding the connection for ever) and one sending more than ``limit``
+    bytes gets 413 as soon as it does.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.read()
+    if request.content.is_eof():  # all received, or already read whole by the idempotency layer
+        raw = await request.read()
+    else:
+        raw = b"".join([c async for c in limited_body(request.content, limit, read_timeout)])
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
@@ -117,7 +128,11 @@ def trigger_handler(definition: SagaDefinition) -> Any:
         # instance was created (the client would get a 503 for a saga that runs anyway).
         headers = {name: clean_text(value) for name, value in request.headers.items()}
         try:
-            data = await read_input(request, loaded.config.idempotency.max_request_body)
+            data = await read_input(
+                request,
+                loaded.config.idempotency.max_request_body,
+                loaded.config.limits.read_timeout,
+            )
             created = await runtime.engine.start(
                 definition, data, headers, trigger_key(request, loaded)
             )
