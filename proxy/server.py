@@ -83,7 +83,11 @@ async def serve(
     if worker is not None and worker.serves_admin:
         apps.admin.middlewares.append(pod_metrics_middleware(worker))
     admin_app = apps.admin if worker is None or worker.serves_admin else metrics_app(apps.public)
-    admin = web.AppRunner(admin_app, shutdown_timeout=2.0, access_log=None)
+    # The admin listener gets the public one's head limits too: 431/408 as problems, and no
+    # client may hold a connection open by trickling a request head.
+    admin = LimitedAppRunner(
+        admin_app, read_timeout=config.limits.read_timeout, shutdown_timeout=2.0, access_log=None
+    )
     try:
         await start_site(public, config.listen, reuse_port=worker is not None)
         if worker is None or worker.serves_admin:
