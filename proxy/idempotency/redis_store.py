@@ -3,10 +3,11 @@
 One key per idempotency record, ``<prefix>:{<scoped key>}``, holding the in-flight lock (``SET NX
 PX`` with a random owner token, lease = ``lock_timeout``) and then the finished record (TTL =
 ``ttl``). Acquire, complete, release and renew are each one Lua script (``*.lua`` next to this
-module, run with EVALSHA): one round trip, and complete/release/renew compare the owner token
-first, so a holder whose lease expired cannot overwrite or delete a newer holder's state. The
-record's pub/sub channel ``<prefix>:{<scoped key>}:done`` shares its hash tag, as would any
-further key of the record, so everything about one record lives in one Cluster slot.
+module, run with EVALSHA; on a plain-TCP server through ``resp``'s pipelined connection): one
+round trip, and complete/release/renew compare the owner token first, so a holder whose lease
+expired cannot overwrite or delete a newer holder's state. The record's pub/sub channel
+``<prefix>:{<scoped key>}:done`` shares its hash tag, as would any further key of the record, so
+everything about one record lives in one Cluster slot.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.idempotency.redis_client import RedisConnection, connect, parse_redis_url
 from proxy.idempotency.redis_notify import CompletionListener
+from proxy.idempotency.resp import PipelinedRedis
 from proxy.idempotency.store import ChangeSignal, IdempotencyStore, StoreUnavailable
 
 _SCRIPTS = ("acquire", "complete", "release", "renew", "secret")
@@ -53,6 +55,9 @@ class RedisStore(IdempotencyStore):
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
         self._listener = CompletionListener(client)
+        # Plain-TCP Redis: the scripts go through one pipelined connection (see ``resp``);
+        # TLS, Sentinel and Cluster use redis-py's clients for everything.
+        self._fast = PipelinedRedis.for_client(client)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -69,8 +74,11 @@ class RedisStore(IdempotencyStore):
         return f"{self.prefix}:{{{key}}}:done"
 
     async def _script(self, name: str, key: str, *args: Any) -> Any:
+        script = self._scripts[name]
         with _unavailable_on_error(name):
-            return await self._scripts[name](keys=[key], args=list(args))
+            if self._fast is not None:
+                return await self._fast.evalsha(script.sha, script.script, [key], args)
+            return await script(keys=[key], args=list(args))
 
     async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
         current = await self._script("acquire", self.redis_key(key), value, lease_ms)
@@ -106,5 +114,7 @@ class RedisStore(IdempotencyStore):
     async def close(self) -> None:
         """Close the pub/sub listener and the connection pool."""
         await self._listener.close()
+        if self._fast is not None:
+            await self._fast.close()
         with contextlib.suppress(*_REDIS_ERRORS):
             await self.connection.aclose()
