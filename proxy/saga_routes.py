@@ -9,6 +9,7 @@ used answers from the existing instance instead of starting a second one.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Any
 
 from aiohttp import web
@@ -21,9 +22,11 @@ from proxy.problems import problem_response
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.records import Lease, SagaInstance
+from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
 from saga_runner.storable import UnstorableJson, clean_text, parse_json
 
+_UNKEYED = b"saga-sidecar trigger key"
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 
@@ -70,11 +73,28 @@ def trigger_key(request: web.Request, loaded: LoadedConfig) -> str | None:
     key = parse_key(request.headers.getall(idem.header, []), idem.header)
     if key is None:
         return None
-    digest = hashlib.sha256()
+    # An HMAC with ``key_secret`` (when set): without the secret, a stored value cannot be
+    # checked against guessed credentials and keys.
+    digest = hmac.new(idem.key_secret.encode() or _UNKEYED, digestmod=hashlib.sha256)
     for name in idem.scope_headers:
-        digest.update(request.headers.get(name, "").encode() + b"\0")
+        digest.update(request.headers.get(name, "").encode("utf-8", "surrogateescape") + b"\0")
     digest.update(key.encode())
     return digest.hexdigest()
+
+
+def trigger_headers(request: web.Request, key_header: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The trigger's headers to run the saga with, and the copy recorded with the instance.
+
+    Values are cleaned: bytes that are not UTF-8 become U+FFFD (such a value failed the write
+    after the instance was created, so the client got a 503 for a saga that ran anyway). The
+    recorded copy never holds the client's idempotency key: only ``trigger_key`` is stored.
+    """
+    headers = {name: clean_text(value) for name, value in request.headers.items()}
+    recorded = {
+        name: REDACTED if name.lower() == key_header.lower() else value
+        for name, value in headers.items()
+    }
+    return headers, recorded
 
 
 def saga_answer(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
@@ -124,9 +144,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         loaded = request.app[CONFIG]
         runtime = request.app[SAGAS].runtime
-        # Recorded with the saga: bytes that are not UTF-8 must not fail the write after the
-        # instance was created (the client would get a 503 for a saga that runs anyway).
-        headers = {name: clean_text(value) for name, value in request.headers.items()}
+        headers, recorded = trigger_headers(request, loaded.config.idempotency.header)
         try:
             data = await read_input(
                 request,
@@ -134,7 +152,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
                 loaded.config.limits.read_timeout,
             )
             created = await runtime.engine.start(
-                definition, data, headers, trigger_key(request, loaded)
+                definition, data, recorded, trigger_key(request, loaded)
             )
         except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))

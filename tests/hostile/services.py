@@ -1,9 +1,11 @@
 """The upstreams behind the hostile-input sidecar: a recording echo app and a raw answerer.
 
 ``Recorder`` is an aiohttp app that keeps every call (path, ``Idempotency-Key``, JSON body) and
-answers ``{"ok": true}``. ``RawAnswers`` is a bare asyncio server that reads a request and sends
-back, byte for byte, the response registered for its path: how a broken or malicious service
-answers (``NaN`` in JSON, NUL characters, bytes that are not UTF-8 in a header, ...).
+answers ``{"ok": true}`` (on a path ending in ``/mirror``: the body it received, and a
+``Set-Cookie`` made of its ``password`` field). ``RawAnswers`` is a bare asyncio server
+that reads a request and sends back, byte for byte, the response registered for its path: how a
+broken or malicious service answers (``NaN`` in JSON, NUL characters, bytes that are not UTF-8
+in a header, ...).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Recorder:
         call = Call(request.method, request.path, request.headers.get("Idempotency-Key"), body)
         with self._lock:
             self.calls.append(call)
+        if request.path.endswith("/mirror"):  # repeats the body, sets a cookie from it
+            secret = body.get("password", "") if isinstance(body, dict) else ""
+            cookie = f"session={secret}; HttpOnly"
+            return web.json_response({"received": body}, headers={"Set-Cookie": cookie})
         return web.json_response({"ok": True})
 
 
