@@ -2,17 +2,18 @@
 
 Every state change is written to the store before the call it announces (``AttemptLoop``), and
 every write is fenced by the run's ``Lease``, so a replica that lost its claim stops at its next
-write. ``SagaEngine.execute`` drives an instance from whatever state it is in (new, resumed after
-a crash, retried or aborted by an operator) to ``completed``, ``compensated`` or ``failed``.
+write; the process's ``LeaseRenewer`` keeps the lease alive while the run goes on and stops the
+run at once when the store reports the lease lost. ``SagaEngine.execute`` drives an instance from
+whatever state it is in (new, resumed after a crash, retried or aborted by an operator) to
+``completed``, ``compensated`` or ``failed``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
+from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import SagaObserver
 from saga_runner.records import UNSET, CreateResult, Lease, NewStep, SagaInstance, SagaStep, Unset
 from saga_runner.redact import Redactor
@@ -93,12 +95,14 @@ class SagaEngine:
         observer: SagaObserver,
         redactor: Redactor,
         settings: EngineSettings,
+        leases: LeaseRenewer,
     ) -> None:
         self.store = store
         self.attempts = attempts
         self.observer = observer
         self.redactor = redactor
         self.settings = settings
+        self.leases = leases
         self._saved_definitions: set[str] = set()
 
     async def start(
@@ -129,6 +133,9 @@ class SagaEngine:
             idempotency_key=idempotency_key,
             saga_id=saga_id,
         )
+        if created.lease is not None:
+            # From here on: the run starts only after more writes, and the lease is ticking.
+            self.leases.track(created.lease)
         if created.created:
             await self.store.record_event(
                 saga_id,
@@ -165,8 +172,33 @@ class SagaEngine:
                 the stored copy, in which ``redact.fields`` are already replaced.
 
         Raises:
-            LeaseLost: another replica took the saga over; this one must stop.
+            LeaseLost: the saga was taken over: a fenced write was refused, or the lease
+                renewer found the lease lost and cut the run off, even mid-call; stop here.
         """
+        try:
+            async with self.leases.hold(lease):
+                return await self._load_and_drive(definition, lease, headers, input_data)
+        except LeaseLost as exc:
+            # Said here, once for trigger and recovery runs alike: the operator's evidence that
+            # a paused or partitioned replica was fenced off instead of overwriting the new owner.
+            log.warning(
+                "saga %s: lease lost to another replica, stopping: %s",
+                lease.saga_id,
+                exc,
+                extra={"saga_id": lease.saga_id, "saga": definition.name, "event": "lease_lost"},
+            )
+            raise
+        finally:
+            with contextlib.suppress(StoreError):
+                await self.store.release(lease)
+
+    async def _load_and_drive(
+        self,
+        definition: SagaDefinition,
+        lease: Lease,
+        headers: Mapping[str, str] | None,
+        input_data: Any,
+    ) -> SagaInstance:
         detail = await self.store.get(lease.saga_id)
         if headers is None:
             started = next((e for e in detail.events if e.action == "started"), None)
@@ -181,22 +213,9 @@ class SagaEngine:
         run.results.update(_known_results(detail.steps))
         self.observer.run_started(definition.name)
         try:
-            async with self._lease_keeper(lease):
-                return await self._drive(run, detail.steps)
-        except LeaseLost as exc:
-            # Said here, once for trigger and recovery runs alike: the operator's evidence that
-            # a paused or partitioned replica was fenced off instead of overwriting the new owner.
-            log.warning(
-                "saga %s: lease lost to another replica, stopping: %s",
-                lease.saga_id,
-                exc,
-                extra={"saga_id": lease.saga_id, "saga": definition.name, "event": "lease_lost"},
-            )
-            raise
+            return await self._drive(run, detail.steps)
         finally:
             self.observer.run_stopped(definition.name)
-            with contextlib.suppress(StoreError):
-                await self.store.release(lease)
 
     async def _drive(self, run: _Run, steps: tuple[SagaStep, ...]) -> SagaInstance:
         if run.saga.status is SagaStatus.RUNNING:
@@ -443,33 +462,6 @@ class SagaEngine:
                 **extra,
             },
         )
-
-    @contextlib.asynccontextmanager
-    async def _lease_keeper(self, lease: Lease) -> AsyncIterator[None]:
-        """Renew ``lease`` in the background while the body runs."""
-        interval = max(self.settings.lease_seconds / 3, 0.05)
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    if not await self.store.renew(lease, self.settings.lease_seconds):
-                        log.warning(
-                            "lease on saga %s lost",
-                            lease.saga_id,
-                            extra={"saga_id": lease.saga_id, "event": "lease_renewal_refused"},
-                        )
-                        return
-                except StoreError as exc:
-                    log.warning("lease renewal of saga %s failed: %s", lease.saga_id, exc)
-
-        task = asyncio.create_task(renew())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def _success(explicit: tuple[int, ...] | None, default: frozenset[int]) -> frozenset[int]:

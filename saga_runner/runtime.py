@@ -1,8 +1,10 @@
 """Everything a process needs to run sagas, opened and closed together.
 
 ``SagaRuntime.open`` loads the definitions (``check`` has already validated them), connects to the
-store, applies migrations when asked, and wires the engine to an HTTP session of its own. The
-proxy opens one per process in a cleanup context; the CLI opens one for operator commands.
+store, applies migrations when asked, wires the engine to an HTTP session of its own and starts
+the process's lease renewer (``saga_runner.leases``); ``close`` stops it before the store
+closes. The proxy opens one per process in a cleanup context; the CLI opens one for operator
+commands.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from saga_runner.catalog import SagaCatalog
 from saga_runner.definition import SagaDefinition
 from saga_runner.engine import EngineSettings, SagaEngine
 from saga_runner.errors import DefinitionMissing
+from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import NullObserver, SagaObserver
 from saga_runner.redact import Redactor
 from saga_runner.store.base import SagaStore, open_store
@@ -47,7 +50,7 @@ class RuntimeSettings:
 
 
 class SagaRuntime:
-    """The store, engine, catalog and HTTP session of one process."""
+    """The store, engine, catalog, HTTP session and lease renewer of one process."""
 
     def __init__(
         self,
@@ -60,6 +63,11 @@ class SagaRuntime:
         self.engine = engine
         self.catalog = catalog
         self.session = session
+
+    @property
+    def leases(self) -> LeaseRenewer:
+        """The renewer keeping the leases of every saga this process runs."""
+        return self.engine.leases
 
     @classmethod
     async def open(
@@ -82,6 +90,7 @@ class SagaRuntime:
         )
         redactor = Redactor(settings.redact_headers, settings.redact_fields)
         observer = observer or NullObserver()
+        leases = LeaseRenewer(store, settings.lease_seconds)
         engine = SagaEngine(
             store,
             AttemptLoop(store, StepCaller(session), observer, redactor),
@@ -93,7 +102,9 @@ class SagaRuntime:
                 default_timeout=settings.default_timeout,
                 services=dict(settings.services),
             ),
+            leases,
         )
+        leases.start()
         return cls(store, engine, catalog, session)
 
     async def definition_for(self, definition_hash: str) -> SagaDefinition:
@@ -111,6 +122,7 @@ class SagaRuntime:
         return SagaDefinition.from_snapshot(stored.body)
 
     async def close(self) -> None:
-        """Close the HTTP session and the store."""
+        """Stop renewing leases, close the HTTP session and the store."""
+        await self.leases.stop()
         await self.session.close()
         await self.store.close()

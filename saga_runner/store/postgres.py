@@ -6,7 +6,8 @@ runs when a connection returns to the pool; a ``SET`` in ``init`` would not). Fe
 single statements whose ``WHERE`` carries the lease, or CTEs that lock the instance row
 ``FOR NO KEY UPDATE`` first, so a concurrent claim and a stale write are strictly ordered.
 Claims use ``FOR UPDATE SKIP LOCKED``; retention runs under a per-schema transaction-scoped
-advisory lock, so only one replica prunes at a time.
+advisory lock, so only one replica prunes at a time. Lease renewals use a connection of their
+own, so they never wait for a pool connection behind the runs' writes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,37 @@ async def _init_connection(conn: Any) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _create_pools(
+    dsn: str, options: dict[str, str], schema: str, connect_timeout: float
+) -> tuple[Any, Any]:
+    """The store's pool, and the one-connection pool lease renewals use."""
+    settings = {"search_path": schema, "application_name": "saga-sidecar"}
+    common: dict[str, Any] = {
+        "timeout": connect_timeout,
+        "command_timeout": float(options.get("command_timeout", 60)),
+        "init": _init_connection,
+    }
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=int(options.get("min_size", 1)),
+        max_size=int(options.get("max_size", 10)),
+        server_settings=settings,
+        **common,
+    )
+    try:
+        lease_pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=1,
+            server_settings={**settings, "application_name": "saga-sidecar-leases"},
+            **common,
+        )
+    except BaseException:
+        await pool.close()
+        raise
+    return pool, lease_pool
+
+
 def _rows(records: Sequence[Any]) -> list[Row]:
     return [dict(r) for r in records]
 
@@ -74,9 +106,14 @@ class PostgresStore(SagaStore):
     backend = "postgres"
     driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-    def __init__(self, pool: Any, schema: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self, pool: Any, schema: str, clock: Clock | None = None, *, lease_pool: Any = None
+    ) -> None:
         super().__init__(clock)
         self._pool = pool
+        # Lease renewals get a connection of their own: queued behind the runs' writes for one
+        # of ``pool``'s connections, a renewal on a busy process came after the lease expired.
+        self._lease_pool = pool if lease_pool is None else lease_pool
         self.schema = schema
 
     @classmethod
@@ -88,7 +125,10 @@ class PostgresStore(SagaStore):
         clock: Clock | None = None,
         connect_timeout: float = 10.0,
     ) -> PostgresStore:
-        """Create the pool (connecting at once, so a bad URL fails at startup).
+        """Create the pools (connecting at once, so a bad URL fails at startup).
+
+        Besides the pool of ``max_size`` connections, one more connection is kept for lease
+        renewals (``renew_many``).
 
         Args:
             url: ``postgresql://user:pass@host:port/db``; query options ``schema`` (default
@@ -106,18 +146,10 @@ class PostgresStore(SagaStore):
         if not _SCHEMA_RE.match(schema):
             raise StoreError(f"invalid schema name {schema!r}: use lower-case letters, digits, _")
         try:
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=int(options.get("min_size", 1)),
-                max_size=int(options.get("max_size", 10)),
-                timeout=connect_timeout,
-                command_timeout=float(options.get("command_timeout", 60)),
-                init=_init_connection,
-                server_settings={"search_path": schema, "application_name": "saga-sidecar"},
-            )
+            pool, lease_pool = await _create_pools(dsn, options, schema, connect_timeout)
         except (*cls.driver_errors, ValueError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
-        return cls(pool, schema, clock)
+        return cls(pool, schema, clock, lease_pool=lease_pool)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, asyncpg.UndefinedTableError):
@@ -136,6 +168,8 @@ class PostgresStore(SagaStore):
 
     async def _close(self) -> None:
         await self._pool.close()
+        if self._lease_pool is not self._pool:
+            await self._lease_pool.close()
 
     async def _insert_definition(self, row: Row) -> None:
         sql = sqltext.insert("saga_definitions", list(row), _param)
@@ -243,7 +277,7 @@ class PostgresStore(SagaStore):
         ids = [lease.saga_id for lease in leases]
         owners = [lease.owner for lease in leases]
         versions = [lease.version for lease in leases]
-        rows = await self._pool.fetch(sql, expires, ids, owners, versions)
+        rows = await self._lease_pool.fetch(sql, expires, ids, owners, versions)
         return {Lease(r["id"], r["owner"], r["lease_version"]) for r in rows}
 
     async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
