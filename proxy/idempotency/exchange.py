@@ -3,12 +3,14 @@
 A covered request's body is read whole first (to fingerprint it; over ``max_request_body`` →
 413). The catch-all forward route then calls the upstream directly with those bytes and buffers
 the answer up to ``max_body``, so the record can be stored before the client sees anything;
-a larger body is streamed on to the client after its "not retained" marker is stored. Any other
+a larger body, or one still arriving ``upstream.timeout`` after the headers (a stream), is
+streamed on to the client after its "not retained" marker is stored. Any other
 route (a saga trigger) runs its own handler, whose in-memory response is captured the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -100,13 +102,26 @@ def buffered_response(
     return web.Response(status=status, reason=reason or None, headers=kept, body=body)
 
 
-async def read_capped(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """Read the upstream body up to just past ``limit`` bytes; True when it ended in time."""
+async def read_capped(
+    upstream: aiohttp.ClientResponse, limit: int, within: float | None = None
+) -> tuple[bytes, bool]:
+    """Read the upstream body up to just past ``limit`` bytes; True when it ended in time.
+
+    It did not end in time either past ``limit`` bytes or, when ``within`` is set, when it has
+    not ended ``within`` seconds after the headers: a body that trickles for ever (a stream)
+    must reach the client, not sit in this buffer while its lease is renewed indefinitely.
+    """
     buffer = bytearray()
-    async for chunk in upstream.content.iter_any():
-        buffer += chunk
-        if len(buffer) > limit:
-            return bytes(buffer), False
+    try:
+        async with asyncio.timeout(within) as deadline:
+            async for chunk in upstream.content.iter_any():
+                buffer += chunk
+                if len(buffer) > limit:
+                    return bytes(buffer), False
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the upstream's own read timeout: a body cut short
+        return bytes(buffer), False
     return bytes(buffer), True
 
 
@@ -153,7 +168,7 @@ async def forward_answer(
         status, reason = upstream.status, upstream.reason or ""
         answer = Answer(status, reason, response_headers(upstream), body=None)
         try:
-            body, whole = await read_capped(upstream, max_body)
+            body, whole = await read_capped(upstream, max_body, forwarder.timeout.sock_read)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream body failed on %s: %r", call.request.path, exc)
             answer.ready = _cut_short(status)
