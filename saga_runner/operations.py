@@ -245,6 +245,7 @@ class SagaOperations:
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=force)
         if claim is None:
             raise _held_refusal(await self.store.get_instance(saga_id))
+        self.runtime.leases.track(claim.lease)
         return await self._prepare(
             claim, "retry", actor, definition, holder=saga.owner, force=force, reason=reason
         )
@@ -266,6 +267,7 @@ class SagaOperations:
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=True)
         if claim is None:
             raise StoreError(f"saga {saga_id}: a forced claim was refused")
+        self.runtime.leases.track(claim.lease)
         return await self._prepare(
             claim, "abort", actor, definition, holder=saga.owner, force=True, reason=reason
         )

@@ -107,6 +107,7 @@ class RecoveryWorker:
             else []
         )
         for claim in claims:
+            self.runtime.leases.track(claim.lease)
             stale = self._running.get(claim.saga.id)
             task = asyncio.create_task(
                 self._resume_after(stale, claim), name=f"saga-resume-{claim.saga.id}"
