@@ -54,7 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
     if failing:
         names = ", ".join(sorted(failing))
         return problem_response(
-            503, f"not ready: {names} not answering", title="Service Unavailable", failing=failing
+            503, f"not ready: {names}", title="Service Unavailable", failing=failing
         )
     return web.json_response({"status": "ready"})
 

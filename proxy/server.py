@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, split_hostport
+from proxy.keys import READINESS
 from proxy.limits import LimitedAppRunner
 from proxy.workers import WorkerSlot, metrics_app, pod_metrics_middleware
 
@@ -99,6 +100,7 @@ async def serve(
         where = {"listen": config.listen, "admin": admin_listen}
         log.info("listening", extra=where | ({"worker": worker.index} if worker else {}))
         await stop.wait()
+        apps.public[READINESS].mark_draining()
         log.info("stop signal received, draining", extra={"grace_s": config.shutdown_grace})
     finally:
         await public.cleanup()

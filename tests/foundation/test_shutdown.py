@@ -102,6 +102,23 @@ async def test_stop_signal_drains_the_in_flight_request_then_exits_0(
     assert messages[-1] == "stopped"
 
 
+async def test_readyz_turns_503_while_draining_so_traffic_moves_elsewhere(
+    upstream_server: Callable[..., Any], sidecar_process: Callable[..., Sidecar]
+) -> None:
+    slow, sidecar = await start(upstream_server, sidecar_process, delay=1.5)
+    status, _ = await get_text(f"{sidecar.admin_url}/readyz")
+    assert status == 200
+    in_flight = asyncio.create_task(get_text(f"{sidecar.url}/slow"))
+    await asyncio.wait_for(slow.arrived.wait(), 5)
+    sidecar.signal(signal.SIGTERM)
+    await wait_until_refused(sidecar, within=1.0)
+    status, text = await get_text(f"{sidecar.admin_url}/readyz")
+    assert status == 503
+    assert "shutting down" in text
+    assert await asyncio.wait_for(in_flight, 5) == (200, "finally")
+    assert await wait_for_exit(sidecar, within=3) == 0
+
+
 async def test_idle_sidecar_exits_at_once_even_with_idle_keep_alive_clients(
     upstream_server: Callable[..., Any], sidecar_process: Callable[..., Sidecar]
 ) -> None:
