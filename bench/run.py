@@ -43,7 +43,7 @@ class Settings:
         only = tuple(p for p in os.environ.get("BENCH_ONLY", "").split(",") if p)
         return cls(
             rounds=int(os.environ.get("BENCH_ROUNDS", 1 if quick else 3)),
-            seconds=float(os.environ.get("BENCH_SECONDS", 3 if quick else 6)),
+            seconds=float(os.environ.get("BENCH_SECONDS", 3 if quick else 5)),
             unloaded_seconds=2 if quick else 3,
             workers=int(os.environ.get("BENCH_WORKERS", 1)),
             only=only,
