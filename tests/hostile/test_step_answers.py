@@ -3,7 +3,8 @@
 Before the fix, each of these answers failed the step's write on PostgreSQL; the saga paused,
 and recovery re-sent the step every tick, forever. Now a JSON answer that no store can hold is
 kept as text (NUL characters, unpaired surrogates and undecodable bytes replaced by U+FFFD),
-header values likewise, and the step is called once.
+header values likewise, and the step is called once. A redirect is an answer, never followed:
+a service cannot send a step's call (and its credentials) to another host.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from conftest import Sidecar
 
 from hostile.conftest import admin_get
-from hostile.services import RawAnswers, raw_response
+from hostile.services import RawAnswers, Recorder, raw_response
 
 ANSWERS = {
     "nan": (raw_response(b'{"id": NaN}'), '{"id": NaN}'),
@@ -79,3 +80,21 @@ async def test_answer_over_1mib_is_stored_cut_to_1mib_as_text(
     found, view = await admin_get(http, saga_sidecar, f"/sagas/{saga_id}")
     assert found == 200 and view["status"] == "completed"
     assert len(view["steps"][0]["result"]["body"]) == 1024**2
+
+
+async def test_a_redirect_to_another_host_is_not_followed(
+    http: aiohttp.ClientSession,
+    saga_sidecar: Sidecar,
+    raw_answers: tuple[RawAnswers, str],
+    recorder: tuple[Recorder, str],
+) -> None:
+    elsewhere = f"{recorder[1]}/stolen"
+    raw_answers[0].answers["/redirect"] = (
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + elsewhere.encode()
+        + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    status, saga_id = await run_answer_saga(http, saga_sidecar, "redirect")
+    assert status == 502
+    found, view = await admin_get(http, saga_sidecar, f"/sagas/{saga_id}")
+    assert found == 200 and view["steps"][0]["status"] == "failed"
+    assert recorder[0].calls_to("/stolen") == []

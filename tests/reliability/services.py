@@ -20,7 +20,6 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -208,14 +207,3 @@ class PostgresServer:
         if self.running:
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def wait_port_closed(port: int, within: float = 10.0) -> None:
-    """Wait until nothing accepts connections on ``port``."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"port {port} still open after {within}s")
