@@ -6,6 +6,7 @@ The sidecar runs with ``max_header_size: 1KiB`` and ``read_timeout: 500ms``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -97,9 +98,12 @@ async def test_head_trickling_past_read_timeout_gets_408_and_is_closed(connect: 
     connection = await connect()
     started = time.monotonic()
     await connection.send(b"GET /echo/slow-loris HTTP/1.1\r\nHost: x\r\n")
-    for _ in range(2):
-        await asyncio.sleep(READ_TIMEOUT / 3)
-        await connection.send(b"X-Drip: 1\r\n")
+    # On a loaded machine the sleeps may overrun the deadline; the peer has then already
+    # answered and closed, which is the expected outcome.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        for _ in range(2):
+            await asyncio.sleep(READ_TIMEOUT / 3)
+            await connection.send(b"X-Drip: 1\r\n")
     response = await connection.response()
     assert response.status == 408
     assert f"{READ_TIMEOUT:g}s" in response.problem()["detail"]

@@ -9,6 +9,7 @@ test_upstream_failures.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -90,9 +91,12 @@ async def test_admin_head_trickling_past_read_timeout_gets_408(saga_sidecar: Sid
     try:
         started = time.monotonic()
         await connection.send(b"GET /healthz HTTP/1.1\r\n")
-        for _ in range(2):  # still trickling when the deadline passes
-            await asyncio.sleep(READ_TIMEOUT / 3)
-            await connection.send(b"X-Slow: 1\r\n")
+        # Still trickling when the deadline passes; on a loaded machine the sleeps may overrun
+        # it, and the peer has then already answered and closed: that is the expected outcome.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(2):
+                await asyncio.sleep(READ_TIMEOUT / 3)
+                await connection.send(b"X-Slow: 1\r\n")
         response = await connection.response()
         assert response.status == 408
         assert READ_TIMEOUT * 0.9 < time.monotonic() - started < READ_TIMEOUT + 2
