@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv run test lint format clean bench profile
+.PHONY: all venv run test lint format clean bench profile soak chaos
 all: lint test
 
 $(STAMP): pyproject.toml
@@ -20,6 +20,13 @@ run: venv  ## start demo services + sidecar (embedded stores) and print curl exa
 
 test: venv  ## the whole suite against real Redis and PostgreSQL
 	@scripts/with-test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+soak: venv  ## 10 minutes of steady mixed load: memory, descriptors and errors must stay flat (SOAK_ARGS)
+	@scripts/with-test-services.sh $(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+chaos: venv  ## fault-injection and hostile-input suites, 20x the examples and load phases
+	@SAGA_SIDECAR_CHAOS=20 scripts/with-test-services.sh $(BIN)/python -m pytest \
+		tests/reliability tests/hostile --timeout=1800 $(PYTEST_ARGS)
 
 bench: venv  ## throughput/latency table vs. baselines (needs wrk; BENCH_QUICK=1 for ~2 min)
 	@bench/prereqs.sh
