@@ -64,7 +64,7 @@ async def wait_until_refused(sidecar: Sidecar, within: float) -> None:
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection(url.host, url.port)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):  # reset: closed while connecting
             return
         writer.close()
         await writer.wait_closed()

@@ -128,6 +128,9 @@ class FakeServices:
     def app(self, service: str) -> web.Application:
         """The aiohttp application of ``service``."""
         app = web.Application()
+        # A sidecar launcher elsewhere that raced for this port probes it for /healthz while
+        # it waits: that is not a saga call, so it is answered without being recorded.
+        app.router.add_get("/healthz", _not_a_sidecar)
         app.router.add_route("*", "/{tail:.*}", self._handler(service))
         return app
 
@@ -186,3 +189,7 @@ async def _stream(request: web.Request, reply: Reply, raw: bytes) -> web.StreamR
         await asyncio.sleep(0.02)
     await response.write_eof()
     return response
+
+
+async def _not_a_sidecar(request: web.Request) -> web.Response:
+    return web.Response(status=404, text="a fake saga service, not a sidecar")
