@@ -198,7 +198,12 @@ def encode_segment(value: Any, ref: Reference) -> str:
         raise TemplateError(f"{{{{ {ref} }}}}: is empty, cannot be used as a path segment")
     if text.strip(".") == "":
         return "%2E" * len(text)
-    return quote(text, safe="")
+    try:
+        return quote(text, safe="")
+    except UnicodeEncodeError:  # an unpaired surrogate: not text any URL can carry
+        raise TemplateError(
+            f"{{{{ {ref} }}}}: is not valid Unicode, cannot be used in a path"
+        ) from None
 
 
 class CompiledValue(ABC):
@@ -251,6 +256,12 @@ class Template(CompiledValue):
         text = self.render_text(ctx)
         if any(c in text for c in _FORBIDDEN_IN_HEADER):
             raise TemplateError(f"{self.source!r}: rendered header value contains CR, LF or NUL")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # an unpaired surrogate: the HTTP client could not send it
+            raise TemplateError(
+                f"{self.source!r}: rendered header value is not valid Unicode"
+            ) from None
         return text
 
     def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
