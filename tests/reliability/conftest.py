@@ -6,7 +6,7 @@ ones with a unique key prefix or schema.
 
 Fixtures:
     keyed            a ``KeyedApp`` served from the background thread, and its URL.
-    private_redis    ``await private_redis()``: a ``RedisServer`` of its own (stopped after).
+    redis_server     ``await redis_server()``: a ``RedisServer`` of its own (from idempotency).
     private_pg       the session's private ``PostgresServer`` (started; a test may stop it,
                      it is running again before the next test).
     http             a client session without cookies, with a generous connection pool.
@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import Upstream, find_free_port
-from idempotency.conftest import RedisServer
+from idempotency.conftest import redis_server  # noqa: F401  (the same private-Redis fixture)
 
 from reliability.services import KeyedApp, PostgresServer
 
@@ -57,22 +57,6 @@ def keyed(app_in_thread: Callable[..., Upstream]) -> Iterator[tuple[KeyedApp, st
     upstream = app_in_thread(app.app())
     yield app, upstream.url
     upstream.stop()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[Callable[[], Awaitable[RedisServer]]]:
-    """``await private_redis()`` starts a Redis on a free port; stopped after the test."""
-    servers: list[RedisServer] = []
-
-    async def start() -> RedisServer:
-        server = RedisServer(find_free_port())
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

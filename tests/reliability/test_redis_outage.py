@@ -66,12 +66,12 @@ def assert_readiness_followed_the_outage(
 async def test_redis_killed_under_load_never_executes_a_protected_request_twice(
     sidecar_process: Callable[..., Sidecar],
     keyed: tuple[KeyedApp, str],
-    private_redis: Callable[[], Awaitable[RedisServer]],
+    redis_server: Callable[[], Awaitable[RedisServer]],
     http: aiohttp.ClientSession,
     on_store_error: str,
 ) -> None:
     app, url = keyed
-    server = await private_redis()
+    server = await redis_server()
     store = with_prefix(server.url, "reliability")
     idempotency = {"store": store, "on_store_error": on_store_error, "lock_timeout": "2s"}
     sidecar = sidecar_process({"upstream": {"url": url}, "idempotency": idempotency})
