@@ -21,7 +21,7 @@ from proxy.logs import access_log_middleware
 from proxy.metrics import SidecarMetrics, metrics_middleware
 from proxy.problems import problems_middleware
 from proxy.readiness import Readiness
-from proxy.resources import client_session_ctx, task_scheduler_ctx
+from proxy.resources import task_scheduler_ctx, upstream_client_ctx
 from proxy.saga_routes import setup_saga_routes
 from proxy.saga_service import SagaService, saga_service_ctx
 
@@ -75,7 +75,7 @@ def build_public_app(
         },
     )
     _shared(app, loaded, metrics, ready, sagas)
-    app.cleanup_ctx.append(client_session_ctx)
+    app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
         app.cleanup_ctx.append(saga_service_ctx)

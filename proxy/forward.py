@@ -14,31 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import (
-    RequestBodyError,
-    RequestBodyTimeout,
-    RequestBodyTooLarge,
-    UpstreamReset,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
-from proxy.headers import add_forwarded, end_to_end
+from proxy.errors import RequestBodyTimeout, RequestBodyTooLarge, UpstreamReset
+from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
+from proxy.upstream import RequestBody, UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("saga_sidecar.forward")
 
-RequestBody = bytes | AsyncIterator[bytes] | None
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-# Headers aiohttp's client would add on its own; the upstream gets only what the client sent.
-_NOT_ADDED_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-ChunkSink = Callable[[bytes], None]
 # Answers of declared length up to this are read whole and sent in one write (fewer awaits and
 # syscalls than streaming); larger or open-ended ones are streamed as they arrive.
 SMALL_BODY = 64 * 1024
@@ -80,20 +70,6 @@ def request_target(request: web.Request) -> str:
     return (url.raw_path_qs or "/") if url.absolute else raw
 
 
-def request_body_error(exc: BaseException) -> RequestBodyError | None:
-    """The RequestBodyError behind ``exc``, if reading the client's body is what failed.
-
-    aiohttp's client sends the body from its own task and reports a failure of the body
-    iterator as a ``ClientConnectionError`` caused by it.
-    """
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, RequestBodyError):
-            return seen
-        seen = seen.__cause__
-    return None
-
-
 def _reason(exc: BaseException) -> str:
     """One short line saying why an upstream call failed, for a problem detail."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -108,38 +84,30 @@ def check_declared_length(request: web.Request, limit: int) -> None:
 
 
 class Forwarder:
-    """Sends requests to one upstream base URL over a shared pooled ClientSession."""
+    """Sends requests to the upstream app over the process's ``UpstreamClient``."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        timeout: float,
+        client: UpstreamClient,
         max_request_body: int,
         read_timeout: float | None = None,
     ) -> None:
-        self.session = session
-        self.base_url = base_url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self.client = client
+        self.timeout = client.timeout
         self.max_request_body = max_request_body
         self.read_timeout = read_timeout
 
-    def upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
-        """End-to-end request headers plus X-Forwarded-* and the request id."""
-        headers = end_to_end(request.headers, drop=("host",))
+    def upstream_header_lines(self, request: web.Request) -> bytes:
+        """End-to-end request header lines plus X-Forwarded-* and the request id."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        add_forwarded(
-            headers,
+        return forwarded_header_lines(
+            request.raw_headers,
             client_ip=peer[0] if isinstance(peer, tuple) else None,
             proto=request.scheme,
-            host=request.host,
+            request_id=request.get(REQUEST_ID),
         )
-        request_id = request.get(REQUEST_ID)
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        return headers
 
-    async def open(self, request: web.Request, body: RequestBody) -> aiohttp.ClientResponse:
+    async def open(self, request: web.Request, body: RequestBody) -> UpstreamResponse:
         """Send ``request`` upstream with ``body`` and return the response (headers read).
 
         A safe request without a body whose connection is dropped before any answer is sent
@@ -163,52 +131,40 @@ class Forwarder:
         request[UPSTREAM_SECONDS] = time.perf_counter() - started
         return response
 
-    async def _send(self, request: web.Request, body: RequestBody) -> aiohttp.ClientResponse:
-        url = URL(self.base_url + request_target(request), encoded=True)
-        try:
-            return await self.session.request(
-                request.method,
-                url,
-                headers=self.upstream_headers(request),
-                data=body,
-                timeout=self.timeout,
-                allow_redirects=False,
-                skip_auto_headers=_NOT_ADDED_HEADERS,
-            )
-        except RequestBodyError:
-            raise
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"upstream unreachable: {exc.os_error or exc}") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(
-                f"upstream did not answer within {self.timeout.sock_read:g}s"
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            body_error = request_body_error(exc)
-            if body_error is not None:
-                raise body_error from exc
-            raise UpstreamReset(f"upstream connection failed: {_reason(exc)}") from exc
+    async def _send(self, request: web.Request, body: RequestBody) -> UpstreamResponse:
+        return await self.client.send(
+            request.method,
+            request_target(request).encode("latin-1"),
+            self.upstream_header_lines(request),
+            body,
+            request.content_length,
+        )
 
-    def request_body(self, request: web.Request) -> RequestBody:
-        """The streamed, size-limited request body, or None when the request has none."""
+    async def request_body(self, request: web.Request) -> RequestBody:
+        """The request body: None when there is none, whole bytes when it is small and of
+        declared length, otherwise a size-limited stream."""
         if not request.body_exists:
             return None
         check_declared_length(request, self.max_request_body)
-        return limited_body(request.content, self.max_request_body, self.read_timeout)
+        chunks = limited_body(request.content, self.max_request_body, self.read_timeout)
+        length = request.content_length
+        if length is None or length > SMALL_BODY:
+            return chunks
+        return b"".join([chunk async for chunk in chunks])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Catch-all handler: stream the request to the upstream and its answer back.
 
         A small answer of declared length is read whole and sent in one write instead.
         """
-        upstream = await self.open(request, self.request_body(request))
+        upstream = await self.open(request, await self.request_body(request))
         async with upstream:
             if is_small_whole(request, upstream):
                 return await buffered_relay(upstream)
             return await relay(request, upstream)
 
 
-def is_small_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def is_small_whole(request: web.Request, upstream: UpstreamResponse) -> bool:
     """Whether the answer has a body of declared length up to ``SMALL_BODY`` bytes."""
     length = upstream.content_length
     return (
@@ -220,7 +176,7 @@ def is_small_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bo
     )
 
 
-async def buffered_relay(upstream: aiohttp.ClientResponse) -> web.Response:
+async def buffered_relay(upstream: UpstreamResponse) -> web.Response:
     """The upstream's (small) answer read whole, as one response the client gets in one write.
 
     Raises:
@@ -228,24 +184,20 @@ async def buffered_relay(upstream: aiohttp.ClientResponse) -> web.Response:
     """
     try:
         body = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError) as exc:
         raise UpstreamReset(f"upstream response body cut short: {_reason(exc)}") from exc
     headers = response_headers(upstream)
     headers.popall("Content-Length", None)
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def response_headers(upstream: UpstreamResponse) -> CIMultiDict[str]:
     """End-to-end headers of an upstream response, ready to send to the client."""
     return end_to_end(upstream.headers)
 
 
-async def relay(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    sink: ChunkSink | None = None,
-) -> web.StreamResponse:
-    """Stream ``upstream`` to the client; each chunk is also given to ``sink`` when set.
+async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+    """Stream ``upstream`` to the client.
 
     A failure after the response headers went out cannot become an error response any more:
     the client connection is aborted so a truncated body is never mistaken for a complete one.
@@ -257,12 +209,10 @@ async def relay(
     response.headers.extend(response_headers(upstream))
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
-            if sink is not None:
-                sink(chunk)
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
         await response.write_eof()
-    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError) as exc:
         log.warning("response to %s %s cut short: %r", request.method, request.path, exc)
         abort_client(request)
     except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 from aiojobs import Scheduler
 
 if TYPE_CHECKING:
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
 METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")
-CLIENT_SESSION: web.AppKey[ClientSession] = web.AppKey("client_session")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.forward import Forwarder, check_declared_length, limited_body, relay, response_headers
 from proxy.problems import problem_for_exception, problem_response
+from proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("saga_sidecar.idempotency")
 
@@ -64,7 +64,7 @@ class Answer:
     headers: CIMultiDict[str]
     body: bytes | None
     ready: web.StreamResponse | None = None
-    rest: tuple[bytes, aiohttp.ClientResponse] | None = None
+    rest: tuple[bytes, UpstreamResponse] | None = None
 
     async def respond(self, request: web.Request) -> web.StreamResponse:
         """The client's response: the ready one, or the large body streamed now."""
@@ -103,7 +103,7 @@ def buffered_response(
 
 
 async def read_capped(
-    upstream: aiohttp.ClientResponse, limit: int, within: float | None = None
+    upstream: UpstreamResponse, limit: int, within: float | None = None
 ) -> tuple[bytes, bool]:
     """Read the upstream body up to just past ``limit`` bytes; True when it ended in time.
 
@@ -114,7 +114,7 @@ async def read_capped(
     buffer = bytearray()
     try:
         async with asyncio.timeout(within) as deadline:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 buffer += chunk
                 if len(buffer) > limit:
                     return bytes(buffer), False
@@ -126,7 +126,7 @@ async def read_capped(
 
 
 async def stream_rest(
-    request: web.Request, answer: Answer, prefix: bytes, upstream: aiohttp.ClientResponse
+    request: web.Request, answer: Answer, prefix: bytes, upstream: UpstreamResponse
 ) -> web.StreamResponse:
     """Send ``prefix`` and then the rest of ``upstream``'s body to the client as it arrives."""
     response = web.StreamResponse(status=answer.status, reason=answer.reason or None)
@@ -136,10 +136,10 @@ async def stream_rest(
     try:
         await response.prepare(request)
         await response.write(prefix)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
         await response.write_eof()
-    except (ConnectionError, aiohttp.ClientError, TimeoutError) as exc:
+    except (ConnectionError, TimeoutError) as exc:
         log.warning("large idempotent response cut short on %s: %r", request.path, exc)
         if request.transport is not None:
             request.transport.abort()
@@ -168,8 +168,8 @@ async def forward_answer(
         status, reason = upstream.status, upstream.reason or ""
         answer = Answer(status, reason, response_headers(upstream), body=None)
         try:
-            body, whole = await read_capped(upstream, max_body, forwarder.timeout.sock_read)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            body, whole = await read_capped(upstream, max_body, forwarder.timeout)
+        except (ConnectionError, TimeoutError) as exc:
             log.warning("upstream body failed on %s: %r", call.request.path, exc)
             answer.ready = _cut_short(status)
             yield answer

@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.errors import RequestBodyTimeout, UpstreamReset, UpstreamTimeout, UpstreamUnreachable
-from proxy.headers import add_forwarded, end_to_end
+from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.problems import problems_middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,20 +108,33 @@ def test_end_to_end_drops_hop_by_hop_and_connection_listed_headers() -> None:
     assert list(kept.items()) == [("X-Multi", "1"), ("X-Multi", "2")]
 
 
-def test_add_forwarded_appends_the_peer_and_keeps_earlier_proto_and_host() -> None:
-    headers: CIMultiDict[str] = CIMultiDict(
-        [("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "2.2.2.2, 3.3.3.3")]
+def test_forwarded_lines_append_the_peer_and_keep_earlier_proto_and_host() -> None:
+    raw = (
+        (b"Host", b"sidecar:8080"),
+        (b"X-Forwarded-For", b"1.1.1.1"),
+        (b"x-forwarded-for", b"2.2.2.2, 3.3.3.3"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Request-Id", b"from-client"),
+        (b"Content-Length", b"5"),
+        (b"Connection", b"keep-alive, X-Drop"),
+        (b"X-Drop", b"1"),
+        (b"X-Multi", b"1"),
+        (b"X-Multi", b"2"),
     )
-    headers["X-Forwarded-Proto"] = "https"
-    add_forwarded(headers, client_ip="10.0.0.9", proto="http", host="sidecar:8080")
-    assert headers.getall("X-Forwarded-For") == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]
-    assert headers["X-Forwarded-Proto"] == "https"
-    assert headers["X-Forwarded-Host"] == "sidecar:8080"
+    lines = forwarded_header_lines(raw, client_ip="10.0.0.9", proto="http", request_id="r1")
+    assert lines.split(b"\r\n") == [
+        b"X-Forwarded-Proto: https",
+        b"X-Multi: 1",
+        b"X-Multi: 2",
+        b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9",
+        b"X-Forwarded-Host: sidecar:8080",
+        b"X-Request-Id: r1",
+        b"",
+    ]
 
 
-def test_add_forwarded_without_a_peer_address_leaves_x_forwarded_for_alone() -> None:
-    headers: CIMultiDict[str] = CIMultiDict()
-    add_forwarded(headers, client_ip=None, proto="http", host=None)
-    assert "X-Forwarded-For" not in headers
-    assert "X-Forwarded-Host" not in headers
-    assert headers["X-Forwarded-Proto"] == "http"
+def test_forwarded_lines_without_a_peer_address_or_host_add_only_the_proto() -> None:
+    lines = forwarded_header_lines(
+        ((b"Accept", b"*/*"),), client_ip=None, proto="http", request_id=None
+    )
+    assert lines == b"Accept: */*\r\nX-Forwarded-Proto: http\r\n"

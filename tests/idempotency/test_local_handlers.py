@@ -15,7 +15,7 @@ from proxy.keys import CONFIG, METRICS, READINESS
 from proxy.metrics import SidecarMetrics
 from proxy.problems import problems_middleware
 from proxy.readiness import Readiness
-from proxy.resources import client_session_ctx, task_scheduler_ctx
+from proxy.resources import task_scheduler_ctx, upstream_client_ctx
 
 
 def local_app(tmp_path: Path, store_url: str, calls: list[object]) -> web.Application:
@@ -27,7 +27,7 @@ def local_app(tmp_path: Path, store_url: str, calls: list[object]) -> web.Applic
     app[CONFIG] = LoadedConfig(path=tmp_path / "sidecar.yaml", config=config)
     app[METRICS] = SidecarMetrics()
     app[READINESS] = Readiness()
-    for ctx in (client_session_ctx, idempotency_ctx, task_scheduler_ctx):
+    for ctx in (upstream_client_ctx, idempotency_ctx, task_scheduler_ctx):
         app.cleanup_ctx.append(ctx)
 
     async def start_saga(request: web.Request) -> web.Response:

@@ -1,0 +1,222 @@
+"""The upstream client: HTTP/1.1 requests to one origin over a pool of keep-alive connections.
+
+What a reverse proxy needs and nothing more: the request head is serialised once into ``bytes``
+(a small body goes in the same write), the answer is parsed by llhttp, and connections are
+reused LIFO while they stay healthy. No cookies, redirects, decompression or retries: the
+caller decides what may be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from proxy.errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream.connection import ResponseHead, UpstreamConnection, UpstreamConnectionError
+from proxy.upstream.response import UpstreamResponse
+
+RequestBody = bytes | AsyncIterator[bytes] | None
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class UpstreamClient:
+    """Sends requests to the origin of ``url`` (its path is prefixed to every target)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        limit: int = 1000,
+        keepalive: float = 30.0,
+        max_field_size: int = 64 * 1024,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise ValueError(f"no host in upstream URL {url!r}")
+        secure = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if secure else 80)
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context() if secure else None
+        self._prefix = parts.path.rstrip("/").encode("latin-1")
+        self._host_line = b"Host: " + parts.netloc.rpartition("@")[2].encode("idna") + b"\r\n"
+        self._keepalive = keepalive
+        self._max_field_size = max_field_size
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[UpstreamConnection] = []
+        self._swept = 0.0
+        self._closed = False
+
+    async def send(
+        self,
+        method: str,
+        target: bytes,
+        header_lines: bytes,
+        body: RequestBody,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """Send one request and return the answer once its headers arrived.
+
+        ``header_lines`` are complete ``Name: value\\r\\n`` lines without Host and framing;
+        ``content_length`` frames a streamed body (chunked when None).
+
+        Raises:
+            UpstreamUnreachable: no connection could be made; nothing was sent.
+            UpstreamReset: the connection broke, or the answer was not valid HTTP.
+            UpstreamTimeout: no answer headers within ``timeout`` after the request was sent.
+            Whatever iterating ``body`` raises (the client's body failed), after aborting.
+        """
+        await self._slots.acquire()
+        try:
+            connection = self._idle_connection() or await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        head = b"%s %s%s HTTP/1.1\r\n%s%s" % (
+            method.encode("ascii"),
+            self._prefix,
+            target,
+            self._host_line,
+            header_lines,
+        )
+        answer = connection.start(head_request=method == "HEAD")
+        try:
+            if body is None or isinstance(body, bytes):
+                framing = _length_line(len(body)) if body else _empty_length(method)
+                connection.write(head + framing + b"\r\n" + (body or b""))
+            else:
+                await _send_streamed(connection, head, body, content_length, answer)
+            async with asyncio.timeout(self.timeout):
+                response_head: ResponseHead = await answer
+        except TimeoutError:
+            self._discard(connection)
+            raise UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s") from None
+        except UpstreamConnectionError as exc:
+            self._discard(connection)
+            raise UpstreamReset(f"upstream connection failed: {exc}") from exc
+        except BaseException:
+            self._discard(connection)
+            raise
+        return UpstreamResponse(response_head, connection, self.timeout, self._release)
+
+    async def close(self) -> None:
+        """Close the idle connections; the busy ones close when released."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+    def _idle_connection(self) -> UpstreamConnection | None:
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.reusable:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(self._max_field_size),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                )
+        except TimeoutError:
+            raise UpstreamUnreachable(
+                f"upstream unreachable: no connection to {self.host}:{self.port} "
+                f"within {self.timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise UpstreamUnreachable(
+                f"upstream unreachable: cannot connect to {self.host}:{self.port}: {exc}"
+            ) from exc
+        return connection
+
+    def _release(self, connection: UpstreamConnection) -> None:
+        self._slots.release()
+        if self._closed or not (connection.finished and connection.reusable):
+            connection.close()
+            return
+        now = asyncio.get_running_loop().time()
+        connection.idle_since = now
+        self._idle.append(connection)
+        if now - self._swept > self._keepalive:
+            self._sweep(now)
+
+    def _discard(self, connection: UpstreamConnection) -> None:
+        self._slots.release()
+        connection.abort()
+
+    def _sweep(self, now: float) -> None:
+        """Close connections idle for longer than the keep-alive time."""
+        self._swept = now
+        keep = [c for c in self._idle if c.reusable and now - c.idle_since < self._keepalive]
+        for connection in self._idle:
+            if connection not in keep:
+                connection.close()
+        self._idle = keep
+
+
+def _length_line(length: int) -> bytes:
+    return b"Content-Length: %d\r\n" % length
+
+
+def _empty_length(method: str) -> bytes:
+    return b"" if method in _BODYLESS_METHODS else b"Content-Length: 0\r\n"
+
+
+async def _send_streamed(
+    connection: UpstreamConnection,
+    head: bytes,
+    body: AsyncIterator[bytes],
+    content_length: int | None,
+    answer: asyncio.Future[ResponseHead],
+) -> None:
+    """Stream ``body`` while watching for an early answer (the app may refuse it unread).
+
+    When the app answers before the body is sent, the rest is not sent and the connection
+    is not reused.
+    """
+    sender = asyncio.ensure_future(_write_body(connection, head, body, content_length))
+    try:
+        await asyncio.wait((sender, answer), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        sender.cancel()
+        raise
+    if not sender.done():
+        connection.reusable = False
+        sender.cancel()
+        return
+    error = sender.exception()
+    if error is None:
+        return
+    if isinstance(error, UpstreamConnectionError) and answer.done() and not answer.exception():
+        connection.reusable = False  # the app answered early and stopped reading
+        return
+    raise error
+
+
+async def _write_body(
+    connection: UpstreamConnection,
+    head: bytes,
+    body: AsyncIterator[bytes],
+    content_length: int | None,
+) -> None:
+    if content_length is not None:
+        connection.write(head + _length_line(content_length) + b"\r\n")
+        async for chunk in body:
+            connection.write(chunk)
+            await connection.drain()
+        return
+    connection.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+    async for chunk in body:
+        if chunk:
+            connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await connection.drain()
+    connection.write(b"0\r\n\r\n")

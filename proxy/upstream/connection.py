@@ -1,0 +1,271 @@
+"""One keep-alive HTTP/1.1 connection to the upstream app: an asyncio ``Protocol`` fed to llhttp.
+
+The connection carries one exchange at a time. ``start`` arms it for the next response (a fresh
+``httptools`` parser each time); the parser's callbacks collect the status line and headers,
+then queue body chunks for ``UpstreamResponse`` to take. Reading pauses while more than
+``_HIGH_WATER`` bytes wait in the queue, writing waits while the kernel's send buffer is full,
+so a large body streams through in bounded memory in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict
+
+# Body bytes queued before the socket stops being read (the consumer is slower than the app).
+_HIGH_WATER = 256 * 1024
+# A response head larger than this is refused (a field line alone may be up to the field limit).
+_MAX_HEAD = 1024 * 1024
+
+
+class UpstreamConnectionError(ConnectionError):
+    """The upstream connection broke, or its answer was not valid HTTP/1.1."""
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    """The status line and headers of an upstream response."""
+
+    status: int
+    reason: str
+    headers: CIMultiDict[str]
+    content_length: int | None
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One pooled connection; ``idle_since`` is when it last went back to its pool."""
+
+    def __init__(self, max_field_size: int) -> None:
+        self.max_field_size = max_field_size
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self.reusable = False
+        self._loop = asyncio.get_running_loop()
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head_request = False
+        self._reason = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._head: asyncio.Future[ResponseHead] | None = None
+        self._body: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._until_close = False
+        self._paused = False
+        self._done = False
+        self._error: UpstreamConnectionError | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.reusable = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None or self._done:
+            self._fail("the upstream sent data nobody asked for")
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, UpstreamConnectionError):
+                self._fail(str(cause))
+            else:
+                self._fail(f"the upstream sent an invalid response: {exc}")
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost settles the exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self.transport = None
+        if self._parser is not None and not self._done:
+            if self._until_close and exc is None:
+                self._complete()
+            else:
+                why = f": {exc}" if exc else ""
+                self._fail(f"the upstream closed the connection{why}")
+        self._wake_drain(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain(None)
+
+    # -- the exchange --------------------------------------------------------------------------
+
+    def start(self, head_request: bool) -> asyncio.Future[ResponseHead]:
+        """Arm the connection for the answer to the request about to be written."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = head_request
+        self._raw_headers = []
+        self._head_size = 0
+        self._reason = b""
+        self._body.clear()
+        self._buffered = 0
+        self._until_close = self._done = False
+        self._error = None
+        self._head = self._loop.create_future()
+        return self._head
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``; raises when the connection is already gone."""
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamConnectionError(self._error_text("the upstream connection is closed"))
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the kernel takes more of what was written."""
+        if not self._write_paused:
+            return
+        self._drain_waiter = self._loop.create_future()
+        await self._drain_waiter
+
+    def take(self) -> bytes | None:
+        """The next queued body chunk; ``b""`` at the end; None when nothing is queued yet."""
+        if self._body:
+            chunk = self._body.popleft()
+            self._buffered -= len(chunk)
+            if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            return chunk
+        if self._error is not None:
+            raise self._error
+        return b"" if self._done else None
+
+    async def wait_body(self) -> None:
+        """Wait for the next body chunk, the end of the body or a failure."""
+        self._body_waiter = self._loop.create_future()
+        try:
+            await self._body_waiter
+        finally:
+            self._body_waiter = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the whole answer arrived and was taken."""
+        return self._done and not self._body and self._error is None
+
+    def close(self) -> None:
+        """Drop the connection (an exchange that did not end cleanly cannot be reused)."""
+        self._abandon()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent data."""
+        self._abandon()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _abandon(self) -> None:
+        """Nobody waits for this exchange any more."""
+        self.reusable = False
+        if self._head is not None and not self._head.done():
+            self._head.cancel()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if len(name) + len(value) + 2 > self.max_field_size or self._head_size > _MAX_HEAD:
+            raise UpstreamConnectionError("the upstream's response headers are too large")
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._raw_headers = []
+            self._reason = b""
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw_headers
+        )
+        content_length = _declared_length(headers.get("Content-Length"))
+        no_body = self._head_request or status in (101, 204, 304)
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._until_close = not no_body and content_length is None and not chunked
+        if self._head is not None and not self._head.done():
+            self._head.set_result(
+                ResponseHead(status, self._reason.decode("latin-1"), headers, content_length)
+            )
+        if no_body:
+            # llhttp cannot be told the request was a HEAD: the exchange ends here, and any
+            # further byte on this connection is unsolicited (see data_received).
+            if status == 101 or not self._parser.should_keep_alive():
+                self.reusable = False
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        if self._head is None or not self._head.done() or self._done:
+            return  # the end of an interim (1xx) answer, or of one without a body
+        assert self._parser is not None
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._complete()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        self._done = True
+        self._wake_body()
+
+    def _fail(self, reason: str) -> None:
+        self.reusable = False
+        if self._error is not None:
+            return
+        self._error = UpstreamConnectionError(reason)
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(self._error)
+        self._wake_body()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _error_text(self, default: str) -> str:
+        return str(self._error) if self._error is not None else default
+
+    def _wake_body(self) -> None:
+        if self._body_waiter is not None and not self._body_waiter.done():
+            self._body_waiter.set_result(None)
+
+    def _wake_drain(self, exc: Exception | None) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is None or waiter.done():
+            return
+        if exc is None and self.transport is not None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(UpstreamConnectionError(f"the upstream connection broke: {exc}"))
+
+
+def _declared_length(text: str | None) -> int | None:
+    """The Content-Length value (llhttp already refused malformed ones), or None."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
