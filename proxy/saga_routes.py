@@ -21,7 +21,7 @@ from proxy.keys import CONFIG, SAGAS, TASKS
 from proxy.problems import problem_response
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
-from saga_runner.records import Lease, SagaInstance
+from saga_runner.records import CreateResult, Lease, SagaInstance
 from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
 from saga_runner.storable import UnstorableJson, clean_text, parse_json
@@ -152,7 +152,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
                 loaded.config.limits.read_timeout,
             )
             created = await runtime.engine.start(
-                definition, data, recorded, trigger_key(request, loaded)
+                definition, data, recorded, trigger_key(request, loaded), call_headers=headers
             )
         except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))
@@ -162,7 +162,7 @@ def trigger_handler(definition: SagaDefinition) -> Any:
             return problem_response(503, f"the saga store is unavailable: {exc}")
         if created.lease is None:
             return _existing(created.saga, definition)
-        run = _run(request.app, definition, created.lease, headers, data)
+        run = _run(request.app, definition, created.lease, created, headers, data)
         if definition.mode == "async":
             await request.app[TASKS].spawn(run)
             return accepted(created.saga)
@@ -191,12 +191,15 @@ async def _run(
     app: web.Application,
     definition: SagaDefinition,
     lease: Lease,
+    created: CreateResult,
     headers: dict[str, str],
     input_data: dict[str, Any],
 ) -> web.Response:
     runtime = app[SAGAS].runtime
     try:
-        saga = await runtime.engine.execute(definition, lease, headers, input_data=input_data)
+        saga = await runtime.engine.execute(
+            definition, lease, headers, input_data=input_data, started=created
+        )
     except LeaseLost:
         return accepted(await runtime.store.get_instance(lease.saga_id))
     except StoreError as exc:

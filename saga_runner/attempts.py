@@ -1,9 +1,11 @@
 """The retry loop of one step call (an action or a compensation), with persisted backoff.
 
 ``AttemptLoop.run`` writes "about to call" before every attempt (so a replica that lost its lease
-stops before calling), calls, records the attempt, and on a retryable failure persists when the
-next attempt is due (``next_retry_at`` on the step, ``next_run_at`` on the saga) before sleeping,
-so a restarted sidecar honours the backoff instead of hammering the upstream.
+stops before calling; the caller may have written the first one already), calls, and on a
+retryable failure records the attempt together with when the next one is due (``next_retry_at``
+on the step, ``next_run_at`` on the saga) before sleeping, so a restarted sidecar honours the
+backoff instead of hammering the upstream. The last attempt's row is handed back, for the caller
+to write with the step's outcome in one commit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
 from saga_runner.observer import SagaObserver
@@ -22,6 +25,7 @@ from saga_runner.redact import Redactor
 from saga_runner.retry import RetryPolicy
 from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store.base import SagaStore
+from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
 
 log = logging.getLogger("saga_sidecar.saga")
 
@@ -79,46 +83,65 @@ class AttemptLoop:
     def _status_while_calling(self, kind: AttemptKind) -> StepStatus:
         return StepStatus.RUNNING if kind is AttemptKind.ACTION else StepStatus.COMPENSATING
 
-    async def run(self, lease: Lease, spec: CallSpec) -> CallResult:
-        """Attempt ``spec`` until it succeeds, fails permanently, or its attempts run out."""
+    async def run(
+        self, lease: Lease, spec: CallSpec, *, announced: bool = False
+    ) -> tuple[CallResult, AttemptRecord]:
+        """Attempt ``spec`` until it succeeds, fails permanently, or its attempts run out.
+
+        Args:
+            lease: the run's lease.
+            spec: the call.
+            announced: the caller has already written the first attempt's "about to call"
+                (status, ``retry_count``, ``next_retry_at`` cleared) with its own changes.
+
+        Returns:
+            the last attempt's result and its attempt row, which the caller writes together
+            with the outcome it records (the rows of retried attempts are already written).
+        """
         status = self._status_while_calling(spec.kind)
         attempt = spec.first_attempt
         while True:
-            await self.store.set_step_status(
-                lease,
-                spec.step_order,
-                status,
-                next_retry_at=None,
-                retry_count=attempt if spec.kind is AttemptKind.ACTION else UNSET,
-            )
-            result = await self._attempt(lease, spec, attempt)
+            if not announced:
+                await self.store.set_step_status(
+                    lease,
+                    spec.step_order,
+                    status,
+                    next_retry_at=None,
+                    retry_count=attempt if spec.kind is AttemptKind.ACTION else UNSET,
+                )
+            announced = False
+            result, record = await self._attempt(lease, spec, attempt)
             if result.outcome is not Outcome.RETRYABLE or attempt >= spec.retry.attempts:
-                return result
+                return result, record
             delay = max(spec.retry.delay(attempt, self.rng), result.retry_after or 0.0)
             due = datetime.now(UTC) + timedelta(seconds=delay)
-            # The saga's next_run_at first: it is what recovery obeys, so a crash between the
-            # two writes can only lose the step's detail, never let a new owner call too early.
-            await self.store.set_next_run_at(lease, due)
-            await self.store.set_step_status(
-                lease,
-                spec.step_order,
-                status,
-                next_retry_at=due,
-                error=result.error or f"status {result.status}",
+            # One commit: the attempt, the saga's next_run_at (what recovery obeys, so a new
+            # owner never calls too early) and the step's detail.
+            columns: dict[str, Any] = {
+                "next_retry_at": due,
+                "error": result.error or f"status {result.status}",
+            }
+            if spec.kind is AttemptKind.ACTION:
                 # ``result`` is the action's answer, which ``steps.NAME`` templates read (also
                 # when a compensation is resumed): a compensation's answer must not replace it.
-                result=self.redactor.redact_call(result.as_record())
-                if spec.kind is AttemptKind.ACTION
-                else UNSET,
+                columns["result"] = self.redactor.redact_call(result.as_record())
+            await self.store.write(
+                lease,
+                WriteBatch(
+                    steps=(StepChange(spec.step_order, status, columns),),
+                    attempts=(record,),
+                    saga_columns={"next_run_at": due},
+                ),
             )
             await self.sleep(delay)
             attempt += 1
 
-    async def _attempt(self, lease: Lease, spec: CallSpec, attempt: int) -> CallResult:
+    async def _attempt(
+        self, lease: Lease, spec: CallSpec, attempt: int
+    ) -> tuple[CallResult, AttemptRecord]:
         started = datetime.now(UTC)
         result = await self.caller.call(spec.request, success=spec.success, seconds=spec.timeout)
-        await self.store.record_attempt(
-            lease,
+        record = AttemptRecord(
             spec.step_order,
             spec.kind,
             attempt,
@@ -128,21 +151,22 @@ class AttemptLoop:
             error=result.error,
         )
         self.observer.step_attempt(spec.saga_name, spec.step_name, spec.kind, result.outcome.value)
-        log.info(
-            "saga step %s %s attempt %d: %s",
-            spec.step_name,
-            spec.kind.value,
-            attempt,
-            result.status or result.error,
-            extra={
-                "saga_id": lease.saga_id,
-                "saga": spec.saga_name,
-                "step": spec.step_name,
-                "attempt": attempt,
-                "call": spec.kind.value,
-                "status": result.status,
-                "error": result.error,
-                "duration_ms": round(result.duration * 1000, 3),
-            },
-        )
-        return result
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "saga step %s %s attempt %d: %s",
+                spec.step_name,
+                spec.kind.value,
+                attempt,
+                result.status or result.error,
+                extra={
+                    "saga_id": lease.saga_id,
+                    "saga": spec.saga_name,
+                    "step": spec.step_name,
+                    "attempt": attempt,
+                    "call": spec.kind.value,
+                    "status": result.status,
+                    "error": result.error,
+                    "duration_ms": round(result.duration * 1000, 3),
+                },
+            )
+        return result, record

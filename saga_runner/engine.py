@@ -1,11 +1,17 @@
 """The saga engine: start an instance, run its steps, compensate in reverse on failure.
 
-Every state change is written to the store before the call it announces (``AttemptLoop``), and
-every write is fenced by the run's ``Lease``, so a replica that lost its claim stops at its next
-write; the process's ``LeaseRenewer`` keeps the lease alive while the run goes on and stops the
-run at once when the store reports the lease lost. ``SagaEngine.execute`` drives an instance from
-whatever state it is in (new, resumed after a crash, retried or aborted by an operator) to
-``completed``, ``compensated`` or ``failed``.
+Every state change is written to the store before the call it announces, and every write is
+fenced by the run's ``Lease``, so a replica that lost its claim stops at its next write; the
+process's ``LeaseRenewer`` keeps the lease alive while the run goes on and stops the run at once
+when the store reports the lease lost. ``SagaEngine.execute`` drives an instance from whatever
+state it is in (new, resumed after a crash, retried or aborted by an operator) to ``completed``,
+``compensated`` or ``failed``.
+
+Writes are batched (``WriteBatch``): a step's outcome and its attempt row are committed together
+with the next step's announcement, or with the saga's end and the release of its lease, and a
+trigger's instance is created with its first step already announced. A 2-step saga that succeeds
+takes three commits: create + step 1 running; step 1 done + step 2 running; step 2 done + saga
+completed + lease released.
 """
 
 from __future__ import annotations
@@ -14,75 +20,36 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
+from saga_runner.compensation import Compensator
 from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
-from saga_runner.leases import LeaseRenewer
+from saga_runner.leases import LeaseHold, LeaseRenewer
 from saga_runner.observer import SagaObserver
-from saga_runner.records import UNSET, CreateResult, Lease, NewStep, SagaInstance, SagaStep, Unset
+from saga_runner.records import CreateResult, JsonValue, Lease, NewStep, SagaInstance, SagaStep
 from saga_runner.redact import Redactor
+from saga_runner.runs import (
+    EngineSettings,
+    Run,
+    Started,
+    StepFailure,
+    build_request,
+    caused_by_trigger,
+    known_results,
+    log_run,
+    started_headers,
+    success_codes,
+)
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store.base import SagaStore
+from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
 from saga_runner.template import RenderContext, StepResult
 
 log = logging.getLogger("saga_sidecar.saga")
-
-FORWARDED_TRIGGER_HEADERS = ("traceparent", "tracestate", "x-request-id")
-TO_COMPENSATE = frozenset(
-    {
-        StepStatus.SUCCEEDED,
-        StepStatus.RUNNING,
-        StepStatus.COMPENSATING,
-        StepStatus.COMPENSATION_FAILED,
-    }
-)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How this replica runs sagas."""
-
-    owner: str
-    lease_seconds: float
-    default_timeout: float
-    services: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class StepFailure:
-    """Why the forward phase stopped: which step, why, and the HTTP status a sync trigger gets."""
-
-    step_order: int
-    step_name: str
-    reason: str
-    http_status: int
-
-
-@dataclass
-class _Run:
-    """What one execution of one instance carries along."""
-
-    definition: SagaDefinition
-    lease: Lease
-    saga: SagaInstance
-    headers: dict[str, str]
-    # The trigger's body unredacted on a first run (the stored copy is redacted).
-    input: Any
-    results: dict[str, StepResult] = field(default_factory=dict)
-
-    def context(self) -> RenderContext:
-        return RenderContext(
-            input=self.input,
-            headers=self.headers,
-            saga_id=self.saga.id,
-            business_id=self.saga.business_id,
-            steps=dict(self.results),
-        )
 
 
 class SagaEngine:
@@ -103,6 +70,7 @@ class SagaEngine:
         self.redactor = redactor
         self.settings = settings
         self.leases = leases
+        self.compensator = Compensator(store, attempts, redactor, settings)
         self._saved_definitions: set[str] = set()
 
     async def start(
@@ -111,8 +79,19 @@ class SagaEngine:
         input_data: Any,
         headers: Mapping[str, str],
         idempotency_key: str | None = None,
+        *,
+        call_headers: Mapping[str, str] | None = None,
     ) -> CreateResult:
         """Record a new ``running`` instance (or find the one created with the same key).
+
+        Args:
+            definition: the saga to start.
+            input_data: the trigger's body.
+            headers: the trigger's headers as they are recorded (in the ``started`` event).
+            idempotency_key: the trigger's key, if any.
+            call_headers: the trigger's headers the run will use, when it runs at once: the
+                first step's call is then announced by the same write that creates the
+                instance, and the result (a ``Started``) is what ``execute`` takes.
 
         Raises:
             TemplateError: the ``business_id`` template cannot be rendered from the input.
@@ -121,30 +100,59 @@ class SagaEngine:
         saga_id = str(uuid.uuid4())
         lowered = {k.lower(): v for k, v in headers.items()}
         ctx = RenderContext(input=input_data, headers=lowered, saga_id=saga_id)
+        business_id = definition.render_business_id(ctx)
+        steps = [NewStep(s.name, s.retry.attempts) for s in definition.steps]
+        first: StepRequest | None = None
+        if call_headers is not None and definition.steps:
+            first = self._first_call(definition, saga_id, business_id, input_data, call_headers)
+        if first is not None:
+            steps[0] = NewStep(
+                steps[0].name,
+                steps[0].max_retry_count,
+                StepStatus.RUNNING,
+                execute_data=self.redactor.redact_call(first.as_record()),
+                retry_count=1,
+            )
         created = await self.store.create_instance(
             business_type=definition.name,
-            business_id=definition.render_business_id(ctx),
+            business_id=business_id,
             definition_hash=definition.definition_hash,
             mode=definition.mode,
             input_data=self.redactor.redact_body(input_data),
-            steps=[NewStep(s.name, s.retry.attempts) for s in definition.steps],
+            steps=steps,
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,
             idempotency_key=idempotency_key,
             saga_id=saga_id,
+            started={"headers": self.redactor.redact_headers(lowered)},
         )
-        if created.lease is not None:
-            # From here on: the run starts only after more writes, and the lease is ticking.
-            self.leases.track(created.lease)
-        if created.created:
-            await self.store.record_event(
-                saga_id,
-                self.settings.owner,
-                "started",
-                {"headers": self.redactor.redact_headers(lowered)},
+        if created.lease is None:
+            return created
+        # From here on: the run starts only after more work, and the lease is ticking.
+        self.leases.track(created.lease)
+        self.observer.saga_started(definition.name)
+        return Started(created.saga, created.lease, created.steps, first)
+
+    def _first_call(
+        self,
+        definition: SagaDefinition,
+        saga_id: str,
+        business_id: str | None,
+        input_data: Any,
+        call_headers: Mapping[str, str],
+    ) -> StepRequest | None:
+        ctx = RenderContext(
+            input=input_data,
+            headers={k.lower(): str(v) for k, v in call_headers.items()},
+            saga_id=saga_id,
+            business_id=business_id,
+        )
+        try:
+            return build_request(
+                definition.steps[0], AttemptKind.ACTION, ctx, self.settings.services
             )
-            self.observer.saga_started(definition.name)
-        return created
+        except TemplateError:
+            return None  # the run finds out again, and records why the step failed
 
     async def _save_definition(self, definition: SagaDefinition) -> None:
         if definition.definition_hash not in self._saved_definitions:
@@ -160,6 +168,7 @@ class SagaEngine:
         headers: Mapping[str, str] | None = None,
         *,
         input_data: Any = None,
+        started: CreateResult | None = None,
     ) -> SagaInstance:
         """Drive the leased instance to a terminal state (or until its lease is lost).
 
@@ -170,14 +179,22 @@ class SagaEngine:
                 the instance's ``started`` event.
             input_data: the trigger's body as given to ``start``; when None (a resumed saga)
                 the stored copy, in which ``redact.fields`` are already replaced.
+            started: what ``start`` returned for this lease: the run then begins from what was
+                written (no read) and makes an announced first call at once.
 
         Raises:
             LeaseLost: the saga was taken over: a fenced write was refused, or the lease
                 renewer found the lease lost and cut the run off, even mid-call; stop here.
         """
+        run: Run | None = None
         try:
-            async with self.leases.hold(lease):
-                return await self._load_and_drive(definition, lease, headers, input_data)
+            async with self.leases.hold(lease) as hold:
+                run, steps = await self._load(definition, hold, headers, input_data, started)
+                self.observer.run_started(definition.name)
+                try:
+                    return await self._drive(run, steps)
+                finally:
+                    self.observer.run_stopped(definition.name)
         except LeaseLost as exc:
             # Said here, once for trigger and recovery runs alike: the operator's evidence that
             # a paused or partitioned replica was fenced off instead of overwriting the new owner.
@@ -189,143 +206,167 @@ class SagaEngine:
             )
             raise
         finally:
-            with contextlib.suppress(StoreError):
-                await self.store.release(lease)
+            if run is None or not run.released:
+                with contextlib.suppress(StoreError):
+                    await self.store.release(lease)
 
-    async def _load_and_drive(
+    async def _load(
         self,
         definition: SagaDefinition,
-        lease: Lease,
+        hold: LeaseHold,
         headers: Mapping[str, str] | None,
         input_data: Any,
-    ) -> SagaInstance:
+        started: CreateResult | None,
+    ) -> tuple[Run, tuple[SagaStep, ...]]:
+        lease = hold.lease
+        if (
+            isinstance(started, Started)
+            and started.lease == lease
+            and headers is not None
+            and input_data is not None
+        ):
+            # Just created by this engine: it knows what it wrote.
+            run = Run(definition, lease, hold, started.saga, _lowered(headers), input_data)
+            run.first_call = started.first_call
+            return run, started.steps
         detail = await self.store.get(lease.saga_id)
         if headers is None:
-            started = next((e for e in detail.events if e.action == "started"), None)
-            headers = _started_headers(None if started is None else started.detail)
-        run = _Run(
+            event = next((e for e in detail.events if e.action == "started"), None)
+            headers = started_headers(None if event is None else event.detail)
+        run = Run(
             definition,
             lease,
+            hold,
             detail.instance,
-            {k.lower(): str(v) for k, v in headers.items()},
+            _lowered(headers),
             detail.instance.input if input_data is None else input_data,
         )
-        run.results.update(_known_results(detail.steps))
-        self.observer.run_started(definition.name)
-        try:
-            return await self._drive(run, detail.steps)
-        finally:
-            self.observer.run_stopped(definition.name)
+        run.results.update(known_results(detail.steps))
+        return run, detail.steps
 
-    async def _drive(self, run: _Run, steps: tuple[SagaStep, ...]) -> SagaInstance:
+    async def _write(self, run: Run, batch: WriteBatch) -> None:
+        run.saga = await self.store.write(run.lease, batch)
+
+    async def _drive(self, run: Run, steps: tuple[SagaStep, ...]) -> SagaInstance:
         if run.saga.status is SagaStatus.RUNNING:
-            failure = await self._forward(run, steps)
+            failure, done = await self._forward(run, steps)
             if failure is None:
-                return await self._complete(run)
-            run.saga = await self.store.set_saga_status(
-                run.lease,
-                SagaStatus.COMPENSATING,
-                failure_reason=failure.reason,
-                failed_step=failure.step_order,
-                response={"status": failure.http_status},
-                next_run_at=None,
+                return await self._complete(run, done)
+            compensating = WriteBatch(
+                saga_status=SagaStatus.COMPENSATING,
+                saga_columns={
+                    "failure_reason": failure.reason,
+                    "failed_step": failure.step_order,
+                    "response": {"status": failure.http_status},
+                    "next_run_at": None,
+                },
             )
-            self._log(run, "compensating", reason=failure.reason, step=failure.step_name)
+            await self._write(run, done.then(compensating))
+            log_run(run, "compensating", reason=failure.reason, step=failure.step_name)
         if run.saga.status is SagaStatus.COMPENSATING:
             return await self._compensate(run)
         return run.saga
 
-    async def _forward(self, run: _Run, steps: tuple[SagaStep, ...]) -> StepFailure | None:
+    async def _forward(
+        self, run: Run, steps: tuple[SagaStep, ...]
+    ) -> tuple[StepFailure | None, WriteBatch]:
+        """Run the steps not done yet; return why they stopped (None: all succeeded) and the
+        last outcome, still to be written with whatever comes next."""
+        done = NOTHING
         for order, (step_def, row) in enumerate(zip(run.definition.steps, steps, strict=True)):
             if row.status is StepStatus.SUCCEEDED:
                 continue
             if row.status not in (StepStatus.PENDING, StepStatus.RUNNING):
-                return StepFailure(order, step_def.name, row.error or "step failed", 502)
-            await self.store.set_saga_status(run.lease, SagaStatus.RUNNING, current_step=order)
-            failure = await self._run_action(run, order, step_def, row)
+                return StepFailure(order, step_def.name, row.error or "step failed", 502), done
+            failure, done = await self._run_action(run, order, step_def, row, done)
             if failure is not None:
-                return failure
-        return None
+                return failure, done
+        return None, done
 
     async def _run_action(
-        self, run: _Run, order: int, step_def: StepDefinition, row: SagaStep
-    ) -> StepFailure | None:
-        try:
-            request = self._request(run, step_def, AttemptKind.ACTION)
-        except TemplateError as exc:
-            # A resumed ``running`` step may have taken effect before the crash: when it cannot
-            # even be re-sent, it must still be compensated (CONTRACT §5), so say so.
-            cut_off = {"outcome_unknown": True} if row.status is StepStatus.RUNNING else UNSET
-            await self.store.set_step_status(
-                run.lease, order, StepStatus.FAILED, error=str(exc), result=cut_off
+        self, run: Run, order: int, step_def: StepDefinition, row: SagaStep, done: WriteBatch
+    ) -> tuple[StepFailure | None, WriteBatch]:
+        request, run.first_call = run.first_call, None
+        first_attempt = 1
+        if request is None:
+            try:
+                request = build_request(
+                    step_def, AttemptKind.ACTION, run.context(), self.settings.services
+                )
+            except TemplateError as exc:
+                # A resumed ``running`` step may have taken effect before the crash: when it
+                # cannot even be re-sent, it must still be compensated (CONTRACT §5), so say so.
+                columns: dict[str, JsonValue] = {"error": str(exc)}
+                if row.status is StepStatus.RUNNING:
+                    columns["result"] = {"outcome_unknown": True}
+                failed = WriteBatch(steps=(StepChange(order, StepStatus.FAILED, columns),))
+                status = 422 if caused_by_trigger(exc) else 502
+                reason = f"step {step_def.name}: {exc}"
+                return StepFailure(order, step_def.name, reason, status), done.then(failed)
+            resumed = row.status is StepStatus.RUNNING
+            if resumed:
+                first_attempt = row.retry_count + 1
+            announce = StepChange(
+                order,
+                StepStatus.RUNNING,
+                {
+                    "execute_data": self.redactor.redact_call(request.as_record()),
+                    "max_retry_count": step_def.retry.attempts,
+                    "retry_count": first_attempt,
+                    "next_retry_at": None,
+                },
             )
-            status = 422 if _caused_by_trigger(exc) else 502
-            return StepFailure(order, step_def.name, f"step {step_def.name}: {exc}", status)
-        resumed = row.status is StepStatus.RUNNING
-        await self.store.set_step_status(
-            run.lease,
-            order,
-            StepStatus.RUNNING,
-            execute_data=self.redactor.redact_call(request.as_record()),
-            max_retry_count=step_def.retry.attempts,
-        )
-        if resumed:
-            self._log(run, "resending step with unknown outcome", step=step_def.name)
+            running = WriteBatch(
+                steps=(announce,),
+                saga_status=SagaStatus.RUNNING,
+                saga_columns={"current_step": order},
+            )
+            await self._write(run, done.then(running))
+            if resumed:
+                log_run(run, "resending step with unknown outcome", step=step_def.name)
         spec = CallSpec(
             saga_name=run.definition.name,
             step_order=order,
             step_name=step_def.name,
             kind=AttemptKind.ACTION,
             request=request,
-            success=_success(step_def.action.success, step_def.action.DEFAULT_SUCCESS),
+            success=success_codes(step_def.action.success, step_def.action.DEFAULT_SUCCESS),
             timeout=step_def.timeout_or(self.settings.default_timeout),
             retry=step_def.retry,
-            first_attempt=row.retry_count + 1 if resumed else 1,
+            first_attempt=first_attempt,
         )
-        result = await self.attempts.run(run.lease, spec)
-        return await self._action_finished(run, order, step_def, result)
+        result, attempt = await self.attempts.run(run.lease, spec, announced=True)
+        return self._action_finished(run, order, step_def, result, attempt)
 
-    async def _action_finished(
-        self, run: _Run, order: int, step_def: StepDefinition, result: CallResult
-    ) -> StepFailure | None:
+    def _action_finished(
+        self,
+        run: Run,
+        order: int,
+        step_def: StepDefinition,
+        result: CallResult,
+        attempt: AttemptRecord,
+    ) -> tuple[StepFailure | None, WriteBatch]:
+        """The step's outcome as a batch to write with what comes next, and the failure if any."""
         record = self.redactor.redact_call(result.as_record())
         if result.outcome is Outcome.SUCCESS:
-            await self.store.set_step_status(
-                run.lease, order, StepStatus.SUCCEEDED, result=record, error=None
-            )
+            succeeded = StepChange(order, StepStatus.SUCCEEDED, {"result": record, "error": None})
             run.results[step_def.name] = StepResult(result.status or 0, result.body, result.headers)
-            return None
+            return None, WriteBatch(steps=(succeeded,), attempts=(attempt,))
         unknown = outcome_unknown(result)
         reason = result.error or f"status {result.status}"
-        await self.store.set_step_status(
-            run.lease,
+        failed = StepChange(
             order,
             StepStatus.FAILED,
-            result={**record, "outcome_unknown": unknown},
-            error=reason,
+            {"result": {**record, "outcome_unknown": unknown}, "error": reason},
         )
         if result.status is not None:
             run.results[step_def.name] = StepResult(result.status, result.body, result.headers)
         permanent_4xx = result.outcome is Outcome.PERMANENT and 400 <= (result.status or 0) < 500
         http_status = result.status if permanent_4xx and result.status else 502
-        return StepFailure(order, step_def.name, f"step {step_def.name}: {reason}", http_status)
+        failure = StepFailure(order, step_def.name, f"step {step_def.name}: {reason}", http_status)
+        return failure, WriteBatch(steps=(failed,), attempts=(attempt,))
 
-    def _request(self, run: _Run, step_def: StepDefinition, kind: AttemptKind) -> StepRequest:
-        call = step_def.action if kind is AttemptKind.ACTION else step_def.compensation
-        if call is None:
-            raise TemplateError(f"step {step_def.name} has no {kind.value}")
-        base_url = self.settings.services.get(call.service)
-        if base_url is None:
-            raise TemplateError(f"service {call.service!r} is not configured any more")
-        rendered = call.render(run.context())
-        headers = {k: v for k, v in run.headers.items() if k in FORWARDED_TRIGGER_HEADERS}
-        headers.update(rendered.headers)
-        headers["Idempotency-Key"] = f"{run.saga.id}:{step_def.name}:{kind.value}"
-        headers["Saga-Id"] = run.saga.id
-        body = rendered.body if rendered.has_body else None
-        return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
-
-    async def _complete(self, run: _Run) -> SagaInstance:
+    async def _complete(self, run: Run, done: WriteBatch) -> SagaInstance:
         try:
             rendered = run.definition.response.render(run.context())
             response: dict[str, Any] = {
@@ -334,180 +375,38 @@ class SagaEngine:
                 "body": rendered.body if rendered.has_body else None,
             }
         except TemplateError as exc:
-            self._log(run, "response template failed", reason=str(exc))
+            log_run(run, "response template failed", reason=str(exc))
             response = {"status": run.definition.response.status, "headers": {}, "body": None}
-        run.saga = await self.store.set_saga_status(
-            run.lease, SagaStatus.COMPLETED, response=response, next_run_at=None
+        completed = WriteBatch(
+            saga_status=SagaStatus.COMPLETED, saga_columns={"response": response}, release=True
         )
-        self._finished(run)
+        await self._finish(run, done.then(completed))
         return run.saga
 
-    async def _compensate(self, run: _Run) -> SagaInstance:
-        """Undo steps in reverse order; the saga is ``failed`` if any step could not be undone.
-
-        A compensation that failed stops the walk (earlier steps stay as they are for an
-        operator), unless it can never be built because it needs an answer its step never got
-        (see ``_undo_impossible``): that one is recorded as failed and the walk goes on, so the
-        earlier, known effects are still undone.
-        """
-        detail = await self.store.get(run.saga.id)
-        failures: list[str] = []
-        for row in reversed(detail.steps):
-            if not _needs_compensation(row):
-                continue
-            failure = await self._compensate_step(run, row)
-            if failure is None:
-                continue
-            failures.append(failure)
-            if not _undo_impossible(run.definition.steps[row.step_order], row):
-                break
-        if failures:
-            run.saga = await self.store.set_saga_status(
-                run.lease, SagaStatus.FAILED, failure_reason="; ".join(failures), next_run_at=None
-            )
-        else:
-            run.saga = await self.store.set_saga_status(
-                run.lease, SagaStatus.COMPENSATED, next_run_at=None
-            )
-        self._finished(run)
-        return run.saga
-
-    async def _compensate_step(self, run: _Run, row: SagaStep) -> str | None:
-        """Undo one step; return why it could not be undone, or None when it was."""
-        step_def = run.definition.steps[row.step_order]
-        compensation = step_def.compensation
-        request: StepRequest | None = None
-        problem: str | None = None
-        if compensation is not None:
-            try:
-                request = self._request(run, step_def, AttemptKind.COMPENSATION)
-            except TemplateError as exc:
-                problem = str(exc)
-        await self.store.set_step_status(
-            run.lease,
-            row.step_order,
-            StepStatus.COMPENSATING,
-            compensate_data=None
-            if request is None
-            else self.redactor.redact_call(request.as_record()),
-        )
-        if compensation is None:
-            await self.store.set_step_status(run.lease, row.step_order, StepStatus.COMPENSATED)
-            return None
-        if request is None:
-            reason = f"cannot build the compensation: {problem}"
-            return await self._compensation_failed(run, row.step_order, step_def, reason)
-        spec = CallSpec(
-            saga_name=run.definition.name,
-            step_order=row.step_order,
-            step_name=step_def.name,
-            kind=AttemptKind.COMPENSATION,
-            request=request,
-            success=_success(compensation.success, compensation.DEFAULT_SUCCESS),
-            timeout=step_def.timeout_or(self.settings.default_timeout),
-            retry=compensation.retry,
-        )
-        result = await self.attempts.run(run.lease, spec)
-        # The compensation's answer goes next to its request: ``result`` keeps the action's.
-        answered = {
-            **self.redactor.redact_call(request.as_record()),
-            "response": self.redactor.redact_call(result.as_record()),
-        }
-        if result.outcome is Outcome.SUCCESS:
-            await self.store.set_step_status(
-                run.lease,
-                row.step_order,
-                StepStatus.COMPENSATED,
-                compensate_data=answered,
-                error=None,
-            )
-            return None
-        reason = result.error or f"status {result.status}"
-        return await self._compensation_failed(run, row.step_order, step_def, reason, answered)
-
-    async def _compensation_failed(
-        self,
-        run: _Run,
-        order: int,
-        step_def: StepDefinition,
-        reason: str,
-        compensate_data: dict[str, Any] | Unset = UNSET,
-    ) -> str:
-        message = f"compensation of step {step_def.name} failed: {reason}"
-        await self.store.set_step_status(
-            run.lease,
-            order,
-            StepStatus.COMPENSATION_FAILED,
-            compensate_data=compensate_data,
-            error=message,
-        )
-        self._log(run, "compensation failed", step=step_def.name, reason=reason)
-        return message
-
-    def _finished(self, run: _Run) -> None:
+    async def _finish(self, run: Run, batch: WriteBatch) -> None:
+        """Write the run's last batch, which ends the saga and releases the lease."""
+        run.hold.settle()
+        await self._write(run, batch)
+        run.released = True
         seconds = (datetime.now(UTC) - run.saga.created_at).total_seconds()
         self.observer.saga_finished(run.definition.name, run.saga.status, max(seconds, 0.0))
-        self._log(run, run.saga.status.value)
+        log_run(run, run.saga.status.value)
 
-    def _log(self, run: _Run, event: str, **extra: Any) -> None:
-        log.info(
-            "saga %s %s",
-            run.saga.id,
-            event,
-            extra={
-                "saga_id": run.saga.id,
-                "saga": run.definition.name,
-                "business_id": run.saga.business_id,
-                "event": event,
-                **extra,
-            },
-        )
-
-
-def _success(explicit: tuple[int, ...] | None, default: frozenset[int]) -> frozenset[int]:
-    return default if explicit is None else frozenset(explicit)
-
-
-def _undo_impossible(step_def: StepDefinition, row: SagaStep) -> bool:
-    """Whether the step's compensation needs an answer the step never got (outcome unknown).
-
-    Such a compensation can never be built, so waiting for it would leave every earlier step's
-    effect in place; other failures (the service is gone, the compensation keeps failing) can be
-    fixed by an operator and stop the reverse walk to keep its order.
-    """
-    compensation = step_def.compensation
-    if compensation is None or step_def.name not in compensation.referenced_steps():
-        return False
-    if row.status is StepStatus.RUNNING:
-        return True
-    return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
-
-
-def _needs_compensation(row: SagaStep) -> bool:
-    if row.status in TO_COMPENSATE:
-        return True
-    if row.status is StepStatus.FAILED and isinstance(row.result, dict):
-        return bool(row.result.get("outcome_unknown"))
-    return False
-
-
-def _known_results(steps: tuple[SagaStep, ...]) -> dict[str, StepResult]:
-    results = {}
-    for row in steps:
-        record = row.result
-        if isinstance(record, dict) and isinstance(record.get("status"), int):
-            headers = record.get("headers")
-            results[row.step_name] = StepResult(
-                record["status"], record.get("body"), headers if isinstance(headers, dict) else {}
+    async def _compensate(self, run: Run) -> SagaInstance:
+        """Undo the steps in reverse (``Compensator``), then end the saga ``compensated``, or
+        ``failed`` if a step could not be undone, releasing the lease in the same write."""
+        failures = await self.compensator.undo(run)
+        if failures:
+            end = WriteBatch(
+                saga_status=SagaStatus.FAILED,
+                saga_columns={"failure_reason": "; ".join(failures)},
+                release=True,
             )
-    return results
+        else:
+            end = WriteBatch(saga_status=SagaStatus.COMPENSATED, release=True)
+        await self._finish(run, end)
+        return run.saga
 
 
-def _started_headers(detail: object) -> dict[str, str]:
-    stored = detail.get("headers") if isinstance(detail, dict) else None
-    return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
-
-
-def _caused_by_trigger(exc: TemplateError) -> bool:
-    text = str(exc)
-    return "{{ input" in text or "{{ headers" in text
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): str(v) for k, v in headers.items()}

@@ -51,6 +51,7 @@ class LeaseHold:
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._reason: str | None = None
+        self._settling = False
 
     @property
     def lost(self) -> bool:
@@ -80,9 +81,18 @@ class LeaseHold:
         if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise LeaseLost(self._reason) from exc
 
+    def settle(self) -> None:
+        """Say that the run's next write ends it and releases the lease in the same commit.
+
+        From then on a renewal that finds the lease gone no longer stops the run: it may be that
+        very write's release. The write itself is fenced, so a lease truly taken over is still
+        refused with ``LeaseLost``.
+        """
+        self._settling = True
+
     def _lose(self, reason: str) -> bool:
         """Stop the body (the store refused to renew the lease); False if it is not running."""
-        if self._task is None or self._reason is not None:
+        if self._task is None or self._reason is not None or self._settling:
             return False
         self._reason = reason
         self._task.cancel(msg=reason)

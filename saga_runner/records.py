@@ -56,15 +56,21 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class NewStep:
-    """A step to create together with its saga instance (status ``pending``).
+    """A step to create together with its saga instance (``pending`` unless said otherwise).
 
     Attributes:
         name: the step name from the definition.
         max_retry_count: how many attempts its action may make (shown to operators).
+        status: ``running`` announces the step's first call in the instance's first write.
+        execute_data: the rendered request of that call.
+        retry_count: attempts made (1 once the first call is announced).
     """
 
     name: str
     max_retry_count: int = 0
+    status: StepStatus = StepStatus.PENDING
+    execute_data: JsonValue = None
+    retry_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +190,12 @@ class CreateResult:
     Attributes:
         saga: the new instance, or the existing one for a duplicate idempotency key.
         lease: the caller's lease on a new instance; ``None`` for a duplicate (someone else's).
+        steps: the new instance's steps as written (empty for a duplicate).
     """
 
     saga: SagaInstance
     lease: Lease | None
+    steps: tuple[SagaStep, ...] = ()
 
     @property
     def created(self) -> bool:

@@ -22,11 +22,12 @@ from saga_runner.attempts import AttemptLoop
 from saga_runner.caller import StepCaller
 from saga_runner.catalog import SagaCatalog
 from saga_runner.definition import SagaDefinition
-from saga_runner.engine import EngineSettings, SagaEngine
+from saga_runner.engine import SagaEngine
 from saga_runner.errors import DefinitionMissing
 from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import NullObserver, SagaObserver
 from saga_runner.redact import Redactor
+from saga_runner.runs import EngineSettings
 from saga_runner.store.base import SagaStore, open_store
 
 

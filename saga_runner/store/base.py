@@ -6,8 +6,8 @@ driver failures into ``StoreError``. Backends (``postgres``, ``sqlite``) impleme
 ``_underscore`` methods, each one statement or one short transaction over plain rows
 (``dict`` of column -> value with datetimes and JSON already decoded). The layers: ``core``
 (``StoreCore``: clock, error wrapping, lifecycle, the abstract primitives) <- ``reads``
-(``SagaReader``: queries, events, retention) <- this module (``SagaStore``: definitions,
-creation, fenced writes, leases) and ``open_store``.
+(``SagaReader``: queries, events, retention) <- ``writes`` (``FencedWriter``: fenced writes,
+batches) <- this module (``SagaStore``: definitions, creation, leases) and ``open_store``.
 
 Fencing: every state-changing write carries the caller's ``Lease`` and only takes effect while
 ``saga_instances.lease_version`` (and ``owner``) still match; every claim increments the version,
@@ -19,14 +19,12 @@ from the injected clock (UTC), so both backends and the tests share one notion o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
 
-from saga_runner.errors import LeaseLost, SagaNotFound, StoreError
+from saga_runner.errors import SagaNotFound, StoreError
 from saga_runner.records import (
-    UNSET,
     Claim,
     CreateResult,
     JsonValue,
@@ -34,23 +32,23 @@ from saga_runner.records import (
     NewStep,
     SagaInstance,
     SagaStep,
-    StepAttempt,
     StoredDefinition,
-    Unset,
     from_row,
 )
-from saga_runner.states import (
-    SAGA_TRANSITIONS,
-    STEP_TRANSITIONS,
-    AttemptKind,
-    SagaStatus,
-    StepStatus,
-)
-from saga_runner.store.core import Clock, Row, given, require_aware, require_positive
-from saga_runner.store.reads import SagaReader, require_storable_id
+from saga_runner.states import SagaStatus, StepStatus
+from saga_runner.store.core import Clock, Row, require_aware, require_positive
+from saga_runner.store.reads import require_storable_id
+from saga_runner.store.writes import FencedWriter
+
+_NEW_STEP: Row = {
+    "compensate_data": None,
+    "result": None,
+    "next_retry_at": None,
+    "error": None,
+}
 
 
-class SagaStore(SagaReader):
+class SagaStore(FencedWriter):
     """Records saga instances, steps, attempts and events; one interface, several backends.
 
     Create one per process with ``open_store`` and ``close()`` it at shutdown (or use it as an
@@ -106,8 +104,14 @@ class SagaStore(SagaReader):
         lease_seconds: float,
         idempotency_key: str | None = None,
         saga_id: str | None = None,
+        started: Mapping[str, JsonValue] | None = None,
     ) -> CreateResult:
-        """Insert a ``running`` instance claimed by ``owner`` and its ``pending`` steps atomically.
+        """Insert a ``running`` instance claimed by ``owner`` and its steps atomically.
+
+        One statement on PostgreSQL (one transaction on SQLite) writes the instance, its steps
+        and, when given, its ``started`` event; a step created ``running`` (see ``NewStep``)
+        becomes the instance's ``current_step``, so a run's first call is announced by the same
+        commit that creates the saga.
 
         Args:
             business_type: the saga name.
@@ -121,19 +125,22 @@ class SagaStore(SagaReader):
             idempotency_key: the trigger's key; a second instance with the same
                 ``(business_type, idempotency_key)`` is never created.
             saga_id: the new instance's id; a random UUID when omitted.
+            started: the detail of a ``started`` event (actor ``owner``) written with it.
 
         Returns:
-            the new instance and its lease, or the existing instance (``created`` False, no
-            lease) when the idempotency key was already used.
+            the new instance, its steps and its lease, or the existing instance (``created``
+            False, no lease, no steps) when the idempotency key was already used.
         """
         require_positive("lease_seconds", lease_seconds)
         now = self.now()
         saga_id = saga_id or str(uuid.uuid4())
+        running = [n for n, step in enumerate(steps) if step.status is StepStatus.RUNNING]
         instance: Row = {
             "id": saga_id,
             "business_type": business_type,
             "business_id": business_id,
             "status": SagaStatus.RUNNING.value,
+            "current_step": running[0] if running else None,
             "input": input_data,
             "definition_hash": definition_hash,
             "idempotency_key": idempotency_key,
@@ -149,203 +156,34 @@ class SagaStore(SagaReader):
                 "saga_id": saga_id,
                 "step_order": order,
                 "step_name": step.name,
-                "status": StepStatus.PENDING.value,
+                "status": step.status.value,
+                "execute_data": step.execute_data,
+                "retry_count": step.retry_count,
                 "max_retry_count": step.max_retry_count,
                 "created_at": now,
                 "updated_at": now,
             }
             for order, step in enumerate(steps)
         ]
+        event: Row | None = None
+        if started is not None:
+            detail = dict(started)
+            event = {"saga_id": saga_id, "at": now, "actor": owner, "action": "started"}
+            event["detail"] = detail
         with self._guard("create_instance"):
-            row = await self._insert_instance(instance, step_rows)
-            if row is None:
+            inserted = await self._insert_instance(instance, step_rows, event)
+            if inserted is None:
                 row = await self._select_by_idempotency_key(business_type, idempotency_key)
                 if row is None:
                     raise StoreError(f"saga {saga_id}: insert refused but no duplicate found")
                 return CreateResult(from_row(SagaInstance, row), None)
+        row, step_ids = inserted
         saga = from_row(SagaInstance, row)
-        return CreateResult(saga, Lease(saga.id, owner, saga.lease_version))
-
-    # -- fenced writes --------------------------------------------------------------------------
-
-    async def set_saga_status(
-        self,
-        lease: Lease,
-        status: SagaStatus,
-        *,
-        current_step: int | Unset | None = UNSET,
-        failure_reason: str | Unset | None = UNSET,
-        failed_step: int | Unset | None = UNSET,
-        response: JsonValue | Unset = UNSET,
-        next_run_at: datetime | Unset | None = UNSET,
-    ) -> SagaInstance:
-        """Move the saga to ``status`` (the same status is allowed for running/compensating).
-
-        ``completed_at`` / ``compensated_at`` are set on entering those statuses.
-
-        Args:
-            lease: the caller's lease; a stale one raises ``LeaseLost`` and changes nothing.
-            status: the new status, checked against ``SAGA_TRANSITIONS``.
-            current_step: the ``step_order`` being worked on.
-            failure_reason: why the saga is compensating or failed (shown to operators).
-            failed_step: the ``step_order`` that failed.
-            response: the sync response to replay (status, headers, body).
-            next_run_at: when recovery should look at it next (persisted backoff).
-
-        Returns:
-            the instance as written.
-        """
-        if isinstance(next_run_at, datetime):
-            next_run_at = require_aware("next_run_at", next_run_at)
-        now = self.now()
-        changes = given(
-            current_step=current_step,
-            failure_reason=failure_reason,
-            failed_step=failed_step,
-            response=response,
-            next_run_at=next_run_at,
+        written = tuple(
+            from_row(SagaStep, {**_NEW_STEP, **step, "id": step_id})
+            for step, step_id in zip(step_rows, step_ids, strict=True)
         )
-        changes.update(status=status.value, updated_at=now)
-        if status is SagaStatus.COMPLETED:
-            changes["completed_at"] = now
-        elif status is SagaStatus.COMPENSATED:
-            changes["compensated_at"] = now
-        sources = {s.value for s in SAGA_TRANSITIONS.sources(status)}
-        with self._guard("set_saga_status"):
-            row = await self._update_instance(lease, frozenset(sources), changes)
-            if row is None:
-                await self._refused(lease, status)
-        return from_row(SagaInstance, row)
-
-    async def set_next_run_at(self, lease: Lease, next_run_at: datetime | None) -> SagaInstance:
-        """Persist when recovery should next resume this saga, keeping its status.
-
-        Args:
-            lease: the caller's lease.
-            next_run_at: the time, or ``None`` for "as soon as it is not leased".
-        """
-        if next_run_at is not None:
-            next_run_at = require_aware("next_run_at", next_run_at)
-        changes: Row = {"next_run_at": next_run_at, "updated_at": self.now()}
-        with self._guard("set_next_run_at"):
-            row = await self._update_instance(lease, None, changes)
-            if row is None:
-                await self._refused(lease, None)
-        return from_row(SagaInstance, row)
-
-    async def set_step_status(
-        self,
-        lease: Lease,
-        step_order: int,
-        status: StepStatus,
-        *,
-        execute_data: JsonValue | Unset = UNSET,
-        compensate_data: JsonValue | Unset = UNSET,
-        result: JsonValue | Unset = UNSET,
-        retry_count: int | Unset = UNSET,
-        max_retry_count: int | Unset = UNSET,
-        next_retry_at: datetime | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> SagaStep:
-        """Move one step to ``status`` and record what was sent or answered.
-
-        Args:
-            lease: the caller's lease on the step's saga.
-            step_order: which step (0-based).
-            status: the new status, checked against ``STEP_TRANSITIONS``.
-            execute_data: the rendered action request about to be sent.
-            compensate_data: the rendered compensation request about to be sent.
-            result: the answer (status, headers, body) of the last call.
-            retry_count: attempts made so far.
-            max_retry_count: attempts allowed.
-            next_retry_at: when the next attempt is due.
-            error: the last error (connection failure, timeout, unexpected status).
-
-        Returns:
-            the step as written.
-        """
-        if isinstance(next_retry_at, datetime):
-            next_retry_at = require_aware("next_retry_at", next_retry_at)
-        now = self.now()
-        changes = given(
-            execute_data=execute_data,
-            compensate_data=compensate_data,
-            result=result,
-            retry_count=retry_count,
-            max_retry_count=max_retry_count,
-            next_retry_at=next_retry_at,
-            error=error,
-        )
-        changes.update(status=status.value, updated_at=now)
-        sources = frozenset(s.value for s in STEP_TRANSITIONS.sources(status))
-        with self._guard("set_step_status"):
-            row = await self._update_step(lease, step_order, sources, changes)
-            if row is None:
-                await self._refused(lease, status, step_order)
-        return from_row(SagaStep, row)
-
-    async def record_attempt(
-        self,
-        lease: Lease,
-        step_order: int,
-        kind: AttemptKind,
-        attempt: int,
-        *,
-        started_at: datetime,
-        duration_ms: float,
-        status_code: int | None = None,
-        error: str | None = None,
-    ) -> StepAttempt:
-        """Record one HTTP call made for a step.
-
-        Args:
-            lease: the caller's lease on the step's saga.
-            step_order: which step (0-based).
-            kind: the action or its compensation.
-            attempt: 1 for the first call of this kind, then 2, 3, ...
-            started_at: when the call started.
-            duration_ms: how long it took.
-            status_code: the answer's status, if one arrived.
-            error: what went wrong, if anything (connection refused, timeout, ...).
-        """
-        row: Row = {
-            "saga_id": lease.saga_id,
-            "step_order": step_order,
-            "kind": kind.value,
-            "attempt": attempt,
-            "started_at": require_aware("started_at", started_at),
-            "duration_ms": float(duration_ms),
-            "status_code": status_code,
-            "error": error,
-        }
-        with self._guard("record_attempt"):
-            stored = await self._insert_attempt(lease, row)
-            if stored is None:
-                await self._refused(lease, None, step_order)
-        return from_row(StepAttempt, stored)
-
-    async def _refused(
-        self, lease: Lease, status: SagaStatus | StepStatus | None, step_order: int | None = None
-    ) -> NoReturn:
-        """Explain why a fenced write matched no row, by raising the matching exception."""
-        instance = await self._select_instance(lease.saga_id)
-        if instance is None:
-            raise SagaNotFound(f"no saga {lease.saga_id}")
-        if instance["lease_version"] != lease.version or instance["owner"] != lease.owner:
-            raise LeaseLost(
-                f"saga {lease.saga_id}: lease {lease.version} of {lease.owner!r} is stale; "
-                f"now lease {instance['lease_version']} of {instance['owner']!r}"
-            )
-        if step_order is None:
-            if isinstance(status, SagaStatus):
-                SAGA_TRANSITIONS.check(SagaStatus(instance["status"]), status)
-        else:
-            step = await self._select_step(lease.saga_id, step_order)
-            if step is None:
-                raise SagaNotFound(f"saga {lease.saga_id} has no step {step_order}")
-            if isinstance(status, StepStatus):
-                STEP_TRANSITIONS.check(StepStatus(step["status"]), status)
-        raise StoreError(f"saga {lease.saga_id}: write refused by a concurrent change")
+        return CreateResult(saga, Lease(saga.id, owner, saga.lease_version), written)
 
     # -- leases ---------------------------------------------------------------------------------
 

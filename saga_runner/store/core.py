@@ -38,6 +38,15 @@ class ListFilter:
     business_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StepUpdate:
+    """One step change of ``_apply``: the new column values, if its status is in ``sources``."""
+
+    step_order: int
+    sources: frozenset[str]
+    changes: Row
+
+
 def require_aware(name: str, value: datetime) -> datetime:
     """``value`` converted to UTC; ``ValueError`` naming ``name`` when it is naive."""
     if value.tzinfo is None or value.utcoffset() is None:
@@ -142,8 +151,12 @@ class StoreCore(ABC):
     async def _select_definition(self, definition_hash: str) -> Row | None: ...
 
     @abstractmethod
-    async def _insert_instance(self, instance: Row, steps: list[Row]) -> Row | None:
-        """Insert both in one transaction; ``None`` on a duplicate idempotency key."""
+    async def _insert_instance(
+        self, instance: Row, steps: list[Row], event: Row | None
+    ) -> tuple[Row, list[int]] | None:
+        """Insert the instance, its steps (all with the same columns) and the event (if any) in
+        one transaction; return the instance and the steps' ids in ``step_order``, or ``None``
+        on a duplicate idempotency key (nothing inserted)."""
 
     @abstractmethod
     async def _select_by_idempotency_key(
@@ -162,6 +175,20 @@ class StoreCore(ABC):
     ) -> Row | None:
         """Update the step if the lease matches and its status is in ``sources``; bump the
         instance's ``updated_at`` to ``changes["updated_at"]`` in the same transaction."""
+
+    @abstractmethod
+    async def _apply(
+        self,
+        lease: Lease,
+        sources: frozenset[str] | None,
+        changes: Row,
+        steps: Sequence[StepUpdate],
+        attempts: Sequence[Row],
+    ) -> Row | None:
+        """In one transaction, if the lease matches, the saga's status is in ``sources`` (unless
+        None), every step's status is in its ``sources`` and every attempt's step exists: update
+        the instance with ``changes``, the steps, insert the attempts; return the instance as
+        written. Otherwise change nothing and return ``None``."""
 
     @abstractmethod
     async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:

@@ -26,7 +26,7 @@ from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, sqltext
 from saga_runner.store.base import SagaStore
-from saga_runner.store.core import Clock, ListFilter, Row
+from saga_runner.store.core import Clock, ListFilter, Row, StepUpdate
 
 _JSON_COLUMNS: Final = frozenset(
     {"input", "response", "execute_data", "compensate_data", "result", "detail", "body"}
@@ -50,6 +50,10 @@ _BUSY_TIMEOUT_MS: Final = 10_000
 _MIN_SQLITE: Final = (3, 35, 0)  # RETURNING
 # Leases per renewal statement: 3 parameters each, under SQLite's historic limit of 999.
 _RENEW_BATCH: Final = 300
+
+
+class _Refused(Exception):
+    """A precondition of ``_apply`` failed: roll the whole batch back."""
 
 
 def _param(n: int) -> str:
@@ -210,16 +214,31 @@ class SqliteStore(SagaStore):
             "SELECT * FROM saga_definitions WHERE hash = ?1", [definition_hash]
         )
 
-    async def _insert_instance(self, instance: Row, steps: list[Row]) -> Row | None:
+    async def _insert_instance(
+        self, instance: Row, steps: list[Row], event: Row | None
+    ) -> tuple[Row, list[int]] | None:
         sql = sqltext.insert("saga_instances", list(instance), _param)
         sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
+        ids: dict[int, int] = {}
         async with self._write() as conn:
             async with conn.execute(sql, _encode_all(instance)) as cursor:
                 created = _decode(await cursor.fetchone())
-            if created is not None and steps:
-                step_sql = sqltext.insert("saga_steps", list(steps[0]), _param)
-                await conn.executemany(step_sql, [_encode_all(s) for s in steps])
-            return created
+            if created is None:
+                return None
+            if steps:
+                width = len(steps[0])
+                step_sql = (
+                    f"INSERT INTO saga_steps ({', '.join(steps[0])}) "
+                    f"VALUES {sqltext.row_values(len(steps), width, _param, 1)} "
+                    "RETURNING id, step_order"
+                )
+                values = [v for step in steps for v in _encode_all(step)]
+                async with conn.execute(step_sql, values) as cursor:
+                    ids = {r["step_order"]: r["id"] for r in await cursor.fetchall()}
+            if event is not None:
+                event_sql = sqltext.insert("saga_events", list(event), _param)
+                await conn.execute(event_sql, _encode_all(event))
+        return created, [ids[step["step_order"]] for step in steps]
 
     async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
         sql = "SELECT * FROM saga_instances WHERE business_type = ?1 AND idempotency_key = ?2"
@@ -255,6 +274,60 @@ class SqliteStore(SagaStore):
             if step is not None:
                 await conn.execute(touch, [lease.saga_id, _timestamp(changes["updated_at"])])
             return step
+
+    async def _apply(
+        self,
+        lease: Lease,
+        sources: frozenset[str] | None,
+        changes: Row,
+        steps: Sequence[StepUpdate],
+        attempts: Sequence[Row],
+    ) -> Row | None:
+        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
+        status_clause = ""
+        if sources is not None:
+            status_clause = f" AND status IN ({_numbered(4, len(sources))})"
+            args += sorted(sources)
+        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
+        try:
+            async with self._write() as conn:
+                async with conn.execute(sql, args + _encode_all(changes)) as cursor:
+                    saga = _decode(await cursor.fetchone())
+                if saga is None:
+                    return None
+                for step in steps:
+                    await self._apply_step(conn, lease.saga_id, step)
+                for row in attempts:
+                    await self._apply_attempt(conn, row)
+        except _Refused:
+            return None
+        return saga
+
+    @staticmethod
+    async def _apply_step(conn: aiosqlite.Connection, saga_id: str, step: StepUpdate) -> None:
+        args: list[Any] = [saga_id, step.step_order, *sorted(step.sources)]
+        assignments = sqltext.assignments(step.changes, _param, len(args) + 1)
+        sql = (
+            f"UPDATE saga_steps SET {assignments} WHERE saga_id = ?1 AND step_order = ?2 "
+            f"AND status IN ({_numbered(3, len(step.sources))}) RETURNING id"
+        )
+        async with conn.execute(sql, args + _encode_all(step.changes)) as cursor:
+            if await cursor.fetchone() is None:
+                raise _Refused
+
+    @staticmethod
+    async def _apply_attempt(conn: aiosqlite.Connection, row: Row) -> None:
+        # ``row`` starts with saga_id and step_order (``writes.attempt_row``): ?1 and ?2.
+        columns = ", ".join(row)
+        sql = f"""
+            INSERT INTO saga_step_attempts ({columns})
+            SELECT {_numbered(1, len(row))}
+            WHERE EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?2)
+            RETURNING id"""
+        async with conn.execute(sql, _encode_all(row)) as cursor:
+            if await cursor.fetchone() is None:
+                raise _Refused
 
     async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
         sql = f"""

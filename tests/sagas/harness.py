@@ -210,11 +210,16 @@ class EngineHarness:
         headers: Mapping[str, str] | None = None,
         key: str | None = None,
     ) -> EngineRun:
-        """Start the saga with ``input_data`` and execute it to its end."""
-        created = await self.runtime.engine.start(self.definition, input_data, headers or {}, key)
+        """Start the saga with ``input_data`` and execute it to its end, as a trigger does
+        (the first call announced by the instance's creation, no read before the run)."""
+        engine = self.runtime.engine
+        trigger = headers or {}
+        created = await engine.start(
+            self.definition, input_data, trigger, key, call_headers=trigger
+        )
         assert created.lease is not None
-        await self.runtime.engine.execute(
-            self.definition, created.lease, headers or {}, input_data=input_data
+        await engine.execute(
+            self.definition, created.lease, trigger, input_data=input_data, started=created
         )
         return EngineRun(await self.runtime.store.get(created.saga.id))
 

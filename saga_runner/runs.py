@@ -1,0 +1,190 @@
+"""What one execution of one saga instance carries, and the pure helpers the engine uses.
+
+``Run`` is the engine's working state of one instance (its lease and hold, the instance as last
+written, the trigger's headers and input, the answers of the steps so far); ``build_request``
+renders a step's call from it. The rest are small decisions over stored rows: which steps still
+need compensating, what a resumed run already knows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from saga_runner.caller import StepRequest
+from saga_runner.definition import SagaDefinition, StepDefinition
+from saga_runner.errors import TemplateError
+from saga_runner.leases import LeaseHold
+from saga_runner.records import CreateResult, Lease, SagaInstance, SagaStep
+from saga_runner.states import AttemptKind, StepStatus
+from saga_runner.template import RenderContext, StepResult
+
+log = logging.getLogger("saga_sidecar.saga")
+
+FORWARDED_TRIGGER_HEADERS = ("traceparent", "tracestate", "x-request-id")
+TO_COMPENSATE = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.RUNNING,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATION_FAILED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How this replica runs sagas."""
+
+    owner: str
+    lease_seconds: float
+    default_timeout: float
+    services: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Started(CreateResult):
+    """A new instance whose first step's call was announced by the write that created it.
+
+    Attributes:
+        first_call: that call, rendered with the trigger's own (unredacted) input and headers;
+            the run started with this result makes it without writing again.
+    """
+
+    first_call: StepRequest | None = None
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """Why the forward phase stopped: which step, why, and the HTTP status a sync trigger gets."""
+
+    step_order: int
+    step_name: str
+    reason: str
+    http_status: int
+
+
+@dataclass
+class Run:
+    """What one execution of one instance carries along."""
+
+    definition: SagaDefinition
+    lease: Lease
+    hold: LeaseHold
+    saga: SagaInstance
+    headers: dict[str, str]
+    # The trigger's body unredacted on a first run (the stored copy is redacted).
+    input: Any
+    results: dict[str, StepResult] = field(default_factory=dict)
+    # The first step's call when the instance's creation announced it (not written again).
+    first_call: StepRequest | None = None
+    # Whether the run's last write released the lease.
+    released: bool = False
+
+    def context(self) -> RenderContext:
+        """What the run's templates may look up now."""
+        return RenderContext(
+            input=self.input,
+            headers=self.headers,
+            saga_id=self.saga.id,
+            business_id=self.saga.business_id,
+            steps=dict(self.results),
+        )
+
+
+def log_run(run: Run, event: str, **extra: Any) -> None:
+    """Log a notable event of ``run`` (at ``info``, with the saga's identifiers)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    log.info(
+        "saga %s %s",
+        run.saga.id,
+        event,
+        extra={
+            "saga_id": run.saga.id,
+            "saga": run.definition.name,
+            "business_id": run.saga.business_id,
+            "event": event,
+            **extra,
+        },
+    )
+
+
+def build_request(
+    step_def: StepDefinition, kind: AttemptKind, ctx: RenderContext, services: Mapping[str, str]
+) -> StepRequest:
+    """Render the action or compensation of ``step_def`` (``ctx.headers`` lower-cased).
+
+    Raises:
+        TemplateError: the call cannot be rendered, has no such kind, or names a service that
+            is not configured.
+    """
+    call = step_def.action if kind is AttemptKind.ACTION else step_def.compensation
+    if call is None:
+        raise TemplateError(f"step {step_def.name} has no {kind.value}")
+    base_url = services.get(call.service)
+    if base_url is None:
+        raise TemplateError(f"service {call.service!r} is not configured any more")
+    rendered = call.render(ctx)
+    headers = {k: v for k, v in ctx.headers.items() if k in FORWARDED_TRIGGER_HEADERS}
+    headers.update(rendered.headers)
+    headers["Idempotency-Key"] = f"{ctx.saga_id}:{step_def.name}:{kind.value}"
+    headers["Saga-Id"] = ctx.saga_id
+    body = rendered.body if rendered.has_body else None
+    return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
+
+
+def success_codes(explicit: tuple[int, ...] | None, default: frozenset[int]) -> frozenset[int]:
+    """A call's success statuses: the definition's, else the default."""
+    return default if explicit is None else frozenset(explicit)
+
+
+def undo_impossible(step_def: StepDefinition, row: SagaStep) -> bool:
+    """Whether the step's compensation needs an answer the step never got (outcome unknown).
+
+    Such a compensation can never be built, so waiting for it would leave every earlier step's
+    effect in place; other failures (the service is gone, the compensation keeps failing) can be
+    fixed by an operator and stop the reverse walk to keep its order.
+    """
+    compensation = step_def.compensation
+    if compensation is None or step_def.name not in compensation.referenced_steps():
+        return False
+    if row.status is StepStatus.RUNNING:
+        return True
+    return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
+
+
+def needs_compensation(row: SagaStep) -> bool:
+    """Whether the step may have taken effect and is not undone yet."""
+    if row.status in TO_COMPENSATE:
+        return True
+    if row.status is StepStatus.FAILED and isinstance(row.result, dict):
+        return bool(row.result.get("outcome_unknown"))
+    return False
+
+
+def known_results(steps: tuple[SagaStep, ...]) -> dict[str, StepResult]:
+    """The answers stored for the steps so far, as ``steps.NAME`` templates read them."""
+    results = {}
+    for row in steps:
+        record = row.result
+        if isinstance(record, dict) and isinstance(record.get("status"), int):
+            headers = record.get("headers")
+            results[row.step_name] = StepResult(
+                record["status"], record.get("body"), headers if isinstance(headers, dict) else {}
+            )
+    return results
+
+
+def started_headers(detail: object) -> dict[str, str]:
+    """The trigger headers recorded in a ``started`` event's detail."""
+    stored = detail.get("headers") if isinstance(detail, dict) else None
+    return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+
+
+def caused_by_trigger(exc: TemplateError) -> bool:
+    """Whether a template failed on the trigger's input or headers (a 422, not a 502)."""
+    text = str(exc)
+    return "{{ input" in text or "{{ headers" in text
