@@ -37,7 +37,7 @@ SMALL_BODY = 64 * 1024
 async def limited_body(
     stream: aiohttp.StreamReader, limit: int, read_timeout: float | None = None
 ) -> AsyncIterator[bytes]:
-    """Yield the request body chunk by chunk.
+    """Yield the request body chunk by chunk (what already arrived without waiting).
 
     Raises:
         RequestBodyTooLarge: past ``limit`` bytes.
@@ -45,13 +45,17 @@ async def limited_body(
     """
     received = 0
     while True:
-        try:
-            async with asyncio.timeout(read_timeout):
-                chunk = await stream.readany()
-        except TimeoutError:
-            raise RequestBodyTimeout(read_timeout or 0) from None
+        chunk = stream.read_nowait()
         if not chunk:
-            return
+            if stream.at_eof():
+                return
+            try:
+                async with asyncio.timeout(read_timeout):
+                    chunk = await stream.readany()
+            except TimeoutError:
+                raise RequestBodyTimeout(read_timeout or 0) from None
+            if not chunk:
+                return
         received += len(chunk)
         if received > limit:
             raise RequestBodyTooLarge(limit)

@@ -25,6 +25,7 @@ from proxy.idempotency.record import (
     decode_record,
     encode_record,
 )
+from proxy.ids import UniqueIds
 
 LOCK_MARK = b"L"
 TOKEN_LENGTH = 32
@@ -75,9 +76,12 @@ class ChangeSignal(Protocol):
         """Return on a change notification or after ``seconds``, whichever is first."""
 
 
+_tokens = UniqueIds()
+
+
 def new_token() -> str:
-    """A random lock owner token."""
-    return secrets.token_hex(TOKEN_LENGTH // 2)
+    """A lock owner token unique across processes and time (``TOKEN_LENGTH`` hex digits)."""
+    return _tokens.next()
 
 
 def lock_value(token: str, fingerprint: str) -> bytes:
