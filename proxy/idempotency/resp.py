@@ -12,7 +12,8 @@ A lost connection fails every pending command with ``ConnectionError`` and the n
 reconnects; a command is retried once on a fresh connection, as redis-py's one retry would (the
 store's scripts are written so that a retried acquire/complete/release is harmless). A command
 without a reply within ``timeout`` raises ``TimeoutError`` and closes the connection, since its
-reply order can no longer be trusted.
+reply order can no longer be trusted: one timer per connection watches the oldest pending
+command, rather than a timer per command.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ def encode_command(args: tuple[Arg, ...]) -> bytes:
 class _RespProtocol(asyncio.Protocol):
     """One connection: batched writes out, replies in order to their futures."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.loop = loop
+        self.timeout = timeout
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()
+        self.watchdog: asyncio.TimerHandle | None = None
         self.outgoing: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -61,6 +65,7 @@ class _RespProtocol(asyncio.Protocol):
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
             waiter = self.waiters.popleft()
+            self.deadlines.popleft()
             if waiter.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -69,12 +74,29 @@ class _RespProtocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(ConnectionError(f"redis connection lost: {exc or 'closed by the server'}"))
+
+    def _fail_all(self, error: Exception) -> None:
         self.closed = True
-        error = ConnectionError(f"redis connection lost: {exc or 'closed by the server'}")
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        self.deadlines.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+
+    def _watch(self) -> None:
+        """Fail everything pending once the oldest command is past its deadline."""
+        self.watchdog = None
+        if not self.deadlines:
+            return
+        if self.loop.time() < self.deadlines[0]:
+            self.watchdog = self.loop.call_at(self.deadlines[0], self._watch)
+            return
+        self._fail_all(TimeoutError(f"no reply from redis within {self.timeout:g}s"))
+        self.close()
 
     def call(self, payload: bytes) -> asyncio.Future[Any]:
         """Queue ``payload`` (one encoded command) for this iteration's write; its reply."""
@@ -85,6 +107,9 @@ class _RespProtocol(asyncio.Protocol):
         self.outgoing.append(payload)
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
+        self.deadlines.append(self.loop.time() + self.timeout)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(self.deadlines[0], self._watch)
         return waiter
 
     def _flush(self) -> None:
@@ -148,7 +173,7 @@ class PipelinedRedis:
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _RespProtocol(loop), self.host, self.port
+                    lambda: _RespProtocol(loop, self.timeout), self.host, self.port
                 )
                 try:
                     await self._handshake(protocol)
@@ -180,14 +205,10 @@ class PipelinedRedis:
         for attempt in (1, 2):
             protocol = await self._connection()
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await protocol.call(payload)
+                return await protocol.call(payload)
             except ConnectionError:
                 if attempt == 2:
                     raise
-            except TimeoutError:
-                protocol.close()
-                raise
         raise AssertionError("unreachable")
 
     async def evalsha(
