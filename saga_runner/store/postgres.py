@@ -1,8 +1,9 @@
 """The PostgreSQL saga store: one asyncpg pool per process, optionally in its own schema.
 
 JSONB columns are (de)serialised by codecs registered in the pool's ``init``; the schema is set
-as the ``search_path`` connection parameter (a startup setting survives the ``RESET ALL`` asyncpg
-runs when a connection returns to the pool; a ``SET`` in ``init`` would not). Fenced writes are
+as the ``search_path`` connection parameter (a startup setting, which needs no ``SET``), and a
+connection returns to the pool without asyncpg's ``RESET ALL`` round trip (the store keeps no
+session state). Fenced writes are
 single statements whose ``WHERE`` carries the lease, or CTEs that lock the instance row
 ``FOR NO KEY UPDATE`` first, so a concurrent claim and a stale write are strictly ordered.
 Claims use ``FOR UPDATE SKIP LOCKED``; retention runs under a per-schema transaction-scoped
@@ -66,6 +67,15 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _keep_session(conn: Any) -> None:
+    """Return a connection to the pool without asyncpg's reset query (a round trip per use).
+
+    The store leaves no session state behind: no ``SET`` (the schema is a startup parameter),
+    no ``LISTEN``, no cursors outside a transaction, only transaction-scoped advisory locks;
+    asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 async def _init_connection(conn: Any) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -80,6 +90,7 @@ async def _create_pools(
         "timeout": connect_timeout,
         "command_timeout": float(options.get("command_timeout", 60)),
         "init": _init_connection,
+        "reset": _keep_session,
     }
     pool = await asyncpg.create_pool(
         dsn,
