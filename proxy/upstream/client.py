@@ -66,7 +66,8 @@ class UpstreamClient:
         Raises:
             UpstreamUnreachable: no connection could be made; nothing was sent.
             UpstreamReset: the connection broke, or the answer was not valid HTTP.
-            UpstreamTimeout: no answer headers within ``timeout`` after the request was sent.
+            UpstreamTimeout: no answer headers within ``timeout`` after the request was sent,
+                or the app took no more of a streamed body for ``timeout``.
             Whatever iterating ``body`` raises (the client's body failed), after aborting.
         """
         await self._slots.acquire()
@@ -122,7 +123,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(self.timeout):
                 _, connection = await loop.create_connection(
-                    lambda: UpstreamConnection(self._max_field_size),
+                    lambda: UpstreamConnection(self._max_field_size, self.timeout),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -212,11 +213,21 @@ async def _write_body(
         connection.write(head + _length_line(content_length) + b"\r\n")
         async for chunk in body:
             connection.write(chunk)
-            await connection.drain()
+            await _drain(connection)
         return
     connection.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
     async for chunk in body:
         if chunk:
             connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            await connection.drain()
+            await _drain(connection)
     connection.write(b"0\r\n\r\n")
+
+
+async def _drain(connection: UpstreamConnection) -> None:
+    """Wait for room to write; an app that takes no more for ``write_timeout`` is a timeout."""
+    try:
+        await connection.drain()
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"upstream took no more of the request body for {connection.write_timeout:g}s"
+        ) from None

@@ -38,10 +38,14 @@ class ResponseHead:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One pooled connection; ``idle_since`` is when it last went back to its pool."""
+    """One pooled connection; ``idle_since`` is when it last went back to its pool.
 
-    def __init__(self, max_field_size: int) -> None:
+    ``write_timeout`` is how long ``drain`` waits for the app to take more of a request.
+    """
+
+    def __init__(self, max_field_size: int, write_timeout: float | None = None) -> None:
         self.max_field_size = max_field_size
+        self.write_timeout = write_timeout
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.reusable = False
@@ -125,11 +129,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     async def drain(self) -> None:
-        """Wait until the kernel takes more of what was written."""
+        """Wait until the kernel takes more of what was written.
+
+        Raises:
+            TimeoutError: the upstream took nothing for ``write_timeout`` seconds.
+        """
         if not self._write_paused:
             return
         self._drain_waiter = self._loop.create_future()
-        await self._drain_waiter
+        async with asyncio.timeout(self.write_timeout):
+            await self._drain_waiter
 
     def take(self) -> bytes | None:
         """The next queued body chunk; ``b""`` at the end; None when nothing is queued yet."""
@@ -177,6 +186,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._done:  # a second answer right behind the complete one: nobody asked for it
+            raise UpstreamConnectionError("the upstream sent data nobody asked for")
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
@@ -212,6 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete()
 
     def on_body(self, body: bytes) -> None:
+        if self._done:  # body bytes after an answer that has none (a HEAD, say)
+            raise UpstreamConnectionError("the upstream sent data nobody asked for")
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -234,13 +249,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_body()
 
     def _fail(self, reason: str) -> None:
+        """Drop the connection; the exchange fails unless its answer already ended in full."""
         self.reusable = False
         if self._error is not None:
             return
-        self._error = UpstreamConnectionError(reason)
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(self._error)
-        self._wake_body()
+        if not self._done:
+            self._error = UpstreamConnectionError(reason)
+            if self._head is not None and not self._head.done():
+                self._head.set_exception(self._error)
+            self._wake_body()
         if self.transport is not None:
             self.transport.abort()
 
