@@ -167,9 +167,14 @@ class UpstreamConnection(asyncio.Protocol):
         return self._done and not self._body and self._error is None
 
     def close(self) -> None:
-        """Drop the connection (an exchange that did not end cleanly cannot be reused)."""
+        """Drop the connection; at once when request bytes are still unsent (the app answered
+        early and may never read them), so the socket does not wait on the app to close."""
         self._abandon()
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
             self.transport.close()
 
     def abort(self) -> None:
