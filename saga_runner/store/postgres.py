@@ -24,25 +24,15 @@ import asyncpg
 
 from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
-from saga_runner.store import migrations, sqltext
+from saga_runner.store import migrations, pg_batches, sqltext
 from saga_runner.store.base import SagaStore
 from saga_runner.store.core import Clock, ListFilter, Row, StepUpdate
 
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _OPTIONS: Final = ("schema", "min_size", "max_size", "command_timeout")
 _ACTIVE: Final = "status IN ('running', 'compensating')"
-_FENCE: Final = "id = $1 AND lease_version = $2 AND owner = $3"
+_FENCE: Final = pg_batches.FENCE
 _PING_TIMEOUT: Final = 5.0
-_ATTEMPT_TYPES: Final = (
-    ("step_order", "integer"),
-    ("kind", "text"),
-    ("attempt", "integer"),
-    ("started_at", "timestamptz"),
-    ("duration_ms", "double precision"),
-    ("status_code", "integer"),
-    ("error", "text"),
-)
-_ATTEMPT_COLUMNS: Final = "saga_id, " + ", ".join(name for name, _ in _ATTEMPT_TYPES)
 
 
 def _param(n: int) -> str:
@@ -203,44 +193,8 @@ class PostgresStore(SagaStore):
     async def _insert_instance(
         self, instance: Row, steps: list[Row], event: Row | None
     ) -> tuple[Row, list[int]] | None:
-        # One statement, one commit: the steps and the event are inserted only when the
-        # instance is (not on a duplicate key); their foreign keys are checked at its end.
-        sql = sqltext.insert("saga_instances", list(instance), _param)
-        first = len(instance) + 1
-        sql = f"""
-            WITH inst AS (
-                {sql} ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *
-            ), steps AS (
-                INSERT INTO saga_steps (saga_id, step_order, step_name, status, execute_data,
-                                        retry_count, max_retry_count, created_at, updated_at)
-                SELECT inst.id, s.step_order, s.step_name, s.status, s.execute_data,
-                       s.retry_count, s.max_retry_count, inst.created_at, inst.created_at
-                FROM inst, unnest(${first}::integer[], ${first + 1}::text[], ${first + 2}::text[],
-                                  ${first + 3}::jsonb[], ${first + 4}::integer[],
-                                  ${first + 5}::integer[])
-                    AS s(step_order, step_name, status, execute_data, retry_count,
-                         max_retry_count)
-                RETURNING id, step_order
-            ), event AS (
-                INSERT INTO saga_events (saga_id, at, actor, action, detail)
-                SELECT inst.id, inst.created_at, ${first + 6}::text, 'started', ${first + 7}::jsonb
-                FROM inst WHERE ${first + 6}::text IS NOT NULL
-            )
-            SELECT inst.*, ARRAY(SELECT id FROM steps ORDER BY step_order) AS step_ids
-            FROM inst"""
-        columns = [
-            [step[name] for step in steps]
-            for name in (
-                "step_order",
-                "step_name",
-                "status",
-                "execute_data",
-                "retry_count",
-                "max_retry_count",
-            )
-        ]
-        actor, detail = (None, None) if event is None else (event["actor"], event["detail"])
-        created = await self._pool.fetchrow(sql, *instance.values(), *columns, actor, detail)
+        sql = pg_batches.create_sql(tuple(instance))
+        created = await self._pool.fetchrow(sql, *pg_batches.create_args(instance, steps, event))
         if created is None:
             return None
         row = dict(created)
@@ -291,49 +245,8 @@ class PostgresStore(SagaStore):
         steps: Sequence[StepUpdate],
         attempts: Sequence[Row],
     ) -> Row | None:
-        # One statement: the fence locks the instance row only when the lease matches and every
-        # precondition holds, and every change joins it, so either all of it is written or none.
-        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
-        conditions = [_FENCE]
-        parts: list[str] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if sources is not None:
-            conditions.append(f"status = ANY({arg(list(sources))}::text[])")
-        for n, step in enumerate(steps):
-            order, allowed = arg(step.step_order), arg(list(step.sources))
-            where = f"step_order = {order} AND status = ANY({allowed}::text[])"
-            conditions.append(f"EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = $1 AND {where})")
-            assignments = sqltext.assignments(step.changes, _param, len(args) + 1)
-            args.extend(step.changes.values())
-            parts.append(
-                f"step{n} AS (UPDATE saga_steps SET {assignments} FROM fence "
-                f"WHERE saga_steps.saga_id = fence.id AND {where})"
-            )
-        for n, row in enumerate(attempts):
-            order = arg(row["step_order"])
-            conditions.append(
-                f"EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = $1 AND step_order = {order})"
-            )
-            values = ", ".join(
-                f"{arg(row[name])}::{kind}" for name, kind in _ATTEMPT_TYPES if name != "step_order"
-            )
-            parts.append(
-                f"attempt{n} AS (INSERT INTO saga_step_attempts ({_ATTEMPT_COLUMNS}) "
-                f"SELECT fence.id, {order}::integer, {values} FROM fence)"
-            )
-        assignments = sqltext.assignments(changes, _param, len(args) + 1)
-        args.extend(changes.values())
-        fence = " AND ".join(conditions)
-        sql = (
-            f"WITH fence AS (SELECT id FROM saga_instances WHERE {fence} FOR NO KEY UPDATE), "
-            + "".join(f"{part}, " for part in parts)
-            + f"saga AS (UPDATE saga_instances AS s SET {assignments} FROM fence "
-            "WHERE s.id = fence.id RETURNING s.*) SELECT * FROM saga"
-        )
+        sql = pg_batches.apply_sql(pg_batches.apply_shape(sources, changes, steps, attempts))
+        args = pg_batches.apply_args(lease, sources, changes, steps, attempts)
         return _row(await self._pool.fetchrow(sql, *args))
 
     async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
