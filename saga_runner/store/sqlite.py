@@ -99,6 +99,18 @@ def _decode_all(rows: Iterable[sqlite3.Row]) -> list[Row]:
     return [r for r in map(_decode, rows) if r is not None]
 
 
+async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Row | None:
+    """The first row of ``sql``, decoded; one trip to the connection's thread (a cursor's
+    ``execute``, ``fetchone`` and ``close`` would be three)."""
+    rows = list(await conn.execute_fetchall(sql, args))
+    return _decode(rows[0]) if rows else None
+
+
+async def _all(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+    """Every row of ``sql``, decoded, in one trip to the connection's thread."""
+    return _decode_all(await conn.execute_fetchall(sql, args))
+
+
 async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
@@ -185,12 +197,12 @@ class SqliteStore(SagaStore):
                 raise
 
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        async with self._read_lock, self._reader.execute(sql, args) as cursor:
-            return _decode(await cursor.fetchone())
+        async with self._read_lock:
+            return await _one(self._reader, sql, args)
 
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._read_lock, self._reader.execute(sql, args) as cursor:
-            return _decode_all(await cursor.fetchall())
+        async with self._read_lock:
+            return await _all(self._reader, sql, args)
 
     async def _migrate(self) -> list[int]:
         async with self._write() as conn:
@@ -221,8 +233,7 @@ class SqliteStore(SagaStore):
         sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
         ids: dict[int, int] = {}
         async with self._write() as conn:
-            async with conn.execute(sql, _encode_all(instance)) as cursor:
-                created = _decode(await cursor.fetchone())
+            created = await _one(conn, sql, _encode_all(instance))
             if created is None:
                 return None
             if steps:
@@ -233,8 +244,8 @@ class SqliteStore(SagaStore):
                     "RETURNING id, step_order"
                 )
                 values = [v for step in steps for v in _encode_all(step)]
-                async with conn.execute(step_sql, values) as cursor:
-                    ids = {r["step_order"]: r["id"] for r in await cursor.fetchall()}
+                written = await _all(conn, step_sql, values)
+                ids = {r["step_order"]: r["id"] for r in written}
             if event is not None:
                 event_sql = sqltext.insert("saga_events", list(event), _param)
                 await conn.execute(event_sql, _encode_all(event))
@@ -254,8 +265,8 @@ class SqliteStore(SagaStore):
             args += sorted(sources)
         assignments = sqltext.assignments(changes, _param, len(args) + 1)
         sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
-        async with self._write() as conn, conn.execute(sql, args + _encode_all(changes)) as cursor:
-            return _decode(await cursor.fetchone())
+        async with self._write() as conn:
+            return await _one(conn, sql, args + _encode_all(changes))
 
     async def _update_step(
         self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
@@ -269,8 +280,7 @@ class SqliteStore(SagaStore):
             RETURNING *"""
         touch = "UPDATE saga_instances SET updated_at = ?2 WHERE id = ?1"
         async with self._write() as conn:
-            async with conn.execute(sql, args + _encode_all(changes)) as cursor:
-                step = _decode(await cursor.fetchone())
+            step = await _one(conn, sql, args + _encode_all(changes))
             if step is not None:
                 await conn.execute(touch, [lease.saga_id, _timestamp(changes["updated_at"])])
             return step
@@ -292,8 +302,7 @@ class SqliteStore(SagaStore):
         sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
         try:
             async with self._write() as conn:
-                async with conn.execute(sql, args + _encode_all(changes)) as cursor:
-                    saga = _decode(await cursor.fetchone())
+                saga = await _one(conn, sql, args + _encode_all(changes))
                 if saga is None:
                     return None
                 for step in steps:
@@ -312,9 +321,8 @@ class SqliteStore(SagaStore):
             f"UPDATE saga_steps SET {assignments} WHERE saga_id = ?1 AND step_order = ?2 "
             f"AND status IN ({_numbered(3, len(step.sources))}) RETURNING id"
         )
-        async with conn.execute(sql, args + _encode_all(step.changes)) as cursor:
-            if await cursor.fetchone() is None:
-                raise _Refused
+        if await _one(conn, sql, args + _encode_all(step.changes)) is None:
+            raise _Refused
 
     @staticmethod
     async def _apply_attempt(conn: aiosqlite.Connection, row: Row) -> None:
@@ -325,9 +333,8 @@ class SqliteStore(SagaStore):
             SELECT {_numbered(1, len(row))}
             WHERE EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?2)
             RETURNING id"""
-        async with conn.execute(sql, _encode_all(row)) as cursor:
-            if await cursor.fetchone() is None:
-                raise _Refused
+        if await _one(conn, sql, _encode_all(row)) is None:
+            raise _Refused
 
     async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
         sql = f"""
@@ -340,8 +347,8 @@ class SqliteStore(SagaStore):
         columns = ("step_order", "kind", "attempt", "started_at", "duration_ms", "status_code")
         values = [_encode(c, row[c]) for c in (*columns, "error")]
         args = [lease.saga_id, lease.version, lease.owner, *values]
-        async with self._write() as conn, conn.execute(sql, args) as cursor:
-            return _decode(await cursor.fetchone())
+        async with self._write() as conn:
+            return await _one(conn, sql, args)
 
     async def _select_instance(self, saga_id: str) -> Row | None:
         return await self._fetchone("SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
@@ -375,11 +382,8 @@ class SqliteStore(SagaStore):
                     RETURNING id, owner, lease_version"""
                 args: list[Any] = [_timestamp(expires)]
                 args += [v for lease in batch for v in (lease.saga_id, lease.owner, lease.version)]
-                async with conn.execute(sql, args) as cursor:
-                    renewed.update(
-                        Lease(r["id"], r["owner"], r["lease_version"])
-                        for r in await cursor.fetchall()
-                    )
+                rows = await _all(conn, sql, args)
+                renewed.update(Lease(r["id"], r["owner"], r["lease_version"]) for r in rows)
         return renewed
 
     async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
@@ -407,8 +411,8 @@ class SqliteStore(SagaStore):
             )
             RETURNING *"""
         args = [_timestamp(now), owner, _timestamp(expires), limit]
-        async with self._write() as conn, conn.execute(sql, args) as cursor:
-            return _decode_all(await cursor.fetchall())
+        async with self._write() as conn:
+            return await _all(conn, sql, args)
 
     async def _claim_one(
         self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
@@ -420,8 +424,8 @@ class SqliteStore(SagaStore):
             WHERE id = ?1 AND (?5 OR lease_expires_at IS NULL OR lease_expires_at <= ?4)
             RETURNING *"""
         args = [saga_id, owner, _timestamp(expires), _timestamp(now), int(force)]
-        async with self._write() as conn, conn.execute(sql, args) as cursor:
-            return _decode(await cursor.fetchone())
+        async with self._write() as conn:
+            return await _one(conn, sql, args)
 
     async def _select_detail(
         self, saga_id: str
@@ -436,14 +440,8 @@ class SqliteStore(SagaStore):
             # One read transaction: the four reads see the same snapshot.
             await conn.execute("BEGIN")
             try:
-                async with conn.execute(
-                    "SELECT * FROM saga_instances WHERE id = ?1", [saga_id]
-                ) as c:
-                    instance = _decode(await c.fetchone())
-                children = []
-                for sql in queries:
-                    async with conn.execute(sql, [saga_id]) as cursor:
-                        children.append(_decode_all(await cursor.fetchall()))
+                instance = await _one(conn, "SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
+                children = [await _all(conn, sql, [saga_id]) for sql in queries]
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     await conn.execute("COMMIT")
@@ -484,8 +482,8 @@ class SqliteStore(SagaStore):
             SELECT ?1, ?2, ?3, ?4, ?5
             WHERE EXISTS (SELECT 1 FROM saga_instances WHERE id = ?1)
             RETURNING *"""
-        async with self._write() as conn, conn.execute(sql, _encode_all(row)) as cursor:
-            return _decode(await cursor.fetchone())
+        async with self._write() as conn:
+            return await _one(conn, sql, _encode_all(row))
 
     async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
         sql = """
