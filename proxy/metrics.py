@@ -18,6 +18,8 @@ from proxy.keys import METRICS
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Bounds the cache of labelled children (a client may send any method token).
+_MAX_CACHED_CHILDREN = 1024
 _SAGA_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -81,6 +83,19 @@ class SidecarMetrics:
             "Age of the oldest saga not yet in a terminal state (whole store)",
             registry=r,
         )
+        # http_requests_total's children by (method, status): labels() per request costs a lock,
+        # a tuple of strings and a validation; the set of methods and statuses seen is small.
+        self._http_children: dict[tuple[str, int], Counter] = {}
+
+    def observe_request(self, method: str, status: int, seconds: float) -> None:
+        """Count one public request answered with ``status`` and time it (``seconds``)."""
+        child = self._http_children.get((method, status))
+        if child is None:
+            child = self.http_requests.labels(method, str(status))
+            if len(self._http_children) < _MAX_CACHED_CHILDREN:
+                self._http_children[method, status] = child
+        child.inc()
+        self.http_duration.observe(seconds)
 
 
 @web.middleware
@@ -97,5 +112,4 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        metrics.http_requests.labels(request.method, str(status)).inc()
-        metrics.http_duration.observe(time.perf_counter() - started)
+        metrics.observe_request(request.method, status, time.perf_counter() - started)
