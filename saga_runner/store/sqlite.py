@@ -4,19 +4,17 @@ Every write runs in ``BEGIN IMMEDIATE``, which takes the database write lock up 
 from this process are serialised by an ``asyncio.Lock`` on the writer connection, and writes
 from other processes sharing the file (``workers > 1``) wait on ``busy_timeout``. Taking the lock
 first also means a read-then-write never fails half-way with ``SQLITE_BUSY_SNAPSHOT``.
-Timestamps are fixed-width ISO-8601 UTC text (they compare correctly as text); JSON columns hold
-JSON text. Rows are decoded to the same Python types the PostgreSQL store returns.
+Rows are encoded and decoded by ``sqlite_rows``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,23 +25,16 @@ from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, sqltext
 from saga_runner.store.base import SagaStore
 from saga_runner.store.core import Clock, ListFilter, Row, StepUpdate
+from saga_runner.store.sqlite_rows import (
+    all_rows,
+    encode,
+    encode_all,
+    numbered,
+    one,
+    param,
+    timestamp,
+)
 
-_JSON_COLUMNS: Final = frozenset(
-    {"input", "response", "execute_data", "compensate_data", "result", "detail", "body"}
-)
-_TIME_COLUMNS: Final = frozenset(
-    {
-        "created_at",
-        "updated_at",
-        "completed_at",
-        "compensated_at",
-        "lease_expires_at",
-        "next_run_at",
-        "next_retry_at",
-        "started_at",
-        "at",
-    }
-)
 _ACTIVE: Final = "status IN ('running', 'compensating')"
 _FENCE: Final = "id = ?1 AND lease_version = ?2 AND owner = ?3"
 _BUSY_TIMEOUT_MS: Final = 10_000
@@ -54,61 +45,6 @@ _RENEW_BATCH: Final = 300
 
 class _Refused(Exception):
     """A precondition of ``_apply`` failed: roll the whole batch back."""
-
-
-def _param(n: int) -> str:
-    return f"?{n}"
-
-
-def _numbered(first: int, count: int) -> str:
-    return ", ".join(_param(n) for n in range(first, first + count))
-
-
-def _timestamp(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _encode(column: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if column in _JSON_COLUMNS:
-        return json.dumps(value)
-    if isinstance(value, datetime):
-        return _timestamp(value)
-    return value
-
-
-def _encode_all(row: Row) -> list[Any]:
-    return [_encode(column, value) for column, value in row.items()]
-
-
-def _decode(row: sqlite3.Row | None) -> Row | None:
-    if row is None:
-        return None
-    decoded: Row = {}
-    for column, value in zip(row.keys(), row, strict=True):
-        if value is not None and column in _JSON_COLUMNS:
-            value = json.loads(value)
-        elif value is not None and column in _TIME_COLUMNS:
-            value = datetime.fromisoformat(value).astimezone(UTC)
-        decoded[column] = value
-    return decoded
-
-
-def _decode_all(rows: Iterable[sqlite3.Row]) -> list[Row]:
-    return [r for r in map(_decode, rows) if r is not None]
-
-
-async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Row | None:
-    """The first row of ``sql``, decoded; one trip to the connection's thread (a cursor's
-    ``execute``, ``fetchone`` and ``close`` would be three)."""
-    rows = list(await conn.execute_fetchall(sql, args))
-    return _decode(rows[0]) if rows else None
-
-
-async def _all(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-    """Every row of ``sql``, decoded, in one trip to the connection's thread."""
-    return _decode_all(await conn.execute_fetchall(sql, args))
 
 
 async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
@@ -198,11 +134,11 @@ class SqliteStore(SagaStore):
 
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         async with self._read_lock:
-            return await _one(self._reader, sql, args)
+            return await one(self._reader, sql, args)
 
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         async with self._read_lock:
-            return await _all(self._reader, sql, args)
+            return await all_rows(self._reader, sql, args)
 
     async def _migrate(self) -> list[int]:
         async with self._write() as conn:
@@ -217,9 +153,9 @@ class SqliteStore(SagaStore):
         await self._writer.close()
 
     async def _insert_definition(self, row: Row) -> None:
-        sql = sqltext.insert("saga_definitions", list(row), _param)
+        sql = sqltext.insert("saga_definitions", list(row), param)
         async with self._write() as conn:
-            await conn.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", _encode_all(row))
+            await conn.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", encode_all(row))
 
     async def _select_definition(self, definition_hash: str) -> Row | None:
         return await self._fetchone(
@@ -229,26 +165,26 @@ class SqliteStore(SagaStore):
     async def _insert_instance(
         self, instance: Row, steps: list[Row], event: Row | None
     ) -> tuple[Row, list[int]] | None:
-        sql = sqltext.insert("saga_instances", list(instance), _param)
+        sql = sqltext.insert("saga_instances", list(instance), param)
         sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
         ids: dict[int, int] = {}
         async with self._write() as conn:
-            created = await _one(conn, sql, _encode_all(instance))
+            created = await one(conn, sql, encode_all(instance))
             if created is None:
                 return None
             if steps:
                 width = len(steps[0])
                 step_sql = (
                     f"INSERT INTO saga_steps ({', '.join(steps[0])}) "
-                    f"VALUES {sqltext.row_values(len(steps), width, _param, 1)} "
+                    f"VALUES {sqltext.row_values(len(steps), width, param, 1)} "
                     "RETURNING id, step_order"
                 )
-                values = [v for step in steps for v in _encode_all(step)]
-                written = await _all(conn, step_sql, values)
+                values = [v for step in steps for v in encode_all(step)]
+                written = await all_rows(conn, step_sql, values)
                 ids = {r["step_order"]: r["id"] for r in written}
             if event is not None:
-                event_sql = sqltext.insert("saga_events", list(event), _param)
-                await conn.execute(event_sql, _encode_all(event))
+                event_sql = sqltext.insert("saga_events", list(event), param)
+                await conn.execute(event_sql, encode_all(event))
         return created, [ids[step["step_order"]] for step in steps]
 
     async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
@@ -261,28 +197,28 @@ class SqliteStore(SagaStore):
         args: list[Any] = [lease.saga_id, lease.version, lease.owner]
         status_clause = ""
         if sources is not None:
-            status_clause = f" AND status IN ({_numbered(4, len(sources))})"
+            status_clause = f" AND status IN ({numbered(4, len(sources))})"
             args += sorted(sources)
-        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        assignments = sqltext.assignments(changes, param, len(args) + 1)
         sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
         async with self._write() as conn:
-            return await _one(conn, sql, args + _encode_all(changes))
+            return await one(conn, sql, args + encode_all(changes))
 
     async def _update_step(
         self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
     ) -> Row | None:
         args: list[Any] = [lease.saga_id, lease.version, lease.owner, step_order, *sorted(sources)]
-        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        assignments = sqltext.assignments(changes, param, len(args) + 1)
         sql = f"""
             UPDATE saga_steps SET {assignments}
-            WHERE saga_id = ?1 AND step_order = ?4 AND status IN ({_numbered(5, len(sources))})
+            WHERE saga_id = ?1 AND step_order = ?4 AND status IN ({numbered(5, len(sources))})
               AND EXISTS (SELECT 1 FROM saga_instances WHERE {_FENCE})
             RETURNING *"""
         touch = "UPDATE saga_instances SET updated_at = ?2 WHERE id = ?1"
         async with self._write() as conn:
-            step = await _one(conn, sql, args + _encode_all(changes))
+            step = await one(conn, sql, args + encode_all(changes))
             if step is not None:
-                await conn.execute(touch, [lease.saga_id, _timestamp(changes["updated_at"])])
+                await conn.execute(touch, [lease.saga_id, timestamp(changes["updated_at"])])
             return step
 
     async def _apply(
@@ -296,13 +232,13 @@ class SqliteStore(SagaStore):
         args: list[Any] = [lease.saga_id, lease.version, lease.owner]
         status_clause = ""
         if sources is not None:
-            status_clause = f" AND status IN ({_numbered(4, len(sources))})"
+            status_clause = f" AND status IN ({numbered(4, len(sources))})"
             args += sorted(sources)
-        assignments = sqltext.assignments(changes, _param, len(args) + 1)
+        assignments = sqltext.assignments(changes, param, len(args) + 1)
         sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
         try:
             async with self._write() as conn:
-                saga = await _one(conn, sql, args + _encode_all(changes))
+                saga = await one(conn, sql, args + encode_all(changes))
                 if saga is None:
                     return None
                 for step in steps:
@@ -316,12 +252,12 @@ class SqliteStore(SagaStore):
     @staticmethod
     async def _apply_step(conn: aiosqlite.Connection, saga_id: str, step: StepUpdate) -> None:
         args: list[Any] = [saga_id, step.step_order, *sorted(step.sources)]
-        assignments = sqltext.assignments(step.changes, _param, len(args) + 1)
+        assignments = sqltext.assignments(step.changes, param, len(args) + 1)
         sql = (
             f"UPDATE saga_steps SET {assignments} WHERE saga_id = ?1 AND step_order = ?2 "
-            f"AND status IN ({_numbered(3, len(step.sources))}) RETURNING id"
+            f"AND status IN ({numbered(3, len(step.sources))}) RETURNING id"
         )
-        if await _one(conn, sql, args + _encode_all(step.changes)) is None:
+        if await one(conn, sql, args + encode_all(step.changes)) is None:
             raise _Refused
 
     @staticmethod
@@ -330,10 +266,10 @@ class SqliteStore(SagaStore):
         columns = ", ".join(row)
         sql = f"""
             INSERT INTO saga_step_attempts ({columns})
-            SELECT {_numbered(1, len(row))}
+            SELECT {numbered(1, len(row))}
             WHERE EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?2)
             RETURNING id"""
-        if await _one(conn, sql, _encode_all(row)) is None:
+        if await one(conn, sql, encode_all(row)) is None:
             raise _Refused
 
     async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
@@ -345,10 +281,10 @@ class SqliteStore(SagaStore):
               AND EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?4)
             RETURNING *"""
         columns = ("step_order", "kind", "attempt", "started_at", "duration_ms", "status_code")
-        values = [_encode(c, row[c]) for c in (*columns, "error")]
+        values = [encode(c, row[c]) for c in (*columns, "error")]
         args = [lease.saga_id, lease.version, lease.owner, *values]
         async with self._write() as conn:
-            return await _one(conn, sql, args)
+            return await one(conn, sql, args)
 
     async def _select_instance(self, saga_id: str) -> Row | None:
         return await self._fetchone("SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
@@ -364,7 +300,7 @@ class SqliteStore(SagaStore):
     async def _renew(self, lease: Lease, expires: datetime) -> bool:
         sql = f"UPDATE saga_instances SET lease_expires_at = ?4 WHERE {_FENCE}"
         return await self._changed_one(
-            sql, [lease.saga_id, lease.version, lease.owner, _timestamp(expires)]
+            sql, [lease.saga_id, lease.version, lease.owner, timestamp(expires)]
         )
 
     async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
@@ -376,13 +312,13 @@ class SqliteStore(SagaStore):
                 # IN would scan the whole table).
                 sql = f"""
                     UPDATE saga_instances AS s SET lease_expires_at = ?1
-                    FROM (VALUES {sqltext.row_values(len(batch), 3, _param, 2)}) AS held
+                    FROM (VALUES {sqltext.row_values(len(batch), 3, param, 2)}) AS held
                     WHERE s.id = held.column1 AND s.owner = held.column2
                       AND s.lease_version = held.column3
                     RETURNING id, owner, lease_version"""
-                args: list[Any] = [_timestamp(expires)]
+                args: list[Any] = [timestamp(expires)]
                 args += [v for lease in batch for v in (lease.saga_id, lease.owner, lease.version)]
-                rows = await _all(conn, sql, args)
+                rows = await all_rows(conn, sql, args)
                 renewed.update(Lease(r["id"], r["owner"], r["lease_version"]) for r in rows)
         return renewed
 
@@ -391,7 +327,7 @@ class SqliteStore(SagaStore):
             "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = ?4 "
             f"WHERE {_FENCE}"
         )
-        due = None if next_run_at is None else _timestamp(next_run_at)
+        due = None if next_run_at is None else timestamp(next_run_at)
         return await self._changed_one(sql, [lease.saga_id, lease.version, lease.owner, due])
 
     async def _claim_due(
@@ -410,9 +346,9 @@ class SqliteStore(SagaStore):
                 LIMIT ?4
             )
             RETURNING *"""
-        args = [_timestamp(now), owner, _timestamp(expires), limit]
+        args = [timestamp(now), owner, timestamp(expires), limit]
         async with self._write() as conn:
-            return await _all(conn, sql, args)
+            return await all_rows(conn, sql, args)
 
     async def _claim_one(
         self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
@@ -423,9 +359,9 @@ class SqliteStore(SagaStore):
                 next_run_at = NULL
             WHERE id = ?1 AND (?5 OR lease_expires_at IS NULL OR lease_expires_at <= ?4)
             RETURNING *"""
-        args = [saga_id, owner, _timestamp(expires), _timestamp(now), int(force)]
+        args = [saga_id, owner, timestamp(expires), timestamp(now), int(force)]
         async with self._write() as conn:
-            return await _one(conn, sql, args)
+            return await one(conn, sql, args)
 
     async def _select_detail(
         self, saga_id: str
@@ -440,8 +376,8 @@ class SqliteStore(SagaStore):
             # One read transaction: the four reads see the same snapshot.
             await conn.execute("BEGIN")
             try:
-                instance = await _one(conn, "SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
-                children = [await _all(conn, sql, [saga_id]) for sql in queries]
+                instance = await one(conn, "SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
+                children = [await all_rows(conn, sql, [saga_id]) for sql in queries]
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     await conn.execute("COMMIT")
@@ -453,8 +389,8 @@ class SqliteStore(SagaStore):
     async def _select_page(
         self, where: ListFilter, limit: int, before: PageCursor | None
     ) -> list[Row]:
-        sql, args = sqltext.page(where, limit, before, _param)
-        return await self._fetchall(sql, [_encode("", a) for a in args])
+        sql, args = sqltext.page(where, limit, before, param)
+        return await self._fetchall(sql, [encode("", a) for a in args])
 
     async def _count_by_status(self) -> dict[str, int]:
         rows = await self._fetchall(
@@ -463,7 +399,7 @@ class SqliteStore(SagaStore):
         return {r["status"]: r["n"] for r in rows}
 
     async def _count_in(self, statuses: frozenset[str]) -> int:
-        marks = _numbered(1, len(statuses))
+        marks = numbered(1, len(statuses))
         sql = f"SELECT count(*) AS n FROM saga_instances WHERE status IN ({marks})"
         row = await self._fetchone(sql, sorted(statuses))
         return int(row["n"]) if row else 0
@@ -471,7 +407,7 @@ class SqliteStore(SagaStore):
     async def _oldest_in(self, statuses: frozenset[str]) -> datetime | None:
         sql = (
             "SELECT min(created_at) AS created_at FROM saga_instances "
-            f"WHERE status IN ({_numbered(1, len(statuses))})"
+            f"WHERE status IN ({numbered(1, len(statuses))})"
         )
         row = await self._fetchone(sql, sorted(statuses))
         return None if row is None else row["created_at"]
@@ -483,7 +419,7 @@ class SqliteStore(SagaStore):
             WHERE EXISTS (SELECT 1 FROM saga_instances WHERE id = ?1)
             RETURNING *"""
         async with self._write() as conn:
-            return await _one(conn, sql, _encode_all(row))
+            return await one(conn, sql, encode_all(row))
 
     async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
         sql = """
@@ -494,5 +430,5 @@ class SqliteStore(SagaStore):
                 ORDER BY COALESCE(completed_at, compensated_at)
                 LIMIT ?2
             )"""
-        async with self._write() as conn, conn.execute(sql, [_timestamp(cutoff), limit]) as cursor:
+        async with self._write() as conn, conn.execute(sql, [timestamp(cutoff), limit]) as cursor:
             return cursor.rowcount
