@@ -1,9 +1,10 @@
 """Structured logging (CONTRACT §9): one JSON object per line, and the per-request access log.
 
 ``setup_logging`` installs the configured format and level on the root logger.
-``access_log_middleware`` assigns the request id (``X-Request-Id``, generated when absent) and logs
-one line per proxied request with method, path, status, durations and the idempotency outcome.
-Header values are never logged.
+``request_id_for`` gives a request its id (``X-Request-Id``, generated when absent) and
+``log_access`` writes the one line per proxied request with method, path, status, durations and
+the idempotency outcome; ``access_log_middleware`` does both around a handler. Header values are
+never logged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from aiohttp import web
 from proxy.keys import IDEMPOTENCY_OUTCOME, REQUEST_ID, UPSTREAM_SECONDS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 access_log = logging.getLogger("saga_sidecar.access")
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _MAX_REQUEST_ID = 200
@@ -59,10 +62,15 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """Queue one formatted line for this loop iteration's write."""
+        self._pending.append(line)
         if len(self._pending) > 1:
             return  # a write is already scheduled
         try:
@@ -78,6 +86,45 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             super().flush()
 
 
+class _DirectJson:
+    """Where access lines may skip ``logging``: the JSON handler ``setup_logging`` installed.
+
+    An access line costs a ``LogRecord``, an ``extra`` dict and a scan of the record's attributes
+    when it goes through ``logging``; written directly it is one f-string. That is only done while
+    the result is the same: the access logger enabled for INFO, nothing but that one handler
+    (still formatting JSON, without filters) to reach, which ``handler`` checks on every call.
+    """
+
+    def __init__(self) -> None:
+        self._handler: BatchingStreamHandler | None = None
+
+    def install(self, handler: BatchingStreamHandler | None) -> None:
+        """Write directly to ``handler`` from now on (None: always go through ``logging``)."""
+        self._handler = handler
+
+    def handler(self) -> BatchingStreamHandler | None:
+        """The handler to write an access line to directly, or None to log it."""
+        handler = self._handler
+        if (
+            handler is None
+            or access_log.handlers
+            or access_log.filters
+            or not access_log.propagate
+            or access_log.parent is not _root
+            or len(_root.handlers) != 1
+            or _root.handlers[0] is not handler
+            or handler.filters
+            or handler.level > logging.INFO
+            or type(handler.formatter) is not JsonFormatter
+        ):
+            return None
+        return handler
+
+
+_root = logging.getLogger()
+_direct_json = _DirectJson()
+
+
 def setup_logging(fmt: str, level: str) -> None:
     """Configure the root logger for ``json`` or ``text`` output at ``level``."""
     # Neither format shows the caller, thread or process: skip finding them for every record.
@@ -88,10 +135,10 @@ def setup_logging(fmt: str, level: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    _root.handlers[:] = [handler]
+    _root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _direct_json.install(handler if fmt == "json" else None)
 
 
 class RequestIds:
@@ -126,32 +173,76 @@ def request_id_for(request: web.Request) -> str:
     return _request_ids.next()
 
 
+def access_json_line(
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    upstream_ms: float | None,
+    idempotency: str,
+    request_id: str,
+    created: float,
+) -> str:
+    """The JSON access line ``JsonFormatter`` writes for the same request, built directly."""
+    upstream = "null" if upstream_ms is None else repr(upstream_ms)
+    return (
+        f'{{"ts": {round(created, 6)!r}, "level": "info", "logger": "saga_sidecar.access", '
+        f'"msg": {_json_str(f"{method} {path} {status}")}, "method": {_json_str(method)}, '
+        f'"path": {_json_str(path)}, "status": {status}, "duration_ms": {duration_ms!r}, '
+        f'"upstream_ms": {upstream}, "idempotency": {_json_str(idempotency)}, '
+        f'"request_id": {_json_str(request_id)}}}'
+    )
+
+
+def log_access(request: web.Request, status: int, seconds: float, request_id: str) -> None:
+    """Log the access line of ``request``, answered with ``status`` after ``seconds``.
+
+    At INFO on ``saga_sidecar.access``: nothing is built when that logger is disabled, and with
+    the JSON format ``setup_logging`` installed the line goes straight to its handler.
+    """
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    method = request.method
+    path = request.path
+    upstream = request.get(UPSTREAM_SECONDS)
+    duration_ms = round(seconds * 1000, 3)
+    upstream_ms = None if upstream is None else round(upstream * 1000, 3)
+    idempotency = request.get(IDEMPOTENCY_OUTCOME, "bypass")
+    handler = _direct_json.handler()
+    if handler is not None:
+        line = access_json_line(
+            method, path, status, duration_ms, upstream_ms, idempotency, request_id, time.time()
+        )
+        handler.write_line(line)
+        return
+    access_log.info(
+        "%s %s %s",
+        method,
+        path,
+        status,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "upstream_ms": upstream_ms,
+            "idempotency": idempotency,
+            "request_id": request_id,
+        },
+    )
+
+
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id and log one line per request once it is answered."""
-    request[REQUEST_ID] = request_id_for(request)
+    request_id = request[REQUEST_ID] = request_id_for(request)
     started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
         status = response.status
         if not response.prepared:
-            response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
+            response.headers.setdefault("X-Request-Id", request_id)
         return response
     finally:
-        upstream = request.get(UPSTREAM_SECONDS)
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            request.path,
-            status,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "upstream_ms": None if upstream is None else round(upstream * 1000, 3),
-                "idempotency": request.get(IDEMPOTENCY_OUTCOME, "bypass"),
-                "request_id": request[REQUEST_ID],
-            },
-        )
+        log_access(request, status, time.perf_counter() - started, request_id)
