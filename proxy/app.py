@@ -1,25 +1,28 @@
 """Application factories: the public (proxy) app and the admin app, sharing metrics and readiness.
 
-The public request path reads top to bottom in ``build_public_app``'s middleware list: metrics →
-access log → problems (every sidecar error as problem+json) → idempotency → handler (saga
-trigger routes first, then the catch-all forwarder).
+The public request path is one middleware, ``public_middleware``, reading top to bottom: request
+id → idempotency → handler (saga trigger routes first, then the catch-all forwarder) → every
+sidecar error as problem+json → metrics and the access line, which see the final status.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from proxy.admin import admin_token_middleware, setup_admin_routes
 from proxy.admin_sagas import setup_saga_admin_routes
 from proxy.config import LoadedConfig
 from proxy.dashboard import setup_dashboard_routes
-from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx, idempotency_middleware
-from proxy.keys import CONFIG, FORWARDER, METRICS, PUBLIC_APP, READINESS, SAGAS
-from proxy.logs import access_log_middleware
-from proxy.metrics import SidecarMetrics, metrics_middleware
-from proxy.problems import problems_middleware
+from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx
+from proxy.idempotency.middleware import guarded
+from proxy.keys import CONFIG, FORWARDER, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
+from proxy.logs import log_access, request_id_for
+from proxy.metrics import SidecarMetrics
+from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
 from proxy.resources import task_scheduler_ctx, upstream_client_ctx
 from proxy.saga_routes import setup_saga_routes
@@ -53,6 +56,42 @@ def _shared(
         app[SAGAS] = sagas
 
 
+def public_middleware(metrics: SidecarMetrics) -> Middleware:
+    """The public listener's one middleware, recording into ``metrics``.
+
+    One frame instead of one per concern: it assigns the request id (``X-Request-Id``, echoed on
+    the response), applies idempotency, answers every sidecar error as problem+json, then counts
+    and logs the request with its final status (an HTTP exception that propagates, such as a
+    redirect, with its own status; anything else that propagates as 500).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request[REQUEST_ID] = request_id_for(request)
+        started = time.perf_counter()
+        status = 500
+        try:
+            try:
+                response = await guarded(request, handler)
+            except Exception as exc:
+                problem = problem_for_failure(request, exc)
+                if problem is None:
+                    if isinstance(exc, web.HTTPException):
+                        status = exc.status
+                    raise
+                response = problem
+            status = response.status
+            if not response.prepared:
+                response.headers.setdefault("X-Request-Id", request_id)
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.observe_request(request.method, status, seconds)
+            log_access(request, status, seconds, request_id)
+
+    return middleware
+
+
 def build_public_app(
     loaded: LoadedConfig,
     metrics: SidecarMetrics,
@@ -62,12 +101,7 @@ def build_public_app(
     """The proxy listener's application."""
     limits = loaded.config.limits
     app = web.Application(
-        middlewares=[
-            metrics_middleware,
-            access_log_middleware,
-            problems_middleware,
-            idempotency_middleware,
-        ],
+        middlewares=[public_middleware(metrics)],
         client_max_size=limits.max_request_body,
         handler_args={
             "max_field_size": limits.max_header_size,

@@ -3,8 +3,8 @@
 ``setup_logging`` installs the configured format and level on the root logger.
 ``request_id_for`` gives a request its id (``X-Request-Id``, generated when absent) and
 ``log_access`` writes the one line per proxied request with method, path, status, durations and
-the idempotency outcome; ``access_log_middleware`` does both around a handler. Header values are
-never logged.
+the idempotency outcome (the public listener's middleware calls both). Header values are never
+logged.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, TextIO
 
 from aiohttp import web
 
-from proxy.keys import IDEMPOTENCY_OUTCOME, REQUEST_ID, UPSTREAM_SECONDS
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from proxy.keys import IDEMPOTENCY_OUTCOME, UPSTREAM_SECONDS
 
 access_log = logging.getLogger("saga_sidecar.access")
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -230,19 +227,3 @@ def log_access(request: web.Request, status: int, seconds: float, request_id: st
             "request_id": request_id,
         },
     )
-
-
-@web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Assign the request id and log one line per request once it is answered."""
-    request_id = request[REQUEST_ID] = request_id_for(request)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers.setdefault("X-Request-Id", request_id)
-        return response
-    finally:
-        log_access(request, status, time.perf_counter() - started, request_id)

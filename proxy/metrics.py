@@ -1,4 +1,4 @@
-"""Prometheus metrics (names fixed by CONTRACT §8) on a registry per app, and their middleware.
+"""Prometheus metrics (names fixed by CONTRACT §8) on a registry per app.
 
 ``SidecarMetrics`` owns every metric the sidecar exports; it is built once per application on its
 own ``CollectorRegistry`` so tests can build many apps in one process. The saga engine reports
@@ -7,15 +7,7 @@ through the ``saga_runner.observer`` protocol, which ``SidecarMetrics`` also imp
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-
-from proxy.keys import METRICS
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Bounds the cache of labelled children (a client may send any method token).
@@ -96,20 +88,3 @@ class SidecarMetrics:
                 self._http_children[method, status] = child
         child.inc()
         self.http_duration.observe(seconds)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every public request by method and status and time it to its response headers."""
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.observe_request(request.method, status, time.perf_counter() - started)

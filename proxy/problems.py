@@ -1,8 +1,8 @@
 """RFC 9457 problem details: the one format of every error the sidecar itself produces.
 
-``problem_response`` builds an ``application/problem+json`` response; the ``problems_middleware``
-turns aiohttp HTTP exceptions and any unexpected exception into one, so no client ever sees a
-traceback.
+``problem_response`` builds an ``application/problem+json`` response; ``problem_for_failure``
+(used by ``problems_middleware`` and the public listener's middleware) turns aiohttp HTTP
+exceptions and any unexpected exception into one, so no client ever sees a traceback.
 """
 
 from __future__ import annotations
@@ -66,21 +66,31 @@ def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
 
 
+def problem_for_failure(request: web.Request, exc: Exception) -> web.Response | None:
+    """The problem answering ``exc``, raised while handling ``request``; None: let it propagate.
+
+    A redirect (an HTTP exception below 400) propagates as aiohttp's own response, and so does a
+    failure after part of the response went out: only a closed connection can say it failed.
+    Unexpected failures are logged with their traceback; the client sees none of it.
+    """
+    if isinstance(exc, web.HTTPException):
+        return problem_for_exception(exc) if exc.status >= 400 else None
+    if isinstance(exc, (UpstreamError, RequestBodyError)):
+        return problem_for_exception(exc)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    if request.writer.output_size > 0:
+        return None
+    return problem_for_exception(exc)
+
+
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Render every sidecar error (HTTP exceptions, unexpected failures) as problem+json."""
     try:
         response: web.StreamResponse = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_for_exception(exc)
-    except (UpstreamError, RequestBodyError) as exc:
-        return problem_for_exception(exc)
     except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        if request.writer.output_size > 0:
-            # Part of a response already went out: only a closed connection can say it failed.
+        problem = problem_for_failure(request, exc)
+        if problem is None:
             raise
-        return problem_for_exception(exc)
+        return problem
     return response
