@@ -232,3 +232,18 @@ async def test_a_cancellation_that_is_not_the_renewers_stays_a_cancellation(
         await cancelled_only
     assert runtime.leases.leases == frozenset()
     assert (await pg.instance(kept_lease.saga_id))["owner"] == kept_lease.owner
+
+
+async def test_a_run_whose_last_write_released_its_lease_is_not_cut_off_by_a_renewal(
+    open_runtime: OpenRuntime,
+) -> None:
+    runtime = await open_runtime(saga("settled", [step("one", "/one")]))
+    created = await runtime.engine.start(runtime.catalog.by_name["settled"], {"order": "S-1"}, {})
+    lease = created.lease
+    assert lease is not None
+    async with runtime.leases.hold(lease) as hold:
+        hold.settle()  # what the engine does before the write that ends the saga
+        assert await runtime.store.release(lease)  # that write's release, committed
+        assert await runtime.leases.renew_once() == {lease}, "the store reports it gone"
+        await asyncio.sleep(0)  # a cancellation would land here
+    assert not hold.lost
