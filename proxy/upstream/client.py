@@ -22,13 +22,18 @@ _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class UpstreamClient:
-    """Sends requests to the origin of ``url`` (its path is prefixed to every target)."""
+    """Sends requests to the origin of ``url`` (its path is prefixed to every target).
+
+    ``timeout`` bounds each wait (connecting, the answer's headers, each body chunk, room to
+    write); None leaves them unbounded, for a caller that puts one deadline on the whole
+    exchange (cancelling ``send`` or a body read drops the connection).
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        timeout: float,
+        timeout: float | None,
         limit: int = 1000,
         keepalive: float = 30.0,
         max_field_size: int = 64 * 1024,

@@ -383,6 +383,28 @@ async def test_pause_between_body_chunks_past_the_timeout_raises_and_is_not_reus
     assert len(server.peers) == 2
 
 
+@pytest.mark.parametrize("stall", ["head", "body"])
+async def test_without_a_timeout_a_callers_deadline_drops_the_connection(
+    raw_server: StartServer, make_client: MakeClient, stall: str
+) -> None:
+    async def slow(peer: Peer) -> None:
+        await peer.request()
+        if stall == "body":
+            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcd")
+        await peer.until_eof()
+
+    server = await raw_server(answering(OK, first=slow))
+    client = make_client(server.url, timeout=None, limit=1)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(SHORT):
+            async with await client.send("GET", b"/", b"", None) as answer:
+                await answer.read()
+    await ended(server.peers[0])  # cancelled mid-exchange: closed, not pooled
+    assert await fetch(client) == (200, b"ok")  # and its slot was given back
+    assert len(server.peers) == 2
+
+
 async def test_header_field_over_max_field_size_is_refused(
     raw_server: StartServer, make_client: MakeClient
 ) -> None:
