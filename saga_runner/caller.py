@@ -1,9 +1,10 @@
 """HTTP calls of saga steps: send one rendered request, classify what came back.
 
 ``StepCaller.call`` sends a step's action or compensation with its ``Idempotency-Key`` and a
-per-call timeout, reads a bounded response body (JSON when it parses), and classifies the result
-as ``success``, ``retryable`` (408/425/429, 5xx, connection errors, timeouts) or ``permanent``
-(any other status not in the step's success list). ``Retry-After`` is parsed for the engine.
+per-call timeout over a ``StepTransport`` (``saga_runner.transport``), reads a bounded response
+body (JSON when it parses), and classifies the result as ``success``, ``retryable``
+(408/425/429, 5xx, connection errors, timeouts) or ``permanent`` (any other status not in the
+step's success list). ``Retry-After`` is parsed for the engine.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from saga_runner.storable import UnstorableJson, clean_text, parse_json
+from saga_runner.transport import AiohttpTransport, SendFailure, StepTransport
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RESULT_BODY = 1024 * 1024
@@ -114,25 +115,14 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return clean_text(raw.decode("utf-8", errors="replace"))
 
 
-async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The body up to ``limit`` bytes, however many pieces it arrives in.
-
-    (``StreamReader.read(n)`` returns only what is buffered so far: a body sent in two pieces
-    would be cut after the first.)
-    """
-    buffer = bytearray()
-    async for chunk in content.iter_any():
-        buffer += chunk
-        if len(buffer) >= limit:
-            break
-    return bytes(buffer[:limit])
-
-
 class StepCaller:
-    """Sends step calls over one shared ClientSession."""
+    """Sends step calls over one ``StepTransport`` (a ``ClientSession`` is wrapped in
+    ``AiohttpTransport``)."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    def __init__(self, transport: StepTransport | aiohttp.ClientSession) -> None:
+        if isinstance(transport, aiohttp.ClientSession):
+            transport = AiohttpTransport(transport)
+        self.transport: StepTransport = transport
 
     async def call(
         self, request: StepRequest, *, success: Collection[int] | None, seconds: float
@@ -144,30 +134,29 @@ class StepCaller:
         if data is not None and not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = "application/json"
         try:
-            async with self.session.request(
+            answer = await self.transport.exchange(
                 request.method,
-                # encoded=True: yarl would otherwise decode %2E%2E and drop the dot segment.
-                URL(request.url, encoded=True),
-                headers=headers,
-                data=data,
-                timeout=aiohttp.ClientTimeout(total=seconds),
-                allow_redirects=False,
-            ) as response:
-                raw = await read_bounded(response.content, MAX_RESULT_BODY)
-                return CallResult(
-                    outcome=classify(response.status, success),
-                    status=response.status,
-                    headers={k.lower(): clean_text(v) for k, v in response.headers.items()},
-                    body=decode_body(raw, response.headers.get("Content-Type", "")),
-                    duration=time.perf_counter() - started,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                )
-        except aiohttp.ClientConnectorError as exc:
-            return _failure(started, f"connection failed: {exc.os_error or exc}", sent=False)
+                request.url,
+                headers,
+                data,
+                seconds=seconds,
+                limit=MAX_RESULT_BODY,
+            )
+        except SendFailure as exc:
+            if exc.sent:
+                return _failure(started, f"connection error: {exc.detail}", sent=True)
+            return _failure(started, f"connection failed: {exc.detail}", sent=False)
         except TimeoutError:
             return _failure(started, f"timed out after {seconds:g}s", sent=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            return _failure(started, f"connection error: {exc!r}", sent=True)
+        response_headers = answer.headers
+        return CallResult(
+            outcome=classify(answer.status, success),
+            status=answer.status,
+            headers={k.lower(): clean_text(v) for k, v in response_headers.items()},
+            body=decode_body(answer.body, response_headers.get("Content-Type", "")),
+            duration=time.perf_counter() - started,
+            retry_after=parse_retry_after(response_headers.get("Retry-After")),
+        )
 
 
 def _failure(started: float, error: str, *, sent: bool) -> CallResult:

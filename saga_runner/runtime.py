@@ -1,10 +1,10 @@
 """Everything a process needs to run sagas, opened and closed together.
 
 ``SagaRuntime.open`` loads the definitions (``check`` has already validated them), connects to the
-store, applies migrations when asked, wires the engine to an HTTP session of its own and starts
-the process's lease renewer (``saga_runner.leases``); ``close`` stops it before the store
-closes. The proxy opens one per process in a cleanup context; the CLI opens one for operator
-commands.
+store, applies migrations when asked, wires the engine to a step transport (the one given, else
+an aiohttp session of its own) and starts the process's lease renewer (``saga_runner.leases``);
+``close`` stops it before the transport and the store close. The proxy opens one per process in
+a cleanup context (with its own transport); the CLI opens one for operator commands.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 from saga_runner.attempts import AttemptLoop
 from saga_runner.caller import StepCaller
@@ -29,6 +27,7 @@ from saga_runner.observer import NullObserver, SagaObserver
 from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings
 from saga_runner.store.base import SagaStore, open_store
+from saga_runner.transport import AiohttpTransport, StepTransport
 
 
 def replica_id() -> str:
@@ -51,19 +50,19 @@ class RuntimeSettings:
 
 
 class SagaRuntime:
-    """The store, engine, catalog, HTTP session and lease renewer of one process."""
+    """The store, engine, catalog, step transport and lease renewer of one process."""
 
     def __init__(
         self,
         store: SagaStore,
         engine: SagaEngine,
         catalog: SagaCatalog,
-        session: aiohttp.ClientSession,
+        transport: StepTransport,
     ) -> None:
         self.store = store
         self.engine = engine
         self.catalog = catalog
-        self.session = session
+        self.transport = transport
 
     @property
     def leases(self) -> LeaseRenewer:
@@ -76,8 +75,13 @@ class SagaRuntime:
         settings: RuntimeSettings,
         catalog: SagaCatalog,
         observer: SagaObserver | None = None,
+        transport: StepTransport | None = None,
     ) -> SagaRuntime:
-        """Connect to the store (migrating it when configured) and build the engine."""
+        """Connect to the store (migrating it when configured) and build the engine.
+
+        ``transport`` carries the step calls (default: an ``AiohttpTransport``); the runtime
+        closes it in ``close``.
+        """
         store = await open_store(settings.store_url, settings.base_dir)
         try:
             if settings.migrate:
@@ -85,16 +89,14 @@ class SagaRuntime:
         except BaseException:
             await store.close()
             raise
-        session = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
-        )
+        if transport is None:
+            transport = AiohttpTransport()
         redactor = Redactor(settings.redact_headers, settings.redact_fields)
         observer = observer or NullObserver()
         leases = LeaseRenewer(store, settings.lease_seconds)
         engine = SagaEngine(
             store,
-            AttemptLoop(store, StepCaller(session), observer, redactor),
+            AttemptLoop(store, StepCaller(transport), observer, redactor),
             observer,
             redactor,
             EngineSettings(
@@ -106,7 +108,7 @@ class SagaRuntime:
             leases,
         )
         leases.start()
-        return cls(store, engine, catalog, session)
+        return cls(store, engine, catalog, transport)
 
     async def definition_for(self, definition_hash: str) -> SagaDefinition:
         """The definition an instance is pinned to: loaded now, or its stored snapshot.
@@ -123,7 +125,7 @@ class SagaRuntime:
         return SagaDefinition.from_snapshot(stored.body)
 
     async def close(self) -> None:
-        """Stop renewing leases, close the HTTP session and the store."""
+        """Stop renewing leases, close the step transport and the store."""
         await self.leases.stop()
-        await self.session.close()
+        await self.transport.close()
         await self.store.close()
