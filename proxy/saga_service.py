@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.config import LoadedConfig
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
+from proxy.step_transport import UpstreamStepTransport
 from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import RuntimeSettings, SagaRuntime
@@ -94,8 +95,14 @@ class SagaService:
         return self._runtime
 
     async def open(self) -> None:
-        """Connect to the store, build the engine and start the recovery loop."""
-        self._runtime = await SagaRuntime.open(self.settings, self.catalog, self.observer)
+        """Connect to the store, build the engine and start the recovery loop.
+
+        Step calls go over the proxy's own HTTP client (``UpstreamStepTransport``), which the
+        runtime closes.
+        """
+        self._runtime = await SagaRuntime.open(
+            self.settings, self.catalog, self.observer, UpstreamStepTransport()
+        )
         self._recovery = RecoveryWorker(
             self._runtime,
             self.recovery_settings,
