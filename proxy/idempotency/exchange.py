@@ -111,6 +111,9 @@ async def read_capped(
     not ended ``within`` seconds after the headers: a body that trickles for ever (a stream)
     must reach the client, not sit in this buffer while its lease is renewed indefinitely.
     """
+    whole = upstream.read_if_complete()
+    if whole is not None:
+        return whole, len(whole) <= limit
     buffer = bytearray()
     try:
         async with asyncio.timeout(within) as deadline:

@@ -19,7 +19,11 @@ log = logging.getLogger("saga_sidecar.idempotency")
 
 
 class LeaseRenewer:
-    """Async context manager renewing ``lock`` every ``lease / 3`` seconds until exit."""
+    """Async context manager renewing ``lock`` every ``lease / 3`` seconds until exit.
+
+    A timer, not a task, waits for the next renewal: most covered requests end long before
+    it is due, and cancelling a timer costs far less than starting and stopping a task.
+    """
 
     def __init__(
         self,
@@ -35,10 +39,12 @@ class LeaseRenewer:
         self.lost = False
         self.renewals = 0
         self._on_store_error = on_store_error
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> LeaseRenewer:
-        self._task = asyncio.create_task(self._run(), name="idempotency-lease")
+        self._schedule()
         return self
 
     async def __aexit__(
@@ -47,22 +53,34 @@ class LeaseRenewer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                renewed = await self.store.renew(self.lock, self.lease)
-            except StoreUnavailable as exc:
-                log.warning("idempotency lease renewal failed: %s", exc.detail)
-                if self._on_store_error is not None:
-                    self._on_store_error(exc)
-                continue
-            if not renewed:
-                self.lost = True
-                log.warning("idempotency lease lost: another request took the key over")
-                return
+    def _schedule(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(self._renew(), name="idempotency-lease")
+
+    async def _renew(self) -> None:
+        try:
+            renewed = await self.store.renew(self.lock, self.lease)
+        except StoreUnavailable as exc:
+            log.warning("idempotency lease renewal failed: %s", exc.detail)
+            if self._on_store_error is not None:
+                self._on_store_error(exc)
+            renewed = None  # retried at the next tick
+        if renewed is False:
+            self.lost = True
+            log.warning("idempotency lease lost: another request took the key over")
+            return
+        if renewed:
             self.renewals += 1
+        if not self._closed:
+            self._schedule()

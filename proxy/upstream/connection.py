@@ -153,6 +153,18 @@ class UpstreamConnection(asyncio.Protocol):
             raise self._error
         return b"" if self._done else None
 
+    def take_all(self) -> bytes | None:
+        """The rest of the body when all of it has arrived; None while more is to come."""
+        if not self._done or self._error is not None:
+            return None
+        data = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
     async def wait_body(self) -> None:
         """Wait for the next body chunk, the end of the body or a failure."""
         self._body_waiter = self._loop.create_future()

@@ -44,6 +44,10 @@ class UpstreamResponse:
             async with asyncio.timeout(self._read_timeout):
                 await connection.wait_body()
 
+    def read_if_complete(self) -> bytes | None:
+        """The rest of the body at once when it has all arrived already, else None."""
+        return self._connection.take_all()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive."""
         while chunk := await self.read_chunk():
