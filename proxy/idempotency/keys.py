@@ -9,7 +9,6 @@ never share keys and no raw credential or client-chosen string ever reaches the 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Sequence
@@ -102,4 +101,4 @@ class KeyScoper:
             StoreUnavailable: no ``key_secret`` is configured and the store's secret is unknown.
         """
         secret = self._configured or await self._store.secret()
-        return hmac.new(secret, self.material(headers, key), hashlib.sha256).hexdigest()
+        return hmac.digest(secret, self.material(headers, key), "sha256").hex()
