@@ -150,8 +150,10 @@ class Forwarder:
         if not request.body_exists:
             return None
         check_declared_length(request, self.max_request_body)
-        chunks = limited_body(request.content, self.max_request_body, self.read_timeout)
         length = request.content_length
+        if length is not None and length <= SMALL_BODY and request.content.is_eof():
+            return request.content.read_nowait()  # all of it arrived with the head
+        chunks = limited_body(request.content, self.max_request_body, self.read_timeout)
         if length is None or length > SMALL_BODY:
             return chunks
         return b"".join([chunk async for chunk in chunks])
