@@ -101,7 +101,10 @@ def apply_shape(
 def apply_sql(shape: ApplyShape) -> str:
     """One statement for a whole batch: a fence that locks the instance row only when the
     lease matches and every precondition holds, and every change joined to it, so either all
-    of the batch is written or none; it returns the instance as written."""
+    of the batch is written or none; it returns the instance as written.
+
+    Every change also names its rows by ``$1`` (the saga id), not only by the join to the
+    fence: a generic plan cannot see through the CTE and would scan the whole table."""
     checks_status, step_columns, attempt_count, saga_columns = shape
     n = 3
     conditions = [FENCE]
@@ -115,7 +118,7 @@ def apply_sql(shape: ApplyShape) -> str:
         assignments = sqltext.assignments(dict.fromkeys(columns), _param, n + 3)
         parts.append(
             f"step{i} AS (UPDATE saga_steps SET {assignments} FROM fence "
-            f"WHERE saga_steps.saga_id = fence.id AND {where})"
+            f"WHERE saga_steps.saga_id = $1 AND saga_steps.saga_id = fence.id AND {where})"
         )
         n += 2 + len(columns)
     names = ", ".join(name for name, _ in ATTEMPT_TYPES)
@@ -135,7 +138,7 @@ def apply_sql(shape: ApplyShape) -> str:
         "FOR NO KEY UPDATE), "
         + "".join(f"{part}, " for part in parts)
         + f"saga AS (UPDATE saga_instances AS s SET {assignments} FROM fence "
-        "WHERE s.id = fence.id RETURNING s.*) SELECT * FROM saga"
+        "WHERE s.id = $1 AND s.id = fence.id RETURNING s.*) SELECT * FROM saga"
     )
 
 

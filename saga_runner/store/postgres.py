@@ -225,12 +225,13 @@ class PostgresStore(SagaStore):
                 SELECT id FROM saga_instances WHERE {_FENCE} FOR NO KEY UPDATE
             ), step AS (
                 UPDATE saga_steps SET {assignments} FROM fence
-                WHERE saga_steps.saga_id = fence.id AND saga_steps.step_order = $4
+                WHERE saga_steps.saga_id = $1 AND saga_steps.saga_id = fence.id
+                  AND saga_steps.step_order = $4
                   AND saga_steps.status = ANY($5::text[])
                 RETURNING saga_steps.*
             ), touch AS (
                 UPDATE saga_instances SET updated_at = $6
-                WHERE id IN (SELECT saga_id FROM step)
+                WHERE id = $1 AND id IN (SELECT saga_id FROM step)
             )
             SELECT * FROM step"""
         args = [lease.saga_id, lease.version, lease.owner, step_order, list(sources)]
