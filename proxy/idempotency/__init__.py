@@ -1,9 +1,11 @@
 """Idempotency-Key protection (CONTRACT §4): duplicates of a covered request execute at most once.
 
-Public surface for the application factory: ``idempotency_middleware`` (after the problems
-middleware), ``idempotency_ctx`` (a cleanup context appended before the task scheduler's), and
-``FORWARD_ROUTE``, the name the catch-all forward route must carry so covered requests to it are
-buffered and stored instead of streamed. ``store_from_url`` builds a store on its own.
+Public surface for the application factory: ``middleware.guarded`` (what the public listener's
+one middleware calls), ``idempotency_middleware`` (the same as a standalone aiohttp middleware,
+after a problems middleware), ``idempotency_ctx`` (a cleanup context appended before the task
+scheduler's), and ``FORWARD_ROUTE``, the name the catch-all forward route must carry so covered
+requests to it are buffered and stored instead of streamed. ``store_from_url`` builds a store on
+its own.
 """
 
 from __future__ import annotations
