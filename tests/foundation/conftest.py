@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
+from foundation.rawserver import Handler, RawServer, StartServer
 from foundation.upstreams import upstream_app
 
 if TYPE_CHECKING:
@@ -30,3 +31,22 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
     ) as session:
         yield session
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[StartServer]:
+    """``await raw_server(handler)`` starts a ``RawServer``; closed after the test, which fails
+    if a handler raised."""
+    servers: list[RawServer] = []
+
+    async def start(handler: Handler) -> RawServer:
+        server = RawServer(handler)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+    errors = [exc for server in servers for exc in server.errors]
+    assert not errors, f"upstream handlers failed: {errors!r}"

@@ -152,3 +152,6 @@ class RawServer:
         finally:
             writer.close()
             peer.ended.set()
+
+
+StartServer = Callable[[Handler], Awaitable[RawServer]]

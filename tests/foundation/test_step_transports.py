@@ -14,33 +14,16 @@ import gzip
 import json
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from foundation.rawserver import WAIT, Handler, Peer, RawServer, response
+from foundation.rawserver import WAIT, Handler, Peer, StartServer, response
 from proxy.step_transport import UpstreamStepTransport
 from saga_runner.caller import MAX_RESULT_BODY, Outcome, StepCaller, StepRequest
 from saga_runner.transport import AiohttpTransport, StepTransport
 
-StartServer = Callable[[Handler], Awaitable[RawServer]]
 SHORT = 0.25  # a step timeout that is meant to expire
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[StartServer]:
-    """``await raw_server(handler)`` starts a ``RawServer``, closed after the test."""
-    servers: list[RawServer] = []
-
-    async def start(handler: Handler) -> RawServer:
-        server = RawServer(handler)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 @pytest.fixture(params=["aiohttp", "upstream"])

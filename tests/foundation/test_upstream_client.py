@@ -17,33 +17,13 @@ import pytest
 from aiohttp import web
 from conftest import Upstream
 
-from foundation.rawserver import WAIT, Handler, Peer, RawServer, response
+from foundation.rawserver import WAIT, Handler, Peer, StartServer, response
 from proxy.errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
 from proxy.upstream import UpstreamClient, UpstreamConnectionError
 
-StartServer = Callable[[Handler], Awaitable[RawServer]]
 MakeClient = Callable[..., UpstreamClient]
 OK = response("200 OK", b"ok")
 SHORT = 0.25  # a client timeout that is meant to expire
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[StartServer]:
-    """``await raw_server(handler)`` starts a ``RawServer``; closed after the test, which fails
-    if a handler raised."""
-    servers: list[RawServer] = []
-
-    async def start(handler: Handler) -> RawServer:
-        server = RawServer(handler)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
-    errors = [exc for server in servers for exc in server.errors]
-    assert not errors, f"upstream handlers failed: {errors!r}"
 
 
 @pytest.fixture
