@@ -162,9 +162,11 @@ class UpstreamClient:
     def _sweep(self, now: float) -> None:
         """Close connections idle for longer than the keep-alive time."""
         self._swept = now
-        keep = [c for c in self._idle if c.reusable and now - c.idle_since < self._keepalive]
+        keep: list[UpstreamConnection] = []
         for connection in self._idle:
-            if connection not in keep:
+            if connection.reusable and now - connection.idle_since < self._keepalive:
+                keep.append(connection)
+            else:
                 connection.close()
         self._idle = keep
 
