@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
-
 from saga_runner.storable import UnstorableJson, clean_text, parse_json
-from saga_runner.transport import AiohttpTransport, SendFailure, StepTransport
+from saga_runner.transport import SendFailure, StepTransport
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RESULT_BODY = 1024 * 1024
@@ -116,13 +114,10 @@ def decode_body(raw: bytes, content_type: str) -> Any:
 
 
 class StepCaller:
-    """Sends step calls over one ``StepTransport`` (a ``ClientSession`` is wrapped in
-    ``AiohttpTransport``)."""
+    """Sends step calls over one ``StepTransport``."""
 
-    def __init__(self, transport: StepTransport | aiohttp.ClientSession) -> None:
-        if isinstance(transport, aiohttp.ClientSession):
-            transport = AiohttpTransport(transport)
-        self.transport: StepTransport = transport
+    def __init__(self, transport: StepTransport) -> None:
+        self.transport = transport
 
     async def call(
         self, request: StepRequest, *, success: Collection[int] | None, seconds: float

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.connector import Connection
 from multidict import MultiMapping
 from yarl import URL
+
+# Answers without a body by definition, after which an app may still send bytes.
+_BODILESS_STATUSES = frozenset({204, 304})
 
 
 class SendFailure(Exception):
@@ -81,14 +85,30 @@ async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
     return bytes(buffer[:limit])
 
 
-class AiohttpTransport:
-    """Step calls over an aiohttp ``ClientSession`` (its own unless one is given)."""
+class _BodilessAnswerClosesResponse(aiohttp.ClientResponse):
+    """A response that closes its connection when the answer has no body (HEAD, 204, 304).
 
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
-        self._owned = session is None
-        self.session = session or aiohttp.ClientSession(
+    aiohttp pools such a connection as soon as the head is parsed; an app that sends a body
+    anyway, now or later, would have those bytes read as the next request's answer. The
+    connection is closed right after ``start`` pooled it, before anything else can take it.
+    """
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        await super().start(connection)
+        if protocol is not None and (self.method == "HEAD" or self.status in _BODILESS_STATUSES):
+            protocol.close()
+        return self
+
+
+class AiohttpTransport:
+    """Step calls over an aiohttp ``ClientSession`` of its own."""
+
+    def __init__(self) -> None:
+        self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
+            response_class=_BodilessAnswerClosesResponse,
         )
 
     async def exchange(
@@ -122,6 +142,5 @@ class AiohttpTransport:
             raise SendFailure(repr(exc), sent=True) from exc
 
     async def close(self) -> None:
-        """Close the session, when this transport opened it."""
-        if self._owned:
-            await self.session.close()
+        """Close the session."""
+        await self.session.close()

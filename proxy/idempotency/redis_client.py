@@ -150,7 +150,7 @@ def connect(target: RedisTarget) -> RedisConnection:
         sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
         if "sentinel_password" in target.options:
             sentinel_kwargs["password"] = target.options["sentinel_password"]
-        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)
         master: Redis = sentinel.master_for(
             target.service, db=target.db, ssl=target.ssl, **_auth(target), **connection_options()
         )

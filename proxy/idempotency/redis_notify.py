@@ -64,7 +64,7 @@ class CompletionListener:
             self._reader = None
         if self._pubsub is not None:
             with contextlib.suppress(*_REDIS_ERRORS):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
             self._pubsub = None
 
     async def _ensure_subscribed(self, name: bytes) -> None:

@@ -1,10 +1,15 @@
 """One keep-alive HTTP/1.1 connection to the upstream app: an asyncio ``Protocol`` fed to llhttp.
 
-The connection carries one exchange at a time. ``start`` arms it for the next response (a fresh
-``httptools`` parser each time); the parser's callbacks collect the status line and headers,
-then queue body chunks for ``UpstreamResponse`` to take. Reading pauses while more than
-``_HIGH_WATER`` bytes wait in the queue, writing waits while the kernel's send buffer is full,
-so a large body streams through in bounded memory in both directions.
+The connection carries one exchange at a time. It goes back to the pool only after an answer
+framed by its own bytes (Content-Length or chunked) that arrived with nothing after it: an
+answer without a body (to a HEAD, a 204, a 304) or any byte after a complete answer closes it,
+so stray bytes from the app can never be read as another request's answer.
+
+``start`` arms it for the next response (a fresh ``httptools`` parser each time); the
+parser's callbacks collect the status line and headers, then queue body chunks for
+``UpstreamResponse`` to take. Reading pauses while more than ``_HIGH_WATER`` bytes wait in the
+queue, writing waits while the kernel's send buffer is full, so a large body streams through in
+bounded memory in both directions.
 """
 
 from __future__ import annotations
@@ -235,10 +240,11 @@ class UpstreamConnection(asyncio.Protocol):
                 ResponseHead(status, self._reason.decode("latin-1"), headers, content_length)
             )
         if no_body:
-            # llhttp cannot be told the request was a HEAD: the exchange ends here, and any
-            # further byte on this connection is unsolicited (see data_received).
-            if status == 101 or not self._parser.should_keep_alive():
-                self.reusable = False
+            # llhttp cannot be told the request was a HEAD: the exchange ends here. An app may
+            # still send a body (``do_HEAD = do_GET``) or bytes after a 204/304, now or later;
+            # nothing in the protocol says none will follow, and a reused connection would hand
+            # them to the next request as its answer. So this connection is never reused.
+            self.reusable = False
             self._complete()
 
     def on_body(self, body: bytes) -> None:

@@ -182,7 +182,7 @@ async def test_body_delimited_by_close_is_read_whole_and_the_connection_not_reus
     assert len(server.peers) == 2
 
 
-async def test_head_204_and_304_end_without_a_body_and_keep_the_connection(
+async def test_head_204_and_304_end_without_a_body_and_are_never_reused(
     raw_server: StartServer, make_client: MakeClient
 ) -> None:
     server = await raw_server(
@@ -211,7 +211,7 @@ async def test_head_204_and_304_end_without_a_body_and_keep_the_connection(
             assert await answer.read() == b""
             assert await answer.read_chunk() == b""
     assert await fetch(client, "GET", b"/after") == (200, b"ok")
-    assert len(server.peers) == 1
+    assert len(server.peers) == 5  # stray bytes may follow a bodiless answer, at any time
 
 
 async def test_body_bytes_after_a_head_answer_are_not_read_and_drop_the_connection(
@@ -655,10 +655,13 @@ async def test_unsolicited_bytes_on_an_idle_connection_drop_it(
     assert len(server.peers) == 2
 
 
-async def test_extra_answer_right_after_a_complete_one_is_not_part_of_its_body(
-    raw_server: StartServer, make_client: MakeClient
+@pytest.mark.parametrize(
+    "extra", [response("200 OK", b"smuggled"), b"HTTP/1.1 200", b"poisoned"], ids=repr
+)
+async def test_bytes_in_the_same_read_as_a_complete_answer_drop_the_connection(
+    raw_server: StartServer, make_client: MakeClient, extra: bytes
 ) -> None:
-    server = await raw_server(answering(OK + response("200 OK", b"smuggled"), OK))
+    server = await raw_server(answering(OK + extra, OK))
     client = make_client(server.url)
 
     assert await fetch(client) == (200, b"ok")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from saga_runner.caller import StepCaller, StepRequest
 from saga_runner.errors import TemplateError
 from saga_runner.template import RenderContext, build_url, compile_path
+from saga_runner.transport import AiohttpTransport
 
 BASE = "http://127.0.0.1:3001"
 
@@ -171,9 +172,12 @@ async def test_step_caller_sends_a_built_url_without_re_normalising_it(
     app.router.add_route("*", "/{tail:.*}", handler)
     upstream = await upstream_server(app)
     url = build_url(upstream.url, render_path("/orders/{{ input.v }}", ".."))
-    async with ClientSession() as session:
-        result = await StepCaller(session).call(
+    transport = AiohttpTransport()
+    try:
+        result = await StepCaller(transport).call(
             StepRequest(method="DELETE", url=str(url)), success=None, seconds=5
         )
+    finally:
+        await transport.close()
     assert result.status == 200
     assert seen == ["/orders/%2E%2E"]
