@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.admin import admin_token_middleware, setup_admin_routes
-from proxy.admin_sagas import setup_saga_admin_routes
+from proxy.admin.dashboard import setup_dashboard_routes
+from proxy.admin.listener import admin_token_middleware, setup_admin_routes
+from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LoadedConfig
-from proxy.dashboard import setup_dashboard_routes
 from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx
 from proxy.idempotency.middleware import guarded
 from proxy.keys import CONFIG, FORWARDER, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
@@ -25,8 +25,8 @@ from proxy.metrics import SidecarMetrics
 from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
 from proxy.resources import task_scheduler_ctx, upstream_client_ctx
-from proxy.saga_routes import setup_saga_routes
-from proxy.saga_service import SagaService, saga_service_ctx
+from proxy.sagas.routes import setup_saga_routes
+from proxy.sagas.service import SagaService, saga_service_ctx
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
-from proxy.sagas_cli import add_sagas_parser, cmd_sagas
+from proxy.sagas.cli import add_sagas_parser, cmd_sagas
 from saga_runner.catalog import load_definitions
-from saga_runner.errors import ConfigError, SagaError, StoreError
+from saga_runner.errors import SagaError, StoreError
 from saga_runner.store.base import open_store
+from yamlconfig.errors import ConfigError
 
 if TYPE_CHECKING:
     from proxy.workers import WorkerSlot
@@ -149,7 +150,7 @@ def _serve(loaded: LoadedConfig, worker: WorkerSlot | None = None) -> int:
 
 
 def cmd_sagas_entry(args: argparse.Namespace) -> int:
-    """Operator commands over the saga store (see ``proxy.sagas_cli``)."""
+    """Operator commands over the saga store (see ``proxy.sagas.cli``)."""
     loaded = load_or_report(args.config)
     if loaded is None:
         return EXIT_INVALID

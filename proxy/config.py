@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from saga_runner.units import ByteSize, Duration
-from saga_runner.yamlfile import LocatedDocument, load_yaml, validate
+from yamlconfig.loader import LocatedDocument, load_yaml, validate
+from yamlconfig.units import ByteSize, Duration
 
 _HOSTPORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from proxy.forward import Forwarder
     from proxy.metrics import SidecarMetrics
     from proxy.readiness import Readiness
-    from proxy.saga_service import SagaService
+    from proxy.sagas.service import SagaService
 
 CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
 METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")

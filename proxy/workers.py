@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from proxy.admin import metrics as local_metrics
+from proxy.admin.listener import metrics as local_metrics
 from proxy.keys import METRICS
 
 log = logging.getLogger("saga_sidecar.workers")

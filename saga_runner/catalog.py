@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saga_runner.definition import SagaDefinition, parse_definition
-from saga_runner.errors import ConfigError, ConfigIssue
-from saga_runner.yamlfile import LocatedDocument, load_yaml
+from yamlconfig.errors import ConfigError, ConfigIssue
+from yamlconfig.loader import LocatedDocument, load_yaml
 
 Route = tuple[str, str]
 """A (METHOD, path) pair."""

@@ -38,7 +38,6 @@ from pydantic import (
 from yarl import URL
 
 from saga_runner.definition_checks import dotted, find_problems
-from saga_runner.errors import ConfigError
 from saga_runner.retry import ACTION_RETRY, COMPENSATION_RETRY, RetryPolicy, merge_retry
 from saga_runner.template import (
     CompiledValue,
@@ -50,8 +49,9 @@ from saga_runner.template import (
     compile_path,
     parse_template,
 )
-from saga_runner.units import Duration
-from saga_runner.yamlfile import LocatedDocument, load_yaml, validation_issues
+from yamlconfig.errors import ConfigError
+from yamlconfig.loader import LocatedDocument, load_yaml, validation_issues
+from yamlconfig.units import Duration
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """HTTP methods a trigger or a step call may use."""

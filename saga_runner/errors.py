@@ -1,9 +1,8 @@
-"""Exceptions raised by saga_runner and by the shared config-file layer.
+"""Exceptions raised by saga_runner (a bad YAML file is ``yamlconfig.ConfigError``).
 
 Exception tree::
 
     SagaError                      root of everything this package raises
-    ├── ConfigError                every FILE:LINE problem found in a YAML file, all at once
     ├── TemplateError              a ``{{ path }}`` lookup that cannot be resolved at run time
     ├── StoreError                 the saga store cannot be reached or answered unexpectedly
     │   └── LeaseLost              a write was refused because another replica owns the saga now
@@ -16,31 +15,9 @@ Exception tree::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 
 class SagaError(Exception):
     """Root of every exception raised by saga_runner."""
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem found in a YAML file, located by file and 1-based line."""
-
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class ConfigError(SagaError):
-    """A YAML config or saga file is invalid; ``issues`` lists every problem found."""
-
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.message))
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 class TemplateError(SagaError):

@@ -46,6 +46,7 @@ from saga_runner.states import SagaStatus
 from saga_runner.store.base import SagaStore
 from saga_runner.store.reads import MAX_PAGE_SIZE
 from saga_runner.views import OutputRedactor
+from yamlconfig.errors import ConfigError
 
 log = logging.getLogger("saga_sidecar.operations")
 
@@ -292,7 +293,7 @@ class SagaOperations:
             return await self.runtime.definition_for(saga.definition_hash)
         except StoreError:
             raise
-        except SagaError as exc:
+        except (SagaError, ConfigError) as exc:
             raise OperationRefused(
                 saga.id, saga.status.value, f"saga {saga.id} cannot be run: {exc}"
             ) from exc

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from saga_runner.errors import ConfigError, LeaseLost, SagaError, StoreError
+from saga_runner.errors import LeaseLost, SagaError, StoreError
 from saga_runner.records import Claim
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
+from yamlconfig.errors import ConfigError
 
 log = logging.getLogger("saga_sidecar.recovery")
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from saga_runner.units import Duration
+from yamlconfig.units import Duration
 
 
 class UniformRandom(Protocol):

@@ -23,7 +23,7 @@ from proxy.idempotency.store import (
     IdempotencyStore,
     StoreFull,
 )
-from saga_runner.units import parse_size
+from yamlconfig.units import parse_size
 
 DEFAULT_MAX_BYTES = 256 * 1024**2
 _ENTRY_OVERHEAD = 200

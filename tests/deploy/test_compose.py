@@ -23,7 +23,7 @@ from deploy.promql import job_selectors, rule_expressions
 from deploy.tools import DEPLOY, REPO_ROOT, clean_env, require_tool, run
 from proxy.cli import build_parser
 from proxy.config import SidecarConfig, load_config, split_hostport
-from saga_runner.units import parse_duration
+from yamlconfig.units import parse_duration
 
 COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from foundation.rawserver import Peer, StartServer, response
-from proxy.step_transport import UpstreamStepTransport
+from proxy.sagas.step_transport import UpstreamStepTransport
 from saga_runner.transport import AiohttpTransport, SendFailure, StepTransport
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from foundation.rawserver import WAIT, Handler, Peer, StartServer, response
-from proxy.step_transport import UpstreamStepTransport
+from proxy.sagas.step_transport import UpstreamStepTransport
 from saga_runner.caller import MAX_RESULT_BODY, Outcome, StepCaller, StepRequest
 from saga_runner.transport import AiohttpTransport, StepTransport
 

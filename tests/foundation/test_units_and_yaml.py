@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from saga_runner.errors import ConfigError
-from saga_runner.units import ByteSize, Duration, parse_duration, parse_size
-from saga_runner.yamlfile import load_yaml, parse_yaml, substitute_env, validate
+from yamlconfig.errors import ConfigError
+from yamlconfig.loader import load_yaml, parse_yaml, substitute_env, validate
+from yamlconfig.units import ByteSize, Duration, parse_duration, parse_size
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20, "GB": 10**9}

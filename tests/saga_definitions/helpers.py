@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saga_runner.definition import SagaDefinition, load_definition
-from saga_runner.errors import ConfigError
+from yamlconfig.errors import ConfigError
 
 SERVICES = {"orders": "http://127.0.0.1:3001", "payments": "http://127.0.0.1:3002"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from saga_runner.catalog import SagaCatalog, load_definitions
-from saga_runner.errors import ConfigError
+from yamlconfig.errors import ConfigError
 
 from .helpers import SERVICES, VALID, write
 

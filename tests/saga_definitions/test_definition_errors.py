@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from saga_runner.definition import SagaDefinition, load_definition
-from saga_runner.errors import ConfigError
+from yamlconfig.errors import ConfigError
 
 from .helpers import SERVICES, VALID, errors, load, write
 

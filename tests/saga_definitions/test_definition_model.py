@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from saga_runner.definition import SagaDefinition, load_definition
-from saga_runner.errors import ConfigError, TemplateError
+from saga_runner.errors import TemplateError
 from saga_runner.retry import ACTION_RETRY, COMPENSATION_RETRY, RetryPolicy
 from saga_runner.template import RenderContext, StepResult
-from saga_runner.yamlfile import load_yaml
+from yamlconfig.errors import ConfigError
+from yamlconfig.loader import load_yaml
 
 from .helpers import SERVICES, VALID, load
 

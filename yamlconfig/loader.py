@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from saga_runner.errors import ConfigError, ConfigIssue
+from yamlconfig.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.config import LoadedConfig
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
-from proxy.step_transport import UpstreamStepTransport
+from proxy.sagas.step_transport import UpstreamStepTransport
 from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import RuntimeSettings, SagaRuntime

@@ -23,8 +23,8 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy import dashboard_html as fragments
-from proxy.admin_sagas import LIST_PARAMS, RuntimeUnavailable, list_query, saga_operations
+from proxy.admin import dashboard_html as fragments
+from proxy.admin.sagas_api import LIST_PARAMS, RuntimeUnavailable, list_query, saga_operations
 from saga_runner.errors import OperatorInputError, SagaNotFound, StoreError
 from saga_runner.operations import SagaOperations
 from saga_runner.records import SagaInstance
@@ -38,7 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 @cache
 def _assets() -> tuple[Template, str, str]:
     """The page template, the stylesheet, and the CSP allowing exactly that stylesheet."""
-    folder = resources.files("proxy") / "templates"
+    folder = resources.files("proxy.admin") / "templates"
     page = Template(folder.joinpath("dashboard.html").read_text(encoding="utf-8"))
     style = folder.joinpath("dashboard.css").read_text(encoding="utf-8")
     digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from proxy.config import LoadedConfig
-from proxy.sagas_text import detail_text, page_text, saga_line
+from proxy.sagas.text import detail_text, page_text, saga_line
 from saga_runner.catalog import SagaCatalog
 from saga_runner.errors import (
     OperationRefused,
