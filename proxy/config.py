@@ -125,7 +125,7 @@ class IdempotencyRoute(Model):
 
 
 class IdempotencyConfig(Model):
-    """Idempotency-Key protection (CONTRACT §4)."""
+    """Idempotency-Key protection (docs/IDEMPOTENCY.md)."""
 
     store: str = "memory://"
     header: str = "Idempotency-Key"

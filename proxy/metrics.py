@@ -1,4 +1,4 @@
-"""Prometheus metrics (names fixed by CONTRACT §8) on a registry per app.
+"""Prometheus metrics (names fixed: docs/OPERATIONS.md, Metrics) on a registry per app.
 
 ``SidecarMetrics`` owns every metric the sidecar exports; it is built once per application on its
 own ``CollectorRegistry`` so tests can build many apps in one process. The saga engine reports

@@ -1,4 +1,4 @@
-"""Saga definitions (``config/sagas/*.yaml``, CONTRACT §5) as validated, frozen pydantic models.
+"""Saga definitions (``config/sagas/*.yaml``, docs/SAGAS.md) as validated, frozen pydantic models.
 
 ``load_definition`` / ``parse_definition`` read one saga file and raise one ``ConfigError`` listing
 every problem as ``FILE:LINE: key.path: message``: schema errors (unknown keys, bad methods, status

@@ -295,7 +295,7 @@ class SagaEngine:
                 )
             except TemplateError as exc:
                 # A resumed ``running`` step may have taken effect before the crash: when it
-                # cannot even be re-sent, it must still be compensated (CONTRACT §5), so say so.
+                # cannot even be re-sent, it must still be compensated (docs/SAGAS.md), so say so.
                 columns: dict[str, JsonValue] = {"error": str(exc)}
                 if row.status is StepStatus.RUNNING:
                     columns["result"] = {"outcome_unknown": True}

@@ -4,7 +4,7 @@
 vocabulary). The wait before the next attempt is exponential backoff with FULL jitter: uniform in
 ``[0, min(max_backoff, backoff * multiplier ** (attempt - 1))]``, so replicas retrying the same
 upstream spread out instead of arriving in waves. ``ACTION_RETRY`` and ``COMPENSATION_RETRY`` are
-the defaults of CONTRACT §5; a partial ``retry:`` mapping in a saga file fills its missing keys
+the defaults of docs/SAGAS.md; a partial ``retry:`` mapping in a saga file fills its missing keys
 from the default of its role (see ``merge_retry``).
 """
 
@@ -85,10 +85,10 @@ class RetryPolicy(BaseModel):
 
 
 ACTION_RETRY = RetryPolicy(attempts=3, backoff=0.2, multiplier=2.0, max_backoff=10.0)
-"""Default retry of a step's action (CONTRACT §5)."""
+"""Default retry of a step's action (docs/SAGAS.md)."""
 
 COMPENSATION_RETRY = RetryPolicy(attempts=10, backoff=0.2, multiplier=2.0, max_backoff=30.0)
-"""Default retry of a step's compensation (CONTRACT §5)."""
+"""Default retry of a step's compensation (docs/SAGAS.md)."""
 
 
 def merge_retry(value: Any, default: RetryPolicy) -> Any:

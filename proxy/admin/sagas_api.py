@@ -1,4 +1,4 @@
-"""The saga admin API (CONTRACT §7): list, show, retry and abort sagas, behind ``admin.token``.
+"""The saga admin API (docs/OPERATIONS.md, Admin API): list, show, retry and abort sagas, behind ``admin.token``.
 
 ``GET /sagas?status=&name=&business_id=&limit=&before=`` lists sagas newest first with the cursor
 of the next page; ``GET /sagas/{id}`` is one saga with its step timeline and events;

@@ -1,6 +1,6 @@
 """The request fingerprint a key is bound to: method, path with query, and the body's hash.
 
-The body is hashed as the bytes that arrived (ANCHORS pitfall 8: re-serialising would make honest
+The body is hashed as the bytes that arrived (re-serialising would make honest
 retries mismatch). Two requests with the same key and different fingerprints are a mismatch (422).
 """
 

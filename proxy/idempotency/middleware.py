@@ -1,4 +1,4 @@
-"""The idempotency middleware: CONTRACT §4 on the public request path.
+"""The idempotency middleware: docs/IDEMPOTENCY.md on the public request path.
 
 Covered request flow: covered? → parse the key (400) → read the body (413) → fingerprint → scoped
 lookup key → one-round-trip acquire: finished (replay, or 422 on another fingerprint) / in flight
@@ -242,7 +242,7 @@ def guarded(request: web.Request, handler: Handler) -> Awaitable[web.StreamRespo
 
 @web.middleware
 async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply Idempotency-Key protection (CONTRACT §4) to an application's requests."""
+    """Apply Idempotency-Key protection (docs/IDEMPOTENCY.md) to an application's requests."""
     return await guarded(request, handler)
 
 

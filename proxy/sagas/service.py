@@ -22,7 +22,7 @@ from saga_runner.states import AttemptKind, SagaStatus
 
 
 class MetricsObserver:
-    """Reports saga lifecycle events as the Prometheus metrics of CONTRACT §8."""
+    """Reports saga lifecycle events as the Prometheus metrics of docs/OPERATIONS.md."""
 
     def __init__(self, metrics: SidecarMetrics) -> None:
         self.metrics = metrics

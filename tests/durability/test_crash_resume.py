@@ -1,7 +1,7 @@
 """A sidecar killed with ``kill -9`` mid-call: another process finishes its saga, effects once.
 
 The saga's service is an idempotency-enabled sidecar (``concurrent: wait``, memory store) in
-front of the recording app, as CONTRACT §5 intends: the resumed process re-sends the step whose
+front of the recording app, as docs/SAGAS.md intends: the resumed process re-sends the step whose
 outcome it cannot know with the same ``Idempotency-Key``, the front sidecar sees that key twice,
 and the app behind it applies the effect once.
 """

@@ -19,7 +19,7 @@ from proxy.cli import main
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_CONFIG = (REPO / "config" / "sidecar.yaml").read_text(encoding="utf-8")
 BUNDLED_SAGA = (REPO / "config" / "sagas" / "payment.yaml").read_text(encoding="utf-8")
-# Every section and key of CONTRACT §3, so mutations reach every validator.
+# Every section and key of docs/CONFIG.md, so mutations reach every validator.
 FULL_CONFIG = """\
 listen: "0.0.0.0:8080"
 workers: 1

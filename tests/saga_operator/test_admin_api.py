@@ -1,4 +1,4 @@
-"""The saga admin API of an in-process sidecar, over SQLite and PostgreSQL (CONTRACT §7)."""
+"""The saga admin API of an in-process sidecar, over SQLite and PostgreSQL (docs/OPERATIONS.md, Admin API)."""
 
 from __future__ import annotations
 

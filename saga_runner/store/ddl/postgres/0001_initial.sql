@@ -1,4 +1,4 @@
--- Saga records (CONTRACT §6) for PostgreSQL. Runs inside one transaction under an advisory lock.
+-- Saga records (docs/SAGAS.md, Records) for PostgreSQL. Runs inside one transaction under an advisory lock.
 
 CREATE TABLE saga_definitions (
     hash        TEXT PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Saga records (CONTRACT §6) for SQLite. Runs inside one BEGIN IMMEDIATE transaction.
+-- Saga records (docs/SAGAS.md, Records) for SQLite. Runs inside one BEGIN IMMEDIATE transaction.
 -- Timestamps are ISO-8601 UTC text with microseconds (fixed width, so they sort and compare as
 -- text); JSON columns hold JSON text.
 
