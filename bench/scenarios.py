@@ -40,6 +40,8 @@ SCENARIOS = (
     Scenario("post.aiohttp", "POST, minimal aiohttp proxy", "aiohttp", "post"),
     Scenario("post.nginx", "POST, nginx", "nginx", "post"),
     Scenario("post.sidecar", "POST pass-through, sidecar", "sidecar", "post"),
+    Scenario("delete204.direct", "DELETE → 204, direct to upstream", "direct", "delete"),
+    Scenario("delete204.sidecar", "DELETE → 204 pass-through, sidecar", "sidecar", "delete"),
     Scenario("miss.redis", "idempotent miss, Redis", "sidecar", "miss"),
     Scenario("miss.memory", "idempotent miss, memory", "sidecar-memory", "miss"),
     Scenario("replay.redis", "replay, Redis", "sidecar", "replay"),
