@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from importlib import metadata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,14 @@ EXIT_FAILURE = 1
 EXIT_INVALID = 2
 
 
+def version() -> str:
+    """The installed package's version (``pyproject.toml``)."""
+    try:
+        return metadata.version("saga-sidecar")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -41,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saga-sidecar",
         description="Sidecar reverse proxy with Idempotency-Key protection and YAML sagas.",
     )
+    parser.add_argument("--version", action="version", version=f"saga-sidecar {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser(
         "serve", help="run the proxy and admin listeners until SIGTERM/SIGINT, then drain"
