@@ -1,4 +1,4 @@
-"""Structured logging (docs/OPERATIONS.md, Logs): one JSON object per line, and the per-request access log.
+"""Structured logging (docs/OPERATIONS.md): one JSON object per line, and the access log.
 
 ``setup_logging`` installs the configured format and level on the root logger.
 ``request_id_for`` gives a request its id (``X-Request-Id``, generated when absent) and

@@ -1,4 +1,4 @@
-"""The saga admin API (docs/OPERATIONS.md, Admin API): list, show, retry and abort sagas, behind ``admin.token``.
+"""The saga admin API (docs/OPERATIONS.md): list, show, retry and abort sagas, behind the token.
 
 ``GET /sagas?status=&name=&business_id=&limit=&before=`` lists sagas newest first with the cursor
 of the next page; ``GET /sagas/{id}`` is one saga with its step timeline and events;

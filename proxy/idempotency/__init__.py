@@ -1,4 +1,4 @@
-"""Idempotency-Key protection (docs/IDEMPOTENCY.md): duplicates of a covered request execute at most once.
+"""Idempotency-Key protection (docs/IDEMPOTENCY.md): a covered request executes at most once.
 
 Public surface for the application factory: ``middleware.guarded`` (what the public listener's
 one middleware calls), ``idempotency_middleware`` (the same as a standalone aiohttp middleware,

@@ -2,8 +2,8 @@
 
 ``IdempotencyPolicy.for_request`` resolves ``idempotency.routes`` (first match wins, ``*`` globs)
 over the section's defaults into the ``RoutePolicy`` of one request, or None when the request is
-not covered (method not listed, or its route disabled). ``keeps_answer`` is docs/IDEMPOTENCY.md's table
-of what is stored and what releases the key.
+not covered (method not listed, or its route disabled). ``keeps_answer`` is the table of
+docs/IDEMPOTENCY.md: what is stored and what releases the key.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""docs/IDEMPOTENCY.md end to end: a real client, an in-process sidecar on a real port, a real upstream."""
+"""docs/IDEMPOTENCY.md end to end: a real client, an in-process sidecar on a real port, a real
+upstream."""
 
 from __future__ import annotations
 

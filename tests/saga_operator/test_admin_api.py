@@ -1,4 +1,4 @@
-"""The saga admin API of an in-process sidecar, over SQLite and PostgreSQL (docs/OPERATIONS.md, Admin API)."""
+"""The saga admin API (docs/OPERATIONS.md) of an in-process sidecar, over SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
