@@ -33,6 +33,17 @@ Try, in another terminal:
   curl -si -X POST http://127.0.0.1:8080/api/v1/payments -H 'Idempotency-Key: pay-2' \
        -H 'Content-Type: application/json' -d '{"order_no": "A-2", "amount": 5000}'
 
+  # a duplicate while the first runs: 409 (the demo charge takes "delay" seconds)
+  curl -s -X POST http://127.0.0.1:8080/charges -H 'Idempotency-Key: slow-1' \
+       -H 'Content-Type: application/json' -d '{"amount": 7, "delay": 5}' &
+  sleep 1; curl -si -X POST http://127.0.0.1:8080/charges -H 'Idempotency-Key: slow-1' \
+       -H 'Content-Type: application/json' -d '{"amount": 7, "delay": 5}'
+
+  # a failed saga and its operator retry: see the README's tour, step 4
+  curl -s -X PUT http://127.0.0.1:3002/refunds/outage
+  curl -si -X POST http://127.0.0.1:8080/api/v1/withdrawals -H 'Idempotency-Key: wd-1' \
+       -H 'Content-Type: application/json' -d '{"account": "acc-1", "amount": 50, "iban": "INVALID"}'
+
   # operate
   curl -s http://127.0.0.1:9901/healthz
   curl -s http://127.0.0.1:9901/metrics | grep -E '^(http|idempotency|saga)_'
