@@ -32,16 +32,18 @@ def catalog_errors(
     return [str(issue).replace(f"{tmp_path}/", "") for issue in caught.value.issues]
 
 
-def test_bundled_config_glob_loads_the_payment_saga() -> None:
+def test_bundled_config_glob_loads_the_demo_sagas() -> None:
     catalog = load_definitions(REPO / "config", ["sagas/*.yaml"], SERVICES, env={})
     payment = catalog.by_name["payment"]
+    withdrawal = catalog.by_name["withdrawal"]
     assert catalog.by_route[("POST", "/api/v1/payments")] is payment
     assert catalog.by_hash[payment.definition_hash] is payment
     assert catalog.match("post", "/api/v1/payments") is payment
     assert catalog.match("GET", "/api/v1/payments") is None
+    assert catalog.match("POST", "/api/v1/withdrawals") is withdrawal
     assert catalog.sources["payment"] == (REPO / "config" / "sagas" / "payment.yaml").resolve()
-    assert list(catalog) == [payment]
-    assert len(catalog) == 1
+    assert sorted(catalog, key=lambda d: d.name) == [payment, withdrawal]
+    assert len(catalog) == 2
 
 
 def test_every_matching_file_is_loaded_once(tmp_path: Path) -> None:

@@ -134,10 +134,10 @@ async def test_a_failed_saga_is_compensated_by_an_operator_retry_from_the_cli(
     sidecar, payments = start_demo(sidecar_process, app_in_thread, database)
     async with aiohttp.ClientSession() as client:
         saga_id = await fail_a_withdrawal(client, sidecar, payments, "wd-cli")
+        config = str(sidecar.config_path)
         retried = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "proxy", "sagas", "retry", saga_id]
-            + ["--config", str(sidecar.config_path)],
+            [sys.executable, "-m", "proxy", "sagas", "retry", saga_id, "--config", config],
             cwd=REPO_ROOT,
             env={**os.environ, "SAGA_STORE": database.url, "PAYMENTS_URL": payments.url},
             capture_output=True,
