@@ -10,11 +10,8 @@ logged.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import os
-import secrets
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json_str
@@ -22,6 +19,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from proxy.ids import UniqueIds
 from proxy.keys import IDEMPOTENCY_OUTCOME, UPSTREAM_SECONDS
 
 access_log = logging.getLogger("saga_sidecar.access")
@@ -138,28 +136,7 @@ def setup_logging(fmt: str, level: str) -> None:
     _direct_json.install(handler if fmt == "json" else None)
 
 
-class RequestIds:
-    """Fresh request ids: 32 hex digits, a random per-process prefix and a counter.
-
-    As unique as a random id (the prefix is drawn again in every forked worker) without a
-    system call for randomness on every request.
-    """
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        """Draw a new prefix and restart the counter."""
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(secrets.randbelow(1 << 32))
-
-    def next(self) -> str:
-        """The next id."""
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-_request_ids = RequestIds()
+_request_ids = UniqueIds()
 
 
 def request_id_for(request: web.Request) -> str:
