@@ -39,7 +39,7 @@ profile: venv  ## py-spy flame graph of the sidecar under load (PROFILE_SCENARIO
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy proxy saga_runner yamlconfig
+	$(BIN)/mypy proxy saga_runner yamlconfig httpsemantics
 
 format: venv
 	$(BIN)/ruff format .

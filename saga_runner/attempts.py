@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpsemantics
 from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
 from saga_runner.observer import SagaObserver
 from saga_runner.records import UNSET, Lease
@@ -31,8 +32,6 @@ log = logging.getLogger("saga_sidecar.saga")
 
 Sleep = Callable[[float], Awaitable[None]]
 
-NOT_PROCESSED_STATUSES = frozenset({408, 425, 429, 503})
-
 
 def outcome_unknown(result: CallResult) -> bool:
     """Whether a failed call may still have taken effect upstream (so it must be compensated).
@@ -42,7 +41,7 @@ def outcome_unknown(result: CallResult) -> bool:
     """
     if result.status is None:
         return result.sent
-    return result.status >= 500 and result.status not in NOT_PROCESSED_STATUSES
+    return httpsemantics.outcome_unknown(result.status)
 
 
 @dataclass(frozen=True)

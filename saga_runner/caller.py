@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from httpsemantics import worth_retrying
 from saga_runner.storable import UnstorableJson, clean_text, parse_json
 from saga_runner.transport import SendFailure, StepTransport
 
-RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RESULT_BODY = 1024 * 1024
 
 
@@ -92,7 +92,7 @@ def classify(status: int, success: Collection[int] | None) -> Outcome:
     ok = (200 <= status < 300) if success is None else status in success
     if ok:
         return Outcome.SUCCESS
-    if status in RETRYABLE_STATUSES or status >= 500:
+    if worth_retrying(status):
         return Outcome.RETRYABLE
     return Outcome.PERMANENT
 

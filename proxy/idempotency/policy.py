@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from httpsemantics import NOT_PROCESSED, outcome_unknown
 from proxy.config import IdempotencyConfig, IdempotencyRoute
-
-# Answers that say the request was not processed: the key is released so the client may retry.
-NOT_PROCESSED = frozenset({408, 425, 429, 503})
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ def keeps_answer(status: int, unknown_outcome: str) -> bool:
     """
     if status in NOT_PROCESSED:
         return False
-    if status >= 500:
+    if outcome_unknown(status):
         return unknown_outcome == "hold"
     return True
 
