@@ -110,7 +110,7 @@ class AttemptLoop:
                 )
             announced = False
             result, record = await self._attempt(lease, spec, attempt)
-            if result.outcome is not Outcome.RETRYABLE or attempt >= spec.retry.attempts:
+            if result.outcome is not Outcome.RETRYABLE or not spec.retry.can_retry(attempt):
                 return result, record
             delay = max(spec.retry.delay(attempt, self.rng), result.retry_after or 0.0)
             due = datetime.now(UTC) + timedelta(seconds=delay)

@@ -20,7 +20,6 @@ from saga_runner.runs import (
     build_request,
     log_run,
     needs_compensation,
-    success_codes,
     undo_impossible,
 )
 from saga_runner.states import AttemptKind, StepStatus
@@ -100,7 +99,7 @@ class Compensator:
             step_name=step_def.name,
             kind=AttemptKind.COMPENSATION,
             request=request,
-            success=success_codes(compensation.success, compensation.DEFAULT_SUCCESS),
+            success=compensation.success_statuses,
             timeout=step_def.timeout_or(self.settings.default_timeout),
             retry=compensation.retry,
         )

@@ -219,9 +219,10 @@ class CallDefinition(_Model):
             self._body = compile_body(self.body)
         return self
 
-    def accepts(self, status: int) -> bool:
-        """Whether an answer with ``status`` means the call succeeded."""
-        return status in (self.DEFAULT_SUCCESS if self.success is None else self.success)
+    @property
+    def success_statuses(self) -> frozenset[int]:
+        """The statuses that mean the call succeeded: ``success``, else the role's default."""
+        return self.DEFAULT_SUCCESS if self.success is None else frozenset(self.success)
 
     def referenced_steps(self) -> frozenset[str]:
         """Names of the steps whose answers this call's templates look up."""

@@ -42,7 +42,6 @@ from saga_runner.runs import (
     known_results,
     log_run,
     started_headers,
-    success_codes,
 )
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store.base import SagaStore
@@ -330,7 +329,7 @@ class SagaEngine:
             step_name=step_def.name,
             kind=AttemptKind.ACTION,
             request=request,
-            success=success_codes(step_def.action.success, step_def.action.DEFAULT_SUCCESS),
+            success=step_def.action.success_statuses,
             timeout=step_def.timeout_or(self.settings.default_timeout),
             retry=step_def.retry,
             first_attempt=first_attempt,

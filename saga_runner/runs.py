@@ -136,11 +136,6 @@ def build_request(
     return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
 
 
-def success_codes(explicit: tuple[int, ...] | None, default: frozenset[int]) -> frozenset[int]:
-    """A call's success statuses: the definition's, else the default."""
-    return default if explicit is None else frozenset(explicit)
-
-
 def undo_impossible(step_def: StepDefinition, row: SagaStep) -> bool:
     """Whether the step's compensation needs an answer the step never got (outcome unknown).
 
