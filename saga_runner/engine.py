@@ -38,7 +38,6 @@ from saga_runner.runs import (
     Started,
     StepFailure,
     build_request,
-    caused_by_trigger,
     known_results,
     log_run,
     started_headers,
@@ -299,7 +298,7 @@ class SagaEngine:
                 if row.status is StepStatus.RUNNING:
                     columns["result"] = {"outcome_unknown": True}
                 failed = WriteBatch(steps=(StepChange(order, StepStatus.FAILED, columns),))
-                status = 422 if caused_by_trigger(exc) else 502
+                status = 422 if exc.from_trigger else 502
                 reason = f"step {step_def.name}: {exc}"
                 return StepFailure(order, step_def.name, reason, status), done.then(failed)
             resumed = row.status is StepStatus.RUNNING

@@ -3,7 +3,8 @@
 Exception tree::
 
     SagaError                      root of everything this package raises
-    ├── TemplateError              a ``{{ path }}`` lookup that cannot be resolved at run time
+    ├── TemplateError              a step call that cannot be rendered at run time; ``root``: whose
+    │                              value was at fault (``TemplateRoot``, None: no value's)
     ├── StoreError                 the saga store cannot be reached or answered unexpectedly
     │   └── LeaseLost              a write was refused because another replica owns the saga now
     ├── SagaNotFound               no saga instance (or no such step in it) with the given id
@@ -15,13 +16,42 @@ Exception tree::
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class SagaError(Exception):
     """Root of every exception raised by saga_runner."""
 
 
+class TemplateRoot(StrEnum):
+    """Where a template's lookup reads from (the first segment of ``{{ root.… }}``)."""
+
+    INPUT = "input"
+    HEADERS = "headers"
+    SAGA = "saga"
+    STEPS = "steps"
+
+
+TRIGGER_ROOTS = frozenset({TemplateRoot.INPUT, TemplateRoot.HEADERS})
+
+
 class TemplateError(SagaError):
-    """A template lookup failed at run time (a missing key in input or a step result)."""
+    """A step call (or a saga's response or business id) cannot be rendered at run time.
+
+    Attributes:
+        root: the root of the lookup whose value could not be used (missing, or unusable where
+            it goes: a path segment, a header value); None when no looked-up value is at fault
+            (the call names a service that is not configured any more, has no compensation).
+    """
+
+    def __init__(self, message: str, *, root: TemplateRoot | None = None) -> None:
+        super().__init__(message)
+        self.root = root
+
+    @property
+    def from_trigger(self) -> bool:
+        """Whether the trigger's input or headers are at fault (a 422, not a 502, for a client)."""
+        return self.root in TRIGGER_ROOTS
 
 
 class StoreError(SagaError):

@@ -177,9 +177,3 @@ def started_headers(detail: object) -> dict[str, str]:
     """The trigger headers recorded in a ``started`` event's detail."""
     stored = detail.get("headers") if isinstance(detail, dict) else None
     return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
-
-
-def caused_by_trigger(exc: TemplateError) -> bool:
-    """Whether a template failed on the trigger's input or headers (a 422, not a 502)."""
-    text = str(exc)
-    return "{{ input" in text or "{{ headers" in text

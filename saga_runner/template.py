@@ -18,8 +18,10 @@ Rendering rules:
   ``%2E``…), so no value can change the scheme, host or path structure; ``null``, objects, lists
   and empty strings are refused there. ``build_url`` joins a service URL with a rendered path and
   checks the result is still on that service.
-- Header values are text; a rendered value containing CR, LF or NUL is refused.
-- A lookup that cannot be resolved at run time raises ``TemplateError`` naming the path.
+- Header values are text; a looked-up value containing CR, LF or NUL is refused.
+- A lookup that cannot be resolved at run time, or whose value cannot go where it is used, raises
+  ``TemplateError`` naming the path, with ``root`` set to the lookup's root: the engine answers a
+  trigger 422 when that is ``input`` or ``headers`` (the client's fault), 502 otherwise.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from urllib.parse import quote, urlsplit
 
 from yarl import URL
 
-from saga_runner.errors import TemplateError
+from saga_runner.errors import TemplateError, TemplateRoot
 
 Loc = tuple[str | int, ...]
 
@@ -55,10 +57,14 @@ class Reference:
     def __str__(self) -> str:
         return ".".join(self.segments)
 
-    @property
-    def root(self) -> str:
+    @cached_property
+    def root(self) -> TemplateRoot:
         """The first segment: ``input``, ``headers``, ``saga`` or ``steps``."""
-        return self.segments[0]
+        return TemplateRoot(self.segments[0])
+
+    def error(self, problem: str) -> TemplateError:
+        """A ``TemplateError`` naming this lookup, its value at fault."""
+        return TemplateError(f"{{{{ {self} }}}}: {problem}", root=self.root)
 
     @property
     def step(self) -> str | None:
@@ -149,7 +155,7 @@ class RenderContext:
         if ref.root == "steps":
             result = self.steps.get(ref.segments[1])
             if result is None:
-                raise TemplateError(f"{{{{ {ref} }}}}: step {ref.segments[1]!r} has no result")
+                raise ref.error(f"step {ref.segments[1]!r} has no result")
             value: Any = {
                 "status": result.status,
                 "body": result.body,
@@ -165,19 +171,17 @@ def _walk(value: Any, ref: Reference, start: int) -> Any:
         where = ".".join(ref.segments[:index])
         if isinstance(value, Mapping):
             if segment not in value:
-                raise TemplateError(f"{{{{ {ref} }}}}: {where} has no key {segment!r}")
+                raise ref.error(f"{where} has no key {segment!r}")
             value = value[segment]
         elif isinstance(value, list | tuple):
             if not (segment.isascii() and segment.isdigit()):
-                raise TemplateError(f"{{{{ {ref} }}}}: {where} is a list, {segment!r} no index")
+                raise ref.error(f"{where} is a list, {segment!r} no index")
             if int(segment) >= len(value):
-                raise TemplateError(
-                    f"{{{{ {ref} }}}}: {where} has {len(value)} items, no index {segment}"
-                )
+                raise ref.error(f"{where} has {len(value)} items, no index {segment}")
             value = value[int(segment)]
         else:
             kind = "null" if value is None else type(value).__name__
-            raise TemplateError(f"{{{{ {ref} }}}}: {where} is {kind}, it has no {segment!r}")
+            raise ref.error(f"{where} is {kind}, it has no {segment!r}")
     return value
 
 
@@ -192,18 +196,28 @@ def encode_segment(value: Any, ref: Reference) -> str:
     """Percent-encode ``value`` as exactly one URL path segment (see the module docstring)."""
     if value is None or isinstance(value, Mapping | list | tuple):
         kind = "null" if value is None else "an object or list"
-        raise TemplateError(f"{{{{ {ref} }}}}: is {kind}, cannot be used in a path")
+        raise ref.error(f"is {kind}, cannot be used in a path")
     text = as_text(value)
     if not text:
-        raise TemplateError(f"{{{{ {ref} }}}}: is empty, cannot be used as a path segment")
+        raise ref.error("is empty, cannot be used as a path segment")
     if text.strip(".") == "":
         return "%2E" * len(text)
     try:
         return quote(text, safe="")
     except UnicodeEncodeError:  # an unpaired surrogate: not text any URL can carry
-        raise TemplateError(
-            f"{{{{ {ref} }}}}: is not valid Unicode, cannot be used in a path"
-        ) from None
+        raise ref.error("is not valid Unicode, cannot be used in a path") from None
+
+
+def header_text(value: Any, ref: Reference) -> str:
+    """Text form of ``value`` for a header value; raise TemplateError if it cannot be one."""
+    text = as_text(value)
+    if any(c in text for c in _FORBIDDEN_IN_HEADER):
+        raise ref.error("rendered header value contains CR, LF or NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate: the HTTP client could not send it
+        raise ref.error("rendered header value is not valid Unicode") from None
+    return text
 
 
 class CompiledValue(ABC):
@@ -252,17 +266,13 @@ class Template(CompiledValue):
         )
 
     def render_header(self, ctx: RenderContext) -> str:
-        """Interpolate as text; raise TemplateError if the result contains CR, LF or NUL."""
-        text = self.render_text(ctx)
-        if any(c in text for c in _FORBIDDEN_IN_HEADER):
-            raise TemplateError(f"{self.source!r}: rendered header value contains CR, LF or NUL")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # an unpaired surrogate: the HTTP client could not send it
-            raise TemplateError(
-                f"{self.source!r}: rendered header value is not valid Unicode"
-            ) from None
-        return text
+        """Interpolate as text; raise TemplateError if a value holds CR, LF, NUL or a surrogate.
+
+        The literal text was checked by ``compile_header``, so only looked-up values are.
+        """
+        return "".join(
+            p if isinstance(p, str) else header_text(ctx.lookup(p), p) for p in self.parts
+        )
 
     def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
         """This template, at ``loc``."""
@@ -394,9 +404,14 @@ def compile_path(text: str) -> Template:
 
 
 def compile_header(text: str) -> Template:
-    """Parse a header value template; raise ValueError if its literal text has CR, LF or NUL."""
+    """Parse a header value template; raise ValueError if its literal text has CR, LF, NUL or
+    an unpaired surrogate (the HTTP client could not send it)."""
     if any(c in text for c in _FORBIDDEN_IN_HEADER):
         raise ValueError("header value must not contain CR, LF or NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("header value must be valid Unicode") from None
     return parse_template(text)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from saga_runner.errors import TemplateError
+from saga_runner.errors import TemplateError, TemplateRoot
 from saga_runner.template import (
     Reference,
     RenderContext,
@@ -14,6 +14,7 @@ from saga_runner.template import (
     compile_body,
     compile_header,
     compile_json,
+    compile_path,
     parse_template,
 )
 
@@ -178,3 +179,42 @@ def test_header_value_rendering_to_cr_or_lf_is_refused() -> None:
 def test_literal_header_value_with_newline_is_refused_at_parse_time() -> None:
     with pytest.raises(ValueError, match="CR, LF or NUL"):
         compile_header("a\nb")
+
+
+@pytest.mark.parametrize(
+    ("text", "root"),
+    [
+        ("{{ input.missing }}", TemplateRoot.INPUT),
+        ("{{ headers.x-missing }}", TemplateRoot.HEADERS),
+        ("{{ steps.later.body }}", TemplateRoot.STEPS),
+        ("{{ input.order_no }} {{ steps.create.body.nope }}", TemplateRoot.STEPS),
+    ],
+)
+def test_a_failed_lookup_names_its_root(text: str, root: TemplateRoot) -> None:
+    with pytest.raises(TemplateError) as caught:
+        render(text)
+    assert caught.value.root is root
+    assert caught.value.from_trigger is (root in (TemplateRoot.INPUT, TemplateRoot.HEADERS))
+
+
+def test_a_header_value_that_cannot_be_sent_blames_the_lookup_that_holds_it() -> None:
+    template = compile_header("{{ input.value }}-{{ steps.s.body }}")
+    ctx = RenderContext(input={"value": "ok"}, steps={"s": StepResult(200, "a\nb")})
+    with pytest.raises(TemplateError, match=r"\{\{ steps\.s\.body \}\}: .*CR, LF") as caught:
+        template.render_header(ctx)
+    assert caught.value.root is TemplateRoot.STEPS
+    bad_input = RenderContext(input={"value": "a\rb"}, steps={"s": StepResult(200, "ok")})
+    with pytest.raises(TemplateError) as caught:
+        template.render_header(bad_input)
+    assert caught.value.root is TemplateRoot.INPUT
+
+
+def test_a_null_business_id_in_a_path_is_the_sagas_fault_not_the_clients() -> None:
+    with pytest.raises(TemplateError, match="null") as caught:
+        compile_path("/o/{{ saga.business_id }}").render_path(RenderContext())
+    assert caught.value.root is TemplateRoot.SAGA and not caught.value.from_trigger
+
+
+def test_a_literal_header_value_that_is_not_valid_unicode_is_refused_at_parse_time() -> None:
+    with pytest.raises(ValueError, match="valid Unicode"):
+        compile_header("a\ud800")

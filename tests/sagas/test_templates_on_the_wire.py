@@ -170,3 +170,36 @@ async def test_a_later_step_reads_an_earlier_steps_status_headers_and_body(
     assert confirm.line == "payments PUT /confirm/r-9"
     assert confirm.headers["x-from"] == "/items/r-9"
     assert confirm.body == {"status": 202, "first": {"sku": "Q"}, "where": "/items/r-9"}
+
+
+@pytest.mark.parametrize(
+    ("ref", "status"),
+    [
+        ("ok\r\nX-Injected: 1", 502),  # the earlier step's answer is at fault
+        ("ok", 422),  # the trigger's input is
+    ],
+)
+async def test_a_header_that_cannot_be_rendered_blames_the_lookup_that_broke_it(
+    make_engine: EngineFactory, services: FakeServices, ref: str, status: int
+) -> None:
+    services.plan("inventory", "POST /items", Reply(201, {"ref": ref}))
+    saga = one_step({"path": "/items", "body": {}})
+    saga["steps"].append(
+        {
+            "name": "confirm",
+            "action": {
+                "service": "payments",
+                "method": "POST",
+                "path": "/confirm",
+                "headers": {"X-Ref": "{{ input.order_no }}-{{ steps.lookup.body.ref }}"},
+            },
+        }
+    )
+    engine = await make_engine(saga)
+    order_no = "A-1" if status == 502 else "A-1\nX-Injected: 1"
+
+    run = await engine.run({"order_no": order_no})
+
+    assert [call.line for call in services.calls] == ["inventory POST /items"]
+    assert "CR, LF or NUL" in (run.detail.steps[1].error or "")
+    assert run.detail.instance.response == {"status": status}
