@@ -14,10 +14,16 @@ Rendering rules:
 - Anywhere else a value is interpolated as text: a string as itself, every other value as its
   compact JSON text (``12.5``, ``true``, ``false``, ``null``, ``{"a":1}``).
 - In a call ``path`` every substituted value is percent-encoded as ONE path segment (``/``, ``\\``,
-  ``?``, ``#``, ``%``, spaces and control characters all encoded; a value made only of dots becomes
-  ``%2E``…), so no value can change the scheme, host or path structure; ``null``, objects, lists
-  and empty strings are refused there. ``build_url`` joins a service URL with a rendered path and
-  checks the result is still on that service.
+  ``?``, ``#``, ``%``, spaces and control characters all encoded), so no value can change the
+  scheme, host or path structure; ``null``, objects, lists and empty strings are refused there.
+- A path segment holding a substituted value must not be a dot segment: ``.`` or ``..`` with any
+  dot written as ``.``, ``%2e`` or ``%2E`` (RFC 3986 and WHATWG URL parsers decode those before
+  removing dot segments, so ``/svc/%2E%2E/orders`` reaches ``/orders``). That is a failed render
+  blamed on the segment's first lookup. A value is encoded once, so ``%2E%2E`` in a value is sent
+  as ``%252E%252E``, which a server decoding once sees as the literal text ``%2E%2E``; a server
+  that decodes twice is not protected against. Dots in a literal query are not segments.
+- ``build_url`` joins a service URL with a rendered path and checks the result is still on that
+  service (no dot segment in any of those spellings either, so none in the literal text).
 - Header values are text; a looked-up value containing CR, LF or NUL is refused.
 - A lookup that cannot be resolved at run time, or whose value cannot go where it is used, raises
   ``TemplateError`` naming the path, with ``root`` set to the lookup's root: the engine answers a
@@ -46,6 +52,8 @@ _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
 _STEP_FIELDS = ("status", "body", "headers")
 _FORBIDDEN_IN_HEADER = ("\r", "\n", "\0")
 _PATH_UNSAFE_RE = re.compile(r"[^\x21-\x7e]|[\\#]")
+# ``.`` or ``..``, each dot literal or percent-encoded: what URL parsers resolve as a step.
+_DOT_SEGMENT_RE = re.compile(r"(?:\.|%2[eE]){1,2}")
 
 
 @dataclass(frozen=True)
@@ -200,12 +208,34 @@ def encode_segment(value: Any, ref: Reference) -> str:
     text = as_text(value)
     if not text:
         raise ref.error("is empty, cannot be used as a path segment")
-    if text.strip(".") == "":
-        return "%2E" * len(text)
     try:
         return quote(text, safe="")
     except UnicodeEncodeError:  # an unpaired surrogate: not text any URL can carry
         raise ref.error("is not valid Unicode, cannot be used in a path") from None
+
+
+def _path_segments(
+    pieces: Sequence[tuple[str, Reference | None]],
+) -> Iterator[tuple[str, list[Reference]]]:
+    """The rendered path's segments up to a literal ``?``, each with the lookups inside it.
+
+    A literal piece may hold ``/`` and ``?``; an encoded value never does.
+    """
+    text, refs = "", []
+    for piece, ref in pieces:
+        if ref is not None:
+            text += piece
+            refs.append(ref)
+            continue
+        path, query, _ = piece.partition("?")
+        first, *rest = path.split("/")
+        text += first
+        for segment in rest:
+            yield text, refs
+            text, refs = segment, []
+        if query:
+            break
+    yield text, refs
 
 
 def header_text(value: Any, ref: Reference) -> str:
@@ -260,10 +290,23 @@ class Template(CompiledValue):
         return "".join(p if isinstance(p, str) else as_text(ctx.lookup(p)) for p in self.parts)
 
     def render_path(self, ctx: RenderContext) -> str:
-        """Interpolate every lookup as one percent-encoded path segment."""
-        return "".join(
-            p if isinstance(p, str) else encode_segment(ctx.lookup(p), p) for p in self.parts
-        )
+        """Interpolate every lookup as one percent-encoded path segment.
+
+        Raises:
+            TemplateError: a lookup fails, a value cannot be a segment, or a segment holding a
+                value is a dot segment (blamed on the segment's first lookup).
+        """
+        pieces = [
+            (p, None) if isinstance(p, str) else (encode_segment(ctx.lookup(p), p), p)
+            for p in self.parts
+        ]
+        for segment, refs in _path_segments(pieces):
+            if refs and _DOT_SEGMENT_RE.fullmatch(segment):
+                raise refs[0].error(
+                    f"makes the path segment {segment!r}, a dot segment: a server would "
+                    "resolve it as a step up the path"
+                )
+        return "".join(text for text, _ in pieces)
 
     def render_header(self, ctx: RenderContext) -> str:
         """Interpolate as text; raise TemplateError if a value holds CR, LF, NUL or a surrogate.
@@ -389,7 +432,8 @@ def compile_path(text: str) -> Template:
     """Parse a call path template; raise ValueError unless it is a safe absolute path.
 
     The literal part must start with a single ``/``, be printable ASCII without spaces, ``\\``
-    or ``#``, and have no ``.``/``..`` segment; lookups are encoded at render time.
+    or ``#``, and have no ``.``/``..`` segment (dots literal or ``%2e``); lookups are encoded at
+    render time.
     """
     template = parse_template(text)
     skeleton = template.literal_text
@@ -398,7 +442,7 @@ def compile_path(text: str) -> Template:
     if _PATH_UNSAFE_RE.search(skeleton):
         raise ValueError(f"path must be printable ASCII without spaces, '\\' or '#': {text!r}")
     path_part = skeleton.split("?", 1)[0]
-    if any(segment in (".", "..") for segment in path_part.split("/")):
+    if any(_DOT_SEGMENT_RE.fullmatch(segment) for segment in path_part.split("/")):
         raise ValueError(f"path must not contain '.' or '..' segments: {text!r}")
     return template
 
@@ -428,7 +472,9 @@ def build_url(base_url: str, path: str) -> URL:
 
     Raises:
         TemplateError: if the joined URL would leave the base URL's scheme, host, port or path
-            prefix, or contains a dot segment, whitespace, a control character or a fragment.
+            prefix, or contains a dot segment (``.``/``..``, dots literal or ``%2e``),
+            whitespace, a control character or a fragment. No looked-up value is blamed
+            (``root`` None): ``render_path`` has refused what a value could cause.
     """
     base = urlsplit(base_url)
     if base.query or base.fragment or base.scheme not in ("http", "https") or not base.netloc:
@@ -442,7 +488,7 @@ def build_url(base_url: str, path: str) -> URL:
     if (
         (parts.scheme, parts.netloc) != (base.scheme, base.netloc)
         or not (parts.path + "/").startswith(prefix + "/")
-        or any(segment in (".", "..") for segment in segments)
+        or any(_DOT_SEGMENT_RE.fullmatch(segment) for segment in segments)
     ):
         raise TemplateError(f"path {path!r} would leave service {base_url!r}")
     return URL(joined, encoded=True)

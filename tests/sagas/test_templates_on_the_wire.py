@@ -93,8 +93,8 @@ async def test_a_whole_string_template_keeps_the_json_type_and_text_is_interpola
 @pytest.mark.parametrize(
     ("value", "encoded"),
     [
-        ("..", "%2E%2E"),
-        (".", "%2E"),
+        ("%2E%2E", "%252E%252E"),
+        ("...", "..."),
         ("//evil", "%2F%2Fevil"),
         ("http://x", "http%3A%2F%2Fx"),
         ("%2F%2F", "%252F%252F"),
@@ -133,6 +133,20 @@ async def test_a_path_value_that_cannot_be_one_segment_fails_the_step_without_a_
     step = run.detail.steps[0]
     assert step.status.value == "failed" and step.execute_data is None
     assert "cannot be used in a path" in (step.error or "")
+    assert run.detail.instance.response == {"status": 422}, "the trigger's input is at fault"
+
+
+@pytest.mark.parametrize("value", ["..", "."])
+async def test_a_path_value_that_is_a_dot_segment_fails_the_step_without_a_call(
+    make_engine: EngineFactory, services: FakeServices, value: str
+) -> None:
+    engine = await make_engine(one_step({"path": "/svc/{{ input.account }}/orders"}))
+
+    run = await engine.run({"account": value})
+
+    assert services.calls == []
+    assert run.status is SagaStatus.COMPENSATED
+    assert "dot segment" in (run.detail.steps[0].error or "")
     assert run.detail.instance.response == {"status": 422}, "the trigger's input is at fault"
 
 

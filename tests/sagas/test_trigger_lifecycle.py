@@ -90,6 +90,27 @@ async def test_input_a_step_cannot_be_rendered_from_gets_422_and_compensates(
     ]
 
 
+@pytest.mark.parametrize("account", ["..", "."])
+async def test_a_path_value_that_is_a_dot_segment_gets_422_and_calls_nothing(
+    make_sidecar: SidecarFactory,
+    services: FakeServices,
+    client: aiohttp.ClientSession,
+    account: str,
+) -> None:
+    # Sent as /svc/%2E%2E/orders, a Node or WHATWG-normalising service would serve /orders.
+    saga = order_saga()
+    saga["steps"][0]["action"]["path"] = "/svc/{{ input.account }}/orders"
+    sidecar = await make_sidecar(saga)
+
+    status, headers, body = await sidecar.post(client, "/api/orders", {**ORDER, "account": account})
+
+    assert status == 422
+    assert headers["Content-Type"].startswith(PROBLEM)
+    assert body["saga_status"] == "compensated" and body["failed_step"] == "reserve"
+    assert "dot segment" in body["detail"]
+    assert services.calls == []
+
+
 async def test_an_async_duplicate_without_the_middleware_answers_202_for_the_first_saga(
     make_sidecar: SidecarFactory,
     services: FakeServices,
