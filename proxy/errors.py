@@ -1,15 +1,32 @@
-"""Exceptions raised by the proxy package.
+"""Exceptions raised by the proxy package (the saga runner's are in ``saga_runner.errors``, a bad
+YAML file is ``yamlconfig.ConfigError``).
 
 Exception tree::
 
-    SidecarError                 root of everything the proxy raises on purpose
-    ├── UpstreamError            the upstream call failed; ``sent``: whether the request went out
-    │   ├── UpstreamUnreachable  connection refused / DNS / pool: nothing was sent (→ 502)
-    │   ├── UpstreamReset        connection dropped after the request was sent (→ 502)
-    │   └── UpstreamTimeout      no answer (or no next chunk) within ``upstream.timeout`` (→ 504)
-    └── RequestBodyError         the client's request body cannot be accepted
-        ├── RequestBodyTooLarge  the request body exceeds a configured limit (→ 413)
-        └── RequestBodyTimeout   the client paused longer than ``limits.read_timeout`` (→ 408)
+    SidecarError                     root of everything the proxy raises on purpose
+    ├── UpstreamError                the upstream call failed; ``sent``: whether the request
+    │   │                            went out
+    │   ├── UpstreamUnreachable      connection refused / DNS / pool: nothing was sent (→ 502)
+    │   ├── UpstreamReset            connection dropped after the request was sent (→ 502)
+    │   └── UpstreamTimeout          no answer (or no next chunk) in ``upstream.timeout`` (→ 504)
+    ├── UpstreamConnectionError      one pooled connection broke or its answer was not valid
+    │                                HTTP/1.1 (also a ``ConnectionError``; the client reports it
+    │                                as an ``UpstreamError``)
+    ├── RequestHeadTimeout           the request head did not arrive in the read timeout (→ 408)
+    ├── RequestBodyError             the client's request body cannot be accepted
+    │   ├── RequestBodyTooLarge      the request body exceeds a configured limit (→ 413)
+    │   └── RequestBodyTimeout       the client paused longer than ``limits.read_timeout`` (→ 408)
+    ├── InvalidKey                   a malformed, repeated or oversized Idempotency-Key (→ 400;
+    │                                also a ``ValueError``)
+    ├── BadTrigger                   a saga trigger's body is not a JSON object it can store (→ 400)
+    ├── StoreUnavailable             the idempotency store could not be used (→ 503)
+    │   └── StoreFull                the in-process store reached its memory bound
+    ├── RecordFormatError            stored bytes that are not a record this version reads (also a
+    │                                ``ValueError``; the store reports it as ``StoreUnavailable``)
+    ├── RespError                    Redis answered a pipelined command with an error reply (the
+    │                                store reports it as ``StoreUnavailable``)
+    └── RuntimeUnavailable           the saga runtime, or the task scheduler operator actions run
+                                     on, is not running in this process (→ 503 on the admin API)
 """
 
 from __future__ import annotations
@@ -55,6 +72,14 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(detail, sent=True)
 
 
+class UpstreamConnectionError(SidecarError, ConnectionError):
+    """The upstream connection broke, or its answer was not valid HTTP/1.1."""
+
+
+class RequestHeadTimeout(SidecarError):
+    """The request head was not received within the read timeout."""
+
+
 class RequestBodyError(SidecarError):
     """The client's request body cannot be accepted; ``status`` is the answer to give."""
 
@@ -79,3 +104,35 @@ class RequestBodyTimeout(RequestBodyError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"no request body data received for {timeout:g}s")
         self.timeout = timeout
+
+
+class InvalidKey(SidecarError, ValueError):
+    """The idempotency key header is malformed, repeated, or out of bounds (→ 400)."""
+
+
+class BadTrigger(SidecarError):
+    """The trigger request cannot start a saga (its body is not a JSON object)."""
+
+
+class StoreUnavailable(SidecarError):
+    """The idempotency store could not be used (unreachable, timed out, full, corrupt data)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class StoreFull(StoreUnavailable):
+    """An in-process store reached its memory bound; nothing within its TTL is dropped early."""
+
+
+class RecordFormatError(SidecarError, ValueError):
+    """Bytes in the store that are not a record this version can read."""
+
+
+class RespError(SidecarError):
+    """Redis answered a command with an error reply."""
+
+
+class RuntimeUnavailable(SidecarError):
+    """The saga runtime (or the scheduler operator runs need) is not running in this process."""

@@ -26,6 +26,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 # one is how the parser reports a malformed request, so a late head is reported the same way.
 from aiohttp.web_protocol import _ErrInfo
 
+from proxy.errors import RequestHeadTimeout
 from proxy.problems import problem_response
 
 log = logging.getLogger("saga_sidecar.limits")
@@ -33,10 +34,6 @@ log = logging.getLogger("saga_sidecar.limits")
 _TOO_MANY_HEADERS = "Too many headers"
 # From the first quoted value (``b'…'``, ``'…'``, ``bytearray(b'…')``) to the end of the line.
 _QUOTED_RE = re.compile(r"\s*(bytearray\()?b?['\"].*")
-
-
-class RequestHeadTimeout(Exception):
-    """The request head was not received within the read timeout."""
 
 
 def error_status(exc: BaseException | None, default: int) -> int:

@@ -19,8 +19,9 @@ from enum import StrEnum
 from typing import Any
 
 from httpsemantics import worth_retrying
-from saga_runner.storable import UnstorableJson, clean_text, parse_json
-from saga_runner.transport import SendFailure, StepTransport
+from saga_runner.errors import SendFailure, UnstorableJson
+from saga_runner.storable import clean_text, parse_json
+from saga_runner.transport import StepTransport
 
 MAX_RESULT_BODY = 1024 * 1024
 

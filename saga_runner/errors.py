@@ -2,7 +2,7 @@
 
 Exception tree::
 
-    SagaError                      root of everything this package raises
+    SagaError                      root of everything this package raises on purpose
     ├── TemplateError              a step call that cannot be rendered at run time; ``root``: whose
     │                              value was at fault (``TemplateRoot``, None: no value's)
     ├── StoreError                 the saga store cannot be reached or answered unexpectedly
@@ -11,7 +11,12 @@ Exception tree::
     ├── IllegalTransition          a status change the transition tables forbid (a caller bug)
     ├── DefinitionMissing          an instance is pinned to a definition version nobody knows
     ├── OperationRefused           an operator retry/abort the saga's status or live lease forbids
-    └── OperatorInputError         an operator query or action with a bad filter, limit or actor
+    ├── OperatorInputError         an operator query or action with a bad filter, limit or actor
+    │                              (also a ``ValueError``)
+    ├── UnstorableJson             a JSON document that is malformed or no saga store can keep (also
+    │                              a ``ValueError``; a trigger body like that is refused with 400)
+    └── SendFailure                a step call got no answer; ``sent``: whether request bytes may
+                                   have reached the service (the caller records a retryable failure)
 """
 
 from __future__ import annotations
@@ -96,3 +101,20 @@ class OperationRefused(SagaError):
 
 class OperatorInputError(SagaError, ValueError):
     """An operator query or action with an invalid argument (status, limit, cursor, actor)."""
+
+
+class UnstorableJson(SagaError, ValueError):
+    """A JSON document that is malformed, or that no saga store can keep as it is."""
+
+
+class SendFailure(SagaError):
+    """No answer came back. ``sent``: request bytes may have reached the service.
+
+    ``detail`` describes the cause: the OS error when nothing was sent, the exception's repr
+    otherwise.
+    """
+
+    def __init__(self, detail: str, *, sent: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.sent = sent

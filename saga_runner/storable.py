@@ -16,13 +16,11 @@ import math
 import re
 from typing import Any, Final
 
+from saga_runner.errors import UnstorableJson
+
 MAX_DEPTH: Final = 64
 REPLACEMENT: Final = "\ufffd"
 _UNSTORABLE_CHARS: Final = re.compile("[\x00\ud800-\udfff]")
-
-
-class UnstorableJson(ValueError):
-    """A JSON document that is malformed, or that no saga store can keep as it is."""
 
 
 def _refuse_constant(name: str) -> Any:

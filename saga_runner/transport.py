@@ -19,21 +19,10 @@ from aiohttp.connector import Connection
 from multidict import MultiMapping
 from yarl import URL
 
+from saga_runner.errors import SendFailure
+
 # Answers without a body by definition, after which an app may still send bytes.
 _BODILESS_STATUSES = frozenset({204, 304})
-
-
-class SendFailure(Exception):
-    """No answer came back. ``sent``: request bytes may have reached the service.
-
-    ``detail`` describes the cause: the OS error when nothing was sent, the exception's repr
-    otherwise.
-    """
-
-    def __init__(self, detail: str, *, sent: bool) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.sent = sent
 
 
 @dataclass(frozen=True)

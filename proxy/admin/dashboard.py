@@ -24,7 +24,8 @@ from typing import Final
 from aiohttp import web
 
 from proxy.admin import dashboard_html as fragments
-from proxy.admin.sagas_api import LIST_PARAMS, RuntimeUnavailable, list_query, saga_operations
+from proxy.admin.sagas_api import LIST_PARAMS, list_query, saga_operations
+from proxy.errors import RuntimeUnavailable
 from saga_runner.errors import OperatorInputError, SagaNotFound, StoreError
 from saga_runner.operations import SagaOperations
 from saga_runner.records import SagaInstance

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 from aiojobs import Scheduler
 
+from proxy.errors import RuntimeUnavailable
 from proxy.keys import PUBLIC_APP, SAGAS, TASKS
 from proxy.problems import problem_response
 from saga_runner.errors import (
@@ -50,21 +51,13 @@ MAX_ACTION_BODY: Final = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class RuntimeUnavailable(Exception):
-    """The saga runtime (or the scheduler operator runs need) is not running in this process."""
-
-
 def saga_operations(app: web.Application) -> SagaOperations:
     """Operations over the process's open saga runtime.
 
     Raises:
         RuntimeUnavailable: the runtime is not open (the sidecar is starting or stopping).
     """
-    try:
-        runtime = app[SAGAS].runtime
-    except RuntimeError as exc:
-        raise RuntimeUnavailable(str(exc)) from exc
-    return SagaOperations(runtime)
+    return SagaOperations(app[SAGAS].runtime)
 
 
 def operator_errors(handler: Handler) -> Handler:

@@ -17,14 +17,13 @@ from proxy.idempotency.middleware import (
     idempotency_ctx,
     idempotency_middleware,
 )
-from proxy.idempotency.store import IdempotencyStore, StoreUnavailable, store_from_url
+from proxy.idempotency.store import IdempotencyStore, store_from_url
 
 __all__ = [
     "FORWARD_ROUTE",
     "IDEMPOTENCY_GUARD",
     "IdempotencyGuard",
     "IdempotencyStore",
-    "StoreUnavailable",
     "idempotency_ctx",
     "idempotency_middleware",
     "store_from_url",

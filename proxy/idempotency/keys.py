@@ -15,14 +15,11 @@ from collections.abc import Sequence
 
 from multidict import CIMultiDictProxy
 
+from proxy.errors import InvalidKey
 from proxy.idempotency.store import IdempotencyStore
 
 MAX_KEY_LENGTH = 255
 MAX_PREFER_WAIT = 300
-
-
-class InvalidKey(ValueError):
-    """The idempotency key header is malformed, repeated, or out of bounds (→ 400)."""
 
 
 def _unquote_sf_string(raw: str) -> str:

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from types import TracebackType
 
-from proxy.idempotency.store import Acquired, IdempotencyStore, StoreUnavailable
+from proxy.errors import StoreUnavailable
+from proxy.idempotency.store import Acquired, IdempotencyStore
 
 log = logging.getLogger("saga_sidecar.idempotency")
 

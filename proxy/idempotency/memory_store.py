@@ -17,12 +17,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from proxy.idempotency.store import (
-    ChangeSignal,
-    EventSignal,
-    IdempotencyStore,
-    StoreFull,
-)
+from proxy.errors import StoreFull
+from proxy.idempotency.store import ChangeSignal, EventSignal, IdempotencyStore
 from yamlconfig.units import parse_size
 
 DEFAULT_MAX_BYTES = 256 * 1024**2

@@ -17,7 +17,7 @@ from functools import partial
 from aiohttp import web
 
 from proxy.config import IdempotencyConfig
-from proxy.errors import UpstreamError
+from proxy.errors import InvalidKey, StoreUnavailable, UpstreamError
 from proxy.idempotency import replies
 from proxy.idempotency.exchange import (
     Answer,
@@ -28,7 +28,7 @@ from proxy.idempotency.exchange import (
     read_body,
 )
 from proxy.idempotency.fingerprint import fingerprint
-from proxy.idempotency.keys import InvalidKey, KeyScoper, parse_key, parse_prefer_wait
+from proxy.idempotency.keys import KeyScoper, parse_key, parse_prefer_wait
 from proxy.idempotency.lease import LeaseRenewer
 from proxy.idempotency.policy import IdempotencyPolicy, RoutePolicy, keeps_answer
 from proxy.idempotency.record import StoredResponse, headers_to_store
@@ -38,7 +38,6 @@ from proxy.idempotency.store import (
     Completed,
     IdempotencyStore,
     InFlight,
-    StoreUnavailable,
     new_token,
     store_from_url,
 )

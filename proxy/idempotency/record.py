@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from proxy.errors import RecordFormatError
 from proxy.headers import HOP_BY_HOP
 
 RECORD_MAGIC = b"R1"
@@ -32,10 +33,6 @@ NOT_STORED = HOP_BY_HOP | {
     "x-request-id",
     "idempotent-replayed",
 }
-
-
-class RecordFormatError(ValueError):
-    """Bytes in the store that are not a record this version can read."""
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
+from proxy.errors import RespError, StoreUnavailable
 from proxy.idempotency.redis_client import RedisConnection, connect, parse_redis_url
 from proxy.idempotency.redis_notify import CompletionListener
 from proxy.idempotency.resp import PipelinedRedis
-from proxy.idempotency.store import ChangeSignal, IdempotencyStore, StoreUnavailable
+from proxy.idempotency.store import ChangeSignal, IdempotencyStore
 
 _SCRIPTS = ("acquire", "complete", "release", "renew", "secret")
-_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+_REDIS_ERRORS = (RedisError, RedisClusterException, RespError, OSError, TimeoutError)
 
 
 def _lua(name: str) -> str:

@@ -26,13 +26,10 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.exceptions import ResponseError
+
+from proxy.errors import RespError
 
 Arg = bytes | str | int
-
-
-class RespError(ResponseError):
-    """Redis answered a command with an error reply."""
 
 
 def encode_command(args: tuple[Arg, ...]) -> bytes:

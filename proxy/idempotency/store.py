@@ -18,30 +18,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.errors import SidecarError
-from proxy.idempotency.record import (
-    RecordFormatError,
-    StoredResponse,
-    decode_record,
-    encode_record,
-)
+from proxy.errors import RecordFormatError, StoreUnavailable
+from proxy.idempotency.record import StoredResponse, decode_record, encode_record
 from proxy.ids import UniqueIds
 
 LOCK_MARK = b"L"
 TOKEN_LENGTH = 32
 SECRET_REFRESH_SECONDS = 10.0
-
-
-class StoreUnavailable(SidecarError):
-    """The idempotency store could not be used (unreachable, timed out, full, corrupt data)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class StoreFull(StoreUnavailable):
-    """An in-process store reached its memory bound; nothing within its TTL is dropped early."""
 
 
 @dataclass(frozen=True)

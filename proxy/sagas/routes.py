@@ -15,23 +15,20 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import LoadedConfig
+from proxy.errors import BadTrigger, InvalidKey
 from proxy.forward import limited_body
-from proxy.idempotency.keys import InvalidKey, parse_key
+from proxy.idempotency.keys import parse_key
 from proxy.keys import CONFIG, SAGAS, TASKS
 from proxy.problems import problem_response
 from saga_runner.definition import SagaDefinition
-from saga_runner.errors import LeaseLost, StoreError, TemplateError
+from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
 from saga_runner.records import CreateResult, Lease, SagaInstance
 from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
-from saga_runner.storable import UnstorableJson, clean_text, parse_json
+from saga_runner.storable import clean_text, parse_json
 
 _UNKEYED = b"saga-sidecar trigger key"
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
-
-
-class BadTrigger(Exception):
-    """The trigger request cannot start a saga (its body is not a JSON object)."""
 
 
 async def read_input(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.config import LoadedConfig
+from proxy.errors import RuntimeUnavailable
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
 from proxy.sagas.step_transport import UpstreamStepTransport
@@ -89,9 +90,13 @@ class SagaService:
 
     @property
     def runtime(self) -> SagaRuntime:
-        """The open runtime (only between app startup and cleanup)."""
+        """The open runtime (only between app startup and cleanup).
+
+        Raises:
+            RuntimeUnavailable: the runtime is not open (the sidecar is starting or stopping).
+        """
         if self._runtime is None:
-            raise RuntimeError("the saga runtime is not open")
+            raise RuntimeUnavailable("the saga runtime is not open")
         return self._runtime
 
     async def open(self) -> None:

@@ -25,7 +25,8 @@ from multidict import CIMultiDict
 
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.upstream import UpstreamClient, UpstreamResponse
-from saga_runner.transport import RawAnswer, SendFailure
+from saga_runner.errors import SendFailure
+from saga_runner.transport import RawAnswer
 
 USER_AGENT = "saga-sidecar"
 _DEFAULTS = (

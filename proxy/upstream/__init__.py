@@ -1,7 +1,6 @@
 """A lean HTTP/1.1 client for the upstream app: pooled keep-alive connections, llhttp parsing."""
 
 from proxy.upstream.client import RequestBody, UpstreamClient
-from proxy.upstream.connection import UpstreamConnectionError
 from proxy.upstream.response import UpstreamResponse
 
-__all__ = ["RequestBody", "UpstreamClient", "UpstreamConnectionError", "UpstreamResponse"]
+__all__ = ["RequestBody", "UpstreamClient", "UpstreamResponse"]

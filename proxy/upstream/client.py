@@ -13,8 +13,13 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from proxy.errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream.connection import ResponseHead, UpstreamConnection, UpstreamConnectionError
+from proxy.errors import (
+    UpstreamConnectionError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.upstream.connection import ResponseHead, UpstreamConnection
 from proxy.upstream.response import UpstreamResponse
 
 RequestBody = bytes | AsyncIterator[bytes] | None

@@ -22,14 +22,12 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
+from proxy.errors import UpstreamConnectionError
+
 # Body bytes queued before the socket stops being read (the consumer is slower than the app).
 _HIGH_WATER = 256 * 1024
 # A response head larger than this is refused (a field line alone may be up to the field limit).
 _MAX_HEAD = 1024 * 1024
-
-
-class UpstreamConnectionError(ConnectionError):
-    """The upstream connection broke, or its answer was not valid HTTP/1.1."""
 
 
 @dataclass(frozen=True)

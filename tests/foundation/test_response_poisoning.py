@@ -24,7 +24,8 @@ import pytest
 
 from foundation.rawserver import Peer, StartServer, response
 from proxy.sagas.step_transport import UpstreamStepTransport
-from saga_runner.transport import AiohttpTransport, SendFailure, StepTransport
+from saga_runner.errors import SendFailure
+from saga_runner.transport import AiohttpTransport, StepTransport
 
 if TYPE_CHECKING:
     from conftest import Sidecar

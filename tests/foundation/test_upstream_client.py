@@ -18,8 +18,13 @@ from aiohttp import web
 from conftest import Upstream
 
 from foundation.rawserver import WAIT, Handler, Peer, StartServer, response
-from proxy.errors import UpstreamReset, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream import UpstreamClient, UpstreamConnectionError
+from proxy.errors import (
+    UpstreamConnectionError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.upstream import UpstreamClient
 
 MakeClient = Callable[..., UpstreamClient]
 OK = response("200 OK", b"ok")

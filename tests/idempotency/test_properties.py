@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from idempotency.conftest import InProcessSidecar, SidecarFactory
 from idempotency.upstream import CountingUpstream
-from proxy.idempotency.keys import InvalidKey, parse_key, parse_prefer_wait
+from proxy.errors import InvalidKey
+from proxy.idempotency.keys import parse_key, parse_prefer_wait
 
 # Anything aiohttp's client lets through as a header value: no control characters but tab.
 header_text = st.text(

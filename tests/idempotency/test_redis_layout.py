@@ -10,12 +10,12 @@ from redis.asyncio import Redis
 
 from idempotency.conftest import SidecarFactory
 from idempotency.upstream import CountingUpstream
+from proxy.errors import StoreUnavailable
 from proxy.idempotency.record import StoredResponse
 from proxy.idempotency.redis_store import RedisStore
 from proxy.idempotency.store import (
     Acquired,
     Completed,
-    StoreUnavailable,
     new_token,
     store_from_url,
 )

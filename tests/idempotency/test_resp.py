@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.idempotency.resp import PipelinedRedis, RespError
+from proxy.errors import RespError
+from proxy.idempotency.resp import PipelinedRedis
 
 
 @pytest.fixture

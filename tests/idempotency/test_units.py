@@ -8,19 +8,19 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import IdempotencyConfig
+from proxy.errors import InvalidKey, RecordFormatError, StoreFull
 from proxy.idempotency.fingerprint import fingerprint
-from proxy.idempotency.keys import InvalidKey, KeyScoper, parse_key, parse_prefer_wait
+from proxy.idempotency.keys import KeyScoper, parse_key, parse_prefer_wait
 from proxy.idempotency.memory_store import MemoryStore
 from proxy.idempotency.policy import IdempotencyPolicy, keeps_answer
 from proxy.idempotency.record import (
-    RecordFormatError,
     StoredResponse,
     decode_record,
     encode_record,
     headers_to_store,
 )
 from proxy.idempotency.redis_client import parse_redis_url
-from proxy.idempotency.store import Acquired, StoreFull, new_token
+from proxy.idempotency.store import Acquired, new_token
 
 
 @pytest.mark.parametrize(
