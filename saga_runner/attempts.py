@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,12 +33,20 @@ log = logging.getLogger("saga_sidecar.saga")
 Sleep = Callable[[float], Awaitable[None]]
 
 
+IN_FLIGHT_PROBLEM = "urn:saga-sidecar:problem:idempotency-in-flight"
+"""The problem type a saga-sidecar answers (409) while a request with the same key still runs."""
+
+
 def outcome_unknown(result: CallResult) -> bool:
     """Whether a failed call may still have taken effect upstream (so it must be compensated).
 
-    A definite answer that says the request was refused or not processed (a 4xx, or 503) is
-    known; a timeout, a reset after sending, or another 5xx is not.
+    A call is judged by all its attempts, not the last one: once any attempt may have taken
+    effect, a later 503 or refusal does not undo it. A definite answer that says the request was
+    refused or not processed (a 4xx, or 503) is known; a timeout, a reset after sending, or
+    another 5xx is not.
     """
+    if result.earlier_attempt_unknown:
+        return True
     if result.status is None:
         return result.sent
     return httpsemantics.outcome_unknown(result.status)
@@ -57,6 +65,23 @@ class CallSpec:
     timeout: float
     retry: RetryPolicy
     first_attempt: int = 1
+    effect_possible: bool = False
+    """An earlier run of this call may have taken effect (it was resumed after a crash)."""
+
+
+def still_running(result: CallResult, effect_possible: bool) -> bool:
+    """Whether a 409 means "your earlier attempt is still in flight" rather than a refusal.
+
+    Step calls carry an ``Idempotency-Key``; an idempotent service answers 409 to a retry that
+    arrives while the first attempt with that key is still being processed. That is the case
+    when an earlier attempt may have reached the service (it timed out, or failed after
+    sending), or when the answer is a saga-sidecar's in-flight problem.
+    """
+    if result.status != 409 or result.outcome is not Outcome.PERMANENT:
+        return False
+    if effect_possible:
+        return True
+    return isinstance(result.body, dict) and result.body.get("type") == IN_FLIGHT_PROBLEM
 
 
 class AttemptLoop:
@@ -99,6 +124,7 @@ class AttemptLoop:
         """
         status = self._status_while_calling(spec.kind)
         attempt = spec.first_attempt
+        effect_possible = spec.effect_possible
         while True:
             if not announced:
                 await self.store.set_step_status(
@@ -110,9 +136,16 @@ class AttemptLoop:
                 )
             announced = False
             result, record = await self._attempt(lease, spec, attempt)
+            if still_running(result, effect_possible):
+                result = replace(result, outcome=Outcome.RETRYABLE)
+            if effect_possible and result.outcome is not Outcome.SUCCESS:
+                result = replace(result, earlier_attempt_unknown=True)
+            effect_possible = effect_possible or outcome_unknown(result)
             if result.outcome is not Outcome.RETRYABLE or not spec.retry.can_retry(attempt):
                 return result, record
-            delay = max(spec.retry.delay(attempt, self.rng), result.retry_after or 0.0)
+            # A step service's Retry-After is honoured, but never beyond the step's max_backoff.
+            asked = min(result.retry_after or 0.0, spec.retry.max_backoff)
+            delay = max(spec.retry.delay(attempt, self.rng), asked)
             due = datetime.now(UTC) + timedelta(seconds=delay)
             # One commit: the attempt, the saga's next_run_at (what recovery obeys, so a new
             # owner never calls too early) and the step's detail.

@@ -65,6 +65,8 @@ class CallResult:
     error: str | None = None
     retry_after: float | None = None
     sent: bool = True
+    earlier_attempt_unknown: bool = False
+    """An earlier attempt of the same call may have taken effect (a timeout, a 5xx, a crash)."""
 
     def as_record(self) -> dict[str, Any]:
         """JSON-able view of the answer: ``steps.NAME.*`` in templates, and the step ``result``."""

@@ -286,6 +286,7 @@ class SagaEngine:
     ) -> tuple[StepFailure | None, WriteBatch]:
         request, run.first_call = run.first_call, None
         first_attempt = 1
+        resumed = False
         if request is None:
             try:
                 request = build_request(
@@ -332,6 +333,7 @@ class SagaEngine:
             timeout=step_def.timeout_or(self.settings.default_timeout),
             retry=step_def.retry,
             first_attempt=first_attempt,
+            effect_possible=resumed,
         )
         result, attempt = await self.attempts.run(run.lease, spec, announced=True)
         return self._action_finished(run, order, step_def, result, attempt)

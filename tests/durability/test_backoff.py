@@ -21,7 +21,8 @@ async def test_backoff_persisted_before_a_crash_is_honoured_by_the_next_process(
     ledger.script(
         "/flaky", failures=1, fail_status=503, fail_headers={"Retry-After": str(RETRY_AFTER)}
     )
-    cluster.write_saga(saga("patient", [step("flaky", "/flaky")]))
+    patient = {"attempts": 3, "backoff": "10ms", "max_backoff": f"{RETRY_AFTER + 1}s"}
+    cluster.write_saga(saga("patient", [step("flaky", "/flaky", retry=patient)]))
     first = cluster.start()
     saga_id = await cluster.trigger(http, first, "patient", {"order": "B-1"})
 

@@ -87,7 +87,7 @@ async def test_a_long_retry_after_on_a_503_replaces_the_short_backoff(
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     value = "120" if form == "seconds" else when
     services.plan("shipping", "POST /shipments", Reply(503, headers={"Retry-After": value}))
-    engine = await make_engine()
+    engine = await make_engine(with_step(order_saga(), "ship", retry={"max_backoff": "300s"}))
 
     detail, recorder = await run_recorded(engine)
 

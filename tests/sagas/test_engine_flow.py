@@ -138,7 +138,7 @@ async def test_retry_after_on_a_429_is_honoured_and_persisted_before_sleeping(
     services.plan(
         "payments", "POST /charges", Reply(429, {"error": "slow down"}, {"Retry-After": "1"})
     )
-    engine = await make_engine()
+    engine = await make_engine(with_step(order_saga(), "charge", retry={"max_backoff": "2s"}))
     created = await engine.runtime.engine.start(engine.definition, ORDER, {}, None)
     assert created.lease is not None
     task = asyncio.create_task(engine.runtime.engine.execute(engine.definition, created.lease, {}))
