@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv run test lint format clean bench profile soak chaos
+.PHONY: all venv run test lint format clean bench profile soak chaos verify
 all: lint test
 
 $(STAMP): pyproject.toml
@@ -35,6 +35,9 @@ bench: venv  ## throughput/latency table vs. baselines (needs wrk; BENCH_QUICK=1
 profile: venv  ## py-spy flame graph of the sidecar under load (PROFILE_SCENARIO=get|post|miss|replay|saga)
 	@bench/prereqs.sh
 	@scripts/with-test-services.sh $(BIN)/python -m bench.profile
+
+verify:  ## model-check the idempotency and saga-lease protocols (models/*.pml) with spin
+	@scripts/verify-models.sh
 
 lint: venv
 	$(BIN)/ruff check .
