@@ -16,6 +16,7 @@ completed + lease released.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -111,6 +112,7 @@ class SagaEngine:
                 execute_data=self.redactor.redact_call(first.as_record()),
                 retry_count=1,
             )
+        sent_at = asyncio.get_running_loop().time()
         created = await self.store.create_instance(
             business_type=definition.name,
             business_id=business_id,
@@ -127,7 +129,7 @@ class SagaEngine:
         if created.lease is None:
             return created
         # From here on: the run starts only after more work, and the lease is ticking.
-        self.leases.track(created.lease)
+        self.leases.track(created.lease, sent_at=sent_at)
         self.observer.saga_started(definition.name)
         return Started(created.saga, created.lease, created.steps, first)
 

@@ -12,8 +12,15 @@ in place of the cancellation, so the run makes no further call. The store's fenc
 the hard guarantee; this only stops a run sooner.
 
 A round that fails (store unreachable, or slower than a whole lease) is logged and retried
-shortly; leases that cannot be renewed expire, and their runs are fenced off at their next
-write. The renewer runs in the event loop that runs the sagas on purpose: a lease vouches that
+shortly. A run whose lease could not be renewed stops itself before the lease can expire
+(self-fencing): the renewer knows, on this process's monotonic clock, when it sent the statement
+that last extended each lease, so it knows a moment before which the database cannot yet
+consider the lease expired; two ticks before that moment the run is cancelled with
+``LeaseLost``, like a run whose lease was taken. So another replica that claims the saga after
+the expiry never calls a step while this one still does. The store's fenced writes remain the
+guarantee for a process frozen longer than a lease (its timers cannot fire).
+
+The renewer runs in the event loop that runs the sagas on purpose: a lease vouches that
 this loop makes progress, so a stalled or paused process must let its leases lapse.
 """
 
@@ -127,22 +134,32 @@ class LeaseRenewer:
         self._pending: dict[Lease, float] = {}
         # Tracked or held, and not renewed by any round yet.
         self._fresh: set[Lease] = set()
+        # Lease -> (loop time) before which the database cannot consider it expired: when the
+        # statement that last extended it was sent, plus the lease.
+        self._valid_until: dict[Lease, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._fencer: asyncio.Task[None] | None = None
 
     @property
     def leases(self) -> frozenset[Lease]:
         """The leases this renewer keeps: held by runs, or tracked until a run holds them."""
         return frozenset(hold.lease for hold in self._holds).union(self._pending)
 
-    def track(self, lease: Lease) -> None:
+    def track(self, lease: Lease, *, sent_at: float | None = None) -> None:
         """Renew ``lease`` from now on, until a run holds it (``hold``).
 
         Call it as soon as a lease is acquired, so the lease does not lapse in the time it
         takes to start the run (seconds on a loaded machine). A lease no run holds within two
         lease periods is dropped and lapses, so a run that never starts cannot pin its saga.
+
+        Args:
+            lease: the lease just acquired.
+            sent_at: the loop time (``loop.time()``) when the statement that acquired it was
+                sent; the lease is trusted for ``lease_seconds`` from then. Default: now.
         """
-        deadline = asyncio.get_running_loop().time() + 2 * self.lease_seconds
-        self._pending[lease] = deadline
+        now = asyncio.get_running_loop().time()
+        self._pending[lease] = now + 2 * self.lease_seconds
+        self._valid_until[lease] = (now if sent_at is None else sent_at) + self.lease_seconds
         self._fresh.add(lease)
 
     def hold(self, lease: Lease) -> LeaseHold:
@@ -153,11 +170,13 @@ class LeaseRenewer:
         """Start renewing in the background (a second call does nothing)."""
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="saga-lease-renewer")
+            self._fencer = asyncio.create_task(self._fence_loop(), name="saga-lease-fencer")
 
     async def stop(self) -> None:
         """Stop renewing; the leases still held then expire unless their runs release them."""
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [task for task in (self._task, self._fencer) if task is not None]
+        self._task = self._fencer = None
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -181,8 +200,12 @@ class LeaseRenewer:
     async def _renew(self, leases: list[Lease]) -> frozenset[Lease]:
         if not leases:
             return frozenset()
+        sent_at = asyncio.get_running_loop().time()
         lost = await self.store.renew_many(leases, self.lease_seconds)
         self._fresh.difference_update(leases)
+        for lease in leases:
+            if lease not in lost:
+                self._valid_until[lease] = sent_at + self.lease_seconds
         for lease in lost:
             if self._pending.pop(lease, None) is not None:
                 _log_lost(lease, "before its run started")
@@ -201,15 +224,35 @@ class LeaseRenewer:
             if deadline <= now:
                 del self._pending[lease]
                 self._fresh.discard(lease)
+                self._valid_until.pop(lease, None)
+
+    def _fence_expiring(self) -> None:
+        """Stop the runs whose lease may expire within two ticks (it could not be renewed)."""
+        horizon = asyncio.get_running_loop().time() + 2 * self.tick
+        for hold in list(self._holds):
+            valid_until = self._valid_until.get(hold.lease)
+            if (
+                valid_until is not None
+                and valid_until <= horizon
+                and hold._lose(
+                    f"saga {hold.lease.saga_id}: lease {hold.lease.version} could not be renewed "
+                    f"in time and may expire: the run stops before another replica may claim it"
+                )
+            ):
+                _log_lost(hold.lease, "not renewed in time, stopping its run")
 
     def _register(self, hold: LeaseHold) -> None:
         if self._pending.pop(hold.lease, None) is None:
             self._fresh.add(hold.lease)  # acquired without ``track``: renew it soon
+            now = asyncio.get_running_loop().time()
+            self._valid_until.setdefault(hold.lease, now + self.lease_seconds)
         self._holds[hold] = None
 
     def _unregister(self, hold: LeaseHold) -> None:
         self._holds.pop(hold, None)
         self._fresh.discard(hold.lease)
+        if hold.lease not in self._pending:
+            self._valid_until.pop(hold.lease, None)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,6 +264,12 @@ class LeaseRenewer:
                 full_due = loop.time() + (self.interval if renewed else self.tick)
             elif self._fresh:
                 await self._round(self._renew_fresh)
+
+    async def _fence_loop(self) -> None:
+        # Apart from the renewal loop, so a renewal round stuck on a slow store cannot delay it.
+        while True:
+            await asyncio.sleep(self.tick)
+            self._fence_expiring()
 
     async def _round(self, renew: Callable[[], Awaitable[frozenset[Lease]]]) -> bool:
         """Run one round; log (without raising) why it failed, and return whether it worked."""

@@ -17,6 +17,7 @@ foreground. A refused action changes nothing and raises ``OperationRefused``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -243,10 +244,11 @@ class SagaOperations:
         if not force and _held(saga, self.store.now()):
             raise _held_refusal(saga)
         definition = await self._definition(saga)
+        sent_at = asyncio.get_running_loop().time()
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=force)
         if claim is None:
             raise _held_refusal(await self.store.get_instance(saga_id))
-        self.runtime.leases.track(claim.lease)
+        self.runtime.leases.track(claim.lease, sent_at=sent_at)
         return await self._prepare(
             claim, "retry", actor, definition, holder=saga.owner, force=force, reason=reason
         )
@@ -265,10 +267,11 @@ class SagaOperations:
         """
         saga = await self._expect(saga_id, "abort")
         definition = await self._definition(saga)
+        sent_at = asyncio.get_running_loop().time()
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=True)
         if claim is None:
             raise StoreError(f"saga {saga_id}: a forced claim was refused")
-        self.runtime.leases.track(claim.lease)
+        self.runtime.leases.track(claim.lease, sent_at=sent_at)
         return await self._prepare(
             claim, "abort", actor, definition, holder=saga.owner, force=True, reason=reason
         )

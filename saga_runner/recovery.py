@@ -102,13 +102,14 @@ class RecoveryWorker:
             the ids of the sagas claimed in this round.
         """
         room = self.settings.max_concurrent - len(self._running)
+        sent_at = asyncio.get_running_loop().time()
         claims = (
             await self.runtime.store.claim_due(self.owner, self.settings.lease_seconds, room)
             if room > 0
             else []
         )
         for claim in claims:
-            self.runtime.leases.track(claim.lease)
+            self.runtime.leases.track(claim.lease, sent_at=sent_at)
             stale = self._running.get(claim.saga.id)
             task = asyncio.create_task(
                 self._resume_after(stale, claim), name=f"saga-resume-{claim.saga.id}"

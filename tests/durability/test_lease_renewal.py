@@ -247,3 +247,28 @@ async def test_a_run_whose_last_write_released_its_lease_is_not_cut_off_by_a_ren
         assert await runtime.leases.renew_once() == {lease}, "the store reports it gone"
         await asyncio.sleep(0)  # a cancellation would land here
     assert not hold.lost
+
+
+async def test_a_run_whose_lease_cannot_be_renewed_stops_before_the_lease_can_expire(
+    open_runtime: OpenRuntime, ledger: Ledger, pg: Db
+) -> None:
+    gate = ledger.script("/hang", gate=threading.Event()).gate
+    assert gate is not None
+    runtime = await open_runtime(saga("cutoff", [step("hang", "/hang")]), lease=1.0)
+    saga_id, run = await begin(runtime, "cutoff", "F-1")
+    await eventually(lambda: len(ledger.calls_to("/hang")) == 1, "the run calls /hang")
+    expires = (await pg.instance(saga_id))["lease_expires_at"]
+
+    await pg.conn.execute("ALTER TABLE saga_instances RENAME TO saga_instances_away")
+    try:
+        with pytest.raises(LeaseLost, match="could not be renewed in time"):
+            await asyncio.wait_for(run, 10)
+        stopped = await pg.conn.fetchval("SELECT now()")
+    finally:
+        await pg.conn.execute("ALTER TABLE saga_instances_away RENAME TO saga_instances")
+
+    assert not gate.is_set(), "the hanging call was cut off"
+    assert stopped < expires + timedelta(seconds=1.0), "stopped before its last renewal expired"
+    row = await pg.instance(saga_id)
+    assert stopped < row["lease_expires_at"], "no other replica could have claimed it yet"
+    gate.set()
