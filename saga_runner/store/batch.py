@@ -64,7 +64,8 @@ class WriteBatch:
 
     Attributes:
         steps: step changes, at most one per step.
-        attempts: attempt rows to insert.
+        attempts: attempt rows to insert (rows of one batch get their ids in no set order;
+            the engine writes at most one per batch).
         saga_status: the instance's new status (``None``: keep it).
         saga_columns: other instance columns (a subset of ``SAGA_COLUMNS``).
         release: give the lease up in the same write (``owner`` and ``lease_expires_at``
