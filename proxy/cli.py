@@ -15,7 +15,7 @@ from proxy.logs import setup_logging
 from proxy.sagas.cli import add_sagas_parser, cmd_sagas
 from saga_runner.catalog import load_definitions
 from saga_runner.errors import SagaError, StoreError
-from saga_runner.store.base import open_store
+from saga_runner.store import SagaStore
 from yamlconfig.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _migrate(loaded: LoadedConfig) -> list[int]:
     assert loaded.config.sagas is not None
-    store = await open_store(loaded.config.sagas.store, loaded.base_dir)
+    store = await SagaStore.from_url(loaded.config.sagas.store, loaded.base_dir)
     try:
         return await store.migrate()
     finally:

@@ -21,11 +21,11 @@ from typing import Any
 import httpsemantics
 from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
 from saga_runner.observer import SagaObserver
-from saga_runner.records import UNSET, Lease
+from saga_runner.records import Lease
 from saga_runner.redact import Redactor
 from saga_runner.retry import RetryPolicy
 from saga_runner.states import AttemptKind, StepStatus
-from saga_runner.store.base import SagaStore
+from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
 
 log = logging.getLogger("saga_sidecar.saga")
@@ -127,13 +127,11 @@ class AttemptLoop:
         effect_possible = spec.effect_possible
         while True:
             if not announced:
-                await self.store.set_step_status(
-                    lease,
-                    spec.step_order,
-                    status,
-                    next_retry_at=None,
-                    retry_count=attempt if spec.kind is AttemptKind.ACTION else UNSET,
-                )
+                announce: dict[str, Any] = {"next_retry_at": None}
+                if spec.kind is AttemptKind.ACTION:
+                    announce["retry_count"] = attempt
+                change = StepChange(spec.step_order, status, announce)
+                await self.store.write(lease, WriteBatch(steps=(change,)))
             announced = False
             result, record = await self._attempt(lease, spec, attempt)
             if still_running(result, effect_possible):

@@ -23,7 +23,7 @@ from saga_runner.runs import (
     undo_impossible,
 )
 from saga_runner.states import AttemptKind, StepStatus
-from saga_runner.store.base import SagaStore
+from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
 
 

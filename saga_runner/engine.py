@@ -44,7 +44,7 @@ from saga_runner.runs import (
     started_headers,
 )
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
-from saga_runner.store.base import SagaStore
+from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
 from saga_runner.template import RenderContext, StepResult
 

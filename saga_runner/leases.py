@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from saga_runner.errors import LeaseLost, StoreError
 from saga_runner.records import Lease
-from saga_runner.store.base import SagaStore
+from saga_runner.store import SagaStore
 
 log = logging.getLogger("saga_sidecar.saga")
 

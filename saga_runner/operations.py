@@ -44,8 +44,7 @@ from saga_runner.records import (
 )
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
-from saga_runner.store.base import SagaStore
-from saga_runner.store.reads import MAX_PAGE_SIZE
+from saga_runner.store import MAX_PAGE_SIZE, SagaStore, WriteBatch
 from saga_runner.views import OutputRedactor
 from yamlconfig.errors import ConfigError
 
@@ -345,17 +344,14 @@ class SagaOperations:
 
     async def _transition(self, claim: Claim, action: str, actor: str) -> SagaInstance:
         if action == "abort":
-            return await self.store.set_saga_status(
-                claim.lease,
-                SagaStatus.COMPENSATING,
-                failure_reason=f"aborted by {actor}",
-                next_run_at=None,
-            )
-        if claim.saga.status is SagaStatus.FAILED:
-            return await self.store.set_saga_status(
-                claim.lease, SagaStatus.COMPENSATING, next_run_at=None
-            )
-        return claim.saga
+            columns: dict[str, JsonValue] = {"failure_reason": f"aborted by {actor}"}
+        elif claim.saga.status is SagaStatus.FAILED:
+            columns = {}
+        else:
+            return claim.saga
+        columns["next_run_at"] = None
+        batch = WriteBatch(saga_status=SagaStatus.COMPENSATING, saga_columns=columns)
+        return await self.store.write(claim.lease, batch)
 
 
 def _refusal(saga: SagaInstance, allowed: frozenset[SagaStatus], verb: str) -> str:

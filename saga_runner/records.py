@@ -2,8 +2,7 @@
 
 Both store backends return exactly these types: statuses as ``StrEnum`` members, timestamps as
 timezone-aware UTC ``datetime`` objects, JSON columns as plain Python values. A ``Lease`` is the
-fencing token a replica presents on every write; ``UNSET`` marks an optional field a write leaves
-alone (``None`` clears it).
+fencing token a replica presents on every write.
 """
 
 from __future__ import annotations
@@ -24,18 +23,6 @@ if TYPE_CHECKING:
 
 JsonValue: TypeAlias = Any
 """A value that round-trips through JSON (dict, list, str, int, float, bool or None)."""
-
-
-class Unset(Enum):
-    """The type of ``UNSET``: "leave this column as it is" in a store write."""
-
-    UNSET = "UNSET"
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = Unset.UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from saga_runner.errors import LeaseLost, SagaError, StoreError
 from saga_runner.records import Claim
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
+from saga_runner.store import WriteBatch
 from yamlconfig.errors import ConfigError
 
 log = logging.getLogger("saga_sidecar.recovery")
@@ -169,9 +170,11 @@ class RecoveryWorker:
     async def _fail_without_definition(self, claim: Claim, reason: str) -> None:
         message = f"cannot resume: {reason}"
         try:
-            await self.runtime.store.set_saga_status(
-                claim.lease, SagaStatus.FAILED, failure_reason=message, next_run_at=None
+            failed = WriteBatch(
+                saga_status=SagaStatus.FAILED,
+                saga_columns={"failure_reason": message, "next_run_at": None},
             )
+            await self.runtime.store.write(claim.lease, failed)
             await self.runtime.store.record_event(
                 claim.saga.id, self.owner, "failed", {"reason": message}
             )

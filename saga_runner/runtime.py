@@ -26,7 +26,7 @@ from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import NullObserver, SagaObserver
 from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings
-from saga_runner.store.base import SagaStore, open_store
+from saga_runner.store import SagaStore
 from saga_runner.transport import AiohttpTransport, StepTransport
 
 
@@ -82,7 +82,7 @@ class SagaRuntime:
         ``transport`` carries the step calls (default: an ``AiohttpTransport``); the runtime
         closes it in ``close``.
         """
-        store = await open_store(settings.store_url, settings.base_dir)
+        store = await SagaStore.from_url(settings.store_url, settings.base_dir)
         try:
             if settings.migrate:
                 await store.migrate()

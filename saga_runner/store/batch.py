@@ -2,8 +2,9 @@
 
 The engine records a step's outcome together with the announcement of the next step (or the
 saga's end and the release of its lease) as one ``WriteBatch``: one transaction, one commit,
-all or nothing under the lease. Each part is checked against the same status transitions as the
-single-purpose writes (``set_saga_status``, ``set_step_status``, ``record_attempt``).
+all or nothing under the lease. A batch is the only way to change a saga's state: a single step
+change, attempt row or status change is a batch of one. Each part is checked against the status
+transitions (``SAGA_TRANSITIONS``, ``STEP_TRANSITIONS``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class WriteBatch:
 
     Attributes:
         steps: step changes, at most one per step.
-        attempts: attempt rows to insert.
+        attempts: attempt rows to insert (rows of one batch get their ids in no set order;
+            the engine writes at most one per batch).
         saga_status: the instance's new status (``None``: keep it).
         saga_columns: other instance columns (a subset of ``SAGA_COLUMNS``).
         release: give the lease up in the same write (``owner`` and ``lease_expires_at``

@@ -1,4 +1,4 @@
-"""PostgreSQL statements of the batched writes: creation and ``_apply``, one text per shape.
+"""PostgreSQL statements of the batched writes: creation and ``apply``, one text per shape.
 
 A batch's statement depends on its shape (which columns change, how many steps and attempts),
 never on its values, so each text is built once (``functools.cache``) and asyncpg's per-connection
@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from saga_runner.records import Lease
 from saga_runner.store import sqltext
-from saga_runner.store.core import Row, StepUpdate
+from saga_runner.store.backend import Row, StepUpdate
 
 FENCE: Final = "id = $1 AND lease_version = $2 AND owner = $3"
 ATTEMPT_TYPES: Final = (

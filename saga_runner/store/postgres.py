@@ -1,4 +1,4 @@
-"""The PostgreSQL saga store: one asyncpg pool per process, optionally in its own schema.
+"""The PostgreSQL saga-store backend: one asyncpg pool per process, optionally in its own schema.
 
 JSONB columns are (de)serialised by codecs registered in the pool's ``init``; the schema is set
 as the ``search_path`` connection parameter (a startup setting, which needs no ``SET``), and a
@@ -25,8 +25,7 @@ import asyncpg
 from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, pg_batches, sqltext
-from saga_runner.store.base import SagaStore
-from saga_runner.store.core import Clock, ListFilter, Row, StepUpdate
+from saga_runner.store.backend import ListFilter, Row, StepUpdate, StoreBackend
 
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _OPTIONS: Final = ("schema", "min_size", "max_size", "command_timeout")
@@ -111,16 +110,13 @@ def _row(record: Any) -> Row | None:
     return None if record is None else dict(record)
 
 
-class PostgresStore(SagaStore):
-    """The saga store on PostgreSQL (production; shared by every replica)."""
+class PostgresBackend(StoreBackend):
+    """The saga tables on PostgreSQL (production; shared by every replica)."""
 
-    backend = "postgres"
+    name = "postgres"
     driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-    def __init__(
-        self, pool: Any, schema: str, clock: Clock | None = None, *, lease_pool: Any = None
-    ) -> None:
-        super().__init__(clock)
+    def __init__(self, pool: Any, schema: str, *, lease_pool: Any = None) -> None:
         self._pool = pool
         # Lease renewals get a connection of their own: queued behind the runs' writes for one
         # of ``pool``'s connections, a renewal on a busy process came after the lease expired.
@@ -133,9 +129,8 @@ class PostgresStore(SagaStore):
         url: str,
         *,
         schema: str | None = None,
-        clock: Clock | None = None,
         connect_timeout: float = 10.0,
-    ) -> PostgresStore:
+    ) -> PostgresBackend:
         """Create the pools (connecting at once, so a bad URL fails at startup).
 
         Besides the pool of ``max_size`` connections, one more connection is kept for lease
@@ -146,7 +141,6 @@ class PostgresStore(SagaStore):
                 ``public``), ``min_size`` (1), ``max_size`` (10) and ``command_timeout``
                 (seconds a statement may take, 60) are ours; others go to asyncpg.
             schema: overrides ``?schema=``; a plain lower-case identifier.
-            clock: where "now" comes from; defaults to the system clock.
             connect_timeout: seconds to wait for each connection attempt.
 
         Raises:
@@ -160,37 +154,37 @@ class PostgresStore(SagaStore):
             pool, lease_pool = await _create_pools(dsn, options, schema, connect_timeout)
         except (*cls.driver_errors, ValueError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
-        return cls(pool, schema, clock, lease_pool=lease_pool)
+        return cls(pool, schema, lease_pool=lease_pool)
 
-    def _describe(self, exc: BaseException) -> str:
+    def describe(self, exc: BaseException) -> str:
         if isinstance(exc, asyncpg.UndefinedTableError):
             return f"{exc}: the saga tables are missing in schema {self.schema!r}; run migrate"
         detail = getattr(exc, "detail", None)
-        return f"{super()._describe(exc)} ({detail})" if detail else super()._describe(exc)
+        return f"{super().describe(exc)} ({detail})" if detail else super().describe(exc)
 
-    async def _migrate(self) -> list[int]:
+    async def migrate(self) -> list[int]:
         async with self._pool.acquire() as conn, conn.transaction():
             return await migrations.migrate_postgres(conn, self.schema)
 
-    async def _ping(self) -> None:
+    async def ping(self) -> None:
         # Bounded, so a readiness probe answers "not ready" instead of hanging.
         async with self._pool.acquire(timeout=_PING_TIMEOUT) as conn:
             await conn.fetchval("SELECT 1", timeout=_PING_TIMEOUT)
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         await self._pool.close()
         if self._lease_pool is not self._pool:
             await self._lease_pool.close()
 
-    async def _insert_definition(self, row: Row) -> None:
+    async def insert_definition(self, row: Row) -> None:
         sql = sqltext.insert("saga_definitions", list(row), _param)
         await self._pool.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", *row.values())
 
-    async def _select_definition(self, definition_hash: str) -> Row | None:
+    async def select_definition(self, definition_hash: str) -> Row | None:
         sql = "SELECT * FROM saga_definitions WHERE hash = $1"
         return _row(await self._pool.fetchrow(sql, definition_hash))
 
-    async def _insert_instance(
+    async def insert_instance(
         self, instance: Row, steps: list[Row], event: Row | None
     ) -> tuple[Row, list[int]] | None:
         sql = pg_batches.create_sql(tuple(instance))
@@ -200,45 +194,11 @@ class PostgresStore(SagaStore):
         row = dict(created)
         return row, list(row.pop("step_ids"))
 
-    async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
+    async def select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
         sql = "SELECT * FROM saga_instances WHERE business_type = $1 AND idempotency_key = $2"
         return _row(await self._pool.fetchrow(sql, business_type, key))
 
-    async def _update_instance(
-        self, lease: Lease, sources: frozenset[str] | None, changes: Row
-    ) -> Row | None:
-        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
-        status_clause = ""
-        if sources is not None:
-            args.append(list(sources))
-            status_clause = f" AND status = ANY(${len(args)}::text[])"
-        assignments = sqltext.assignments(changes, _param, len(args) + 1)
-        sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
-        return _row(await self._pool.fetchrow(sql, *args, *changes.values()))
-
-    async def _update_step(
-        self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
-    ) -> Row | None:
-        assignments = sqltext.assignments(changes, _param, 7)
-        sql = f"""
-            WITH fence AS (
-                SELECT id FROM saga_instances WHERE {_FENCE} FOR NO KEY UPDATE
-            ), step AS (
-                UPDATE saga_steps SET {assignments} FROM fence
-                WHERE saga_steps.saga_id = $1 AND saga_steps.saga_id = fence.id
-                  AND saga_steps.step_order = $4
-                  AND saga_steps.status = ANY($5::text[])
-                RETURNING saga_steps.*
-            ), touch AS (
-                UPDATE saga_instances SET updated_at = $6
-                WHERE id = $1 AND id IN (SELECT saga_id FROM step)
-            )
-            SELECT * FROM step"""
-        args = [lease.saga_id, lease.version, lease.owner, step_order, list(sources)]
-        args.append(changes["updated_at"])
-        return _row(await self._pool.fetchrow(sql, *args, *changes.values()))
-
-    async def _apply(
+    async def apply(
         self,
         lease: Lease,
         sources: frozenset[str] | None,
@@ -250,39 +210,21 @@ class PostgresStore(SagaStore):
         args = pg_batches.apply_args(lease, sources, changes, steps, attempts)
         return _row(await self._pool.fetchrow(sql, *args))
 
-    async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
-        sql = f"""
-            WITH fence AS (
-                SELECT id FROM saga_instances WHERE {_FENCE} FOR NO KEY UPDATE
-            )
-            INSERT INTO saga_step_attempts (saga_id, step_order, kind, attempt, started_at,
-                                            duration_ms, status_code, error)
-            SELECT fence.id, $4::integer, $5::text, $6::integer, $7::timestamptz,
-                   $8::double precision, $9::integer, $10::text
-            FROM fence
-            WHERE EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = $1 AND step_order = $4)
-            RETURNING *"""
-        args = [row[c] for c in ("step_order", "kind", "attempt", "started_at")]
-        args += [row[c] for c in ("duration_ms", "status_code", "error")]
-        return _row(
-            await self._pool.fetchrow(sql, lease.saga_id, lease.version, lease.owner, *args)
-        )
-
-    async def _select_instance(self, saga_id: str) -> Row | None:
+    async def select_instance(self, saga_id: str) -> Row | None:
         return _row(
             await self._pool.fetchrow("SELECT * FROM saga_instances WHERE id = $1", saga_id)
         )
 
-    async def _select_step(self, saga_id: str, step_order: int) -> Row | None:
+    async def select_step(self, saga_id: str, step_order: int) -> Row | None:
         sql = "SELECT * FROM saga_steps WHERE saga_id = $1 AND step_order = $2"
         return _row(await self._pool.fetchrow(sql, saga_id, step_order))
 
-    async def _renew(self, lease: Lease, expires: datetime) -> bool:
+    async def renew(self, lease: Lease, expires: datetime) -> bool:
         sql = f"UPDATE saga_instances SET lease_expires_at = $4 WHERE {_FENCE}"
         status = await self._pool.execute(sql, lease.saga_id, lease.version, lease.owner, expires)
         return bool(status == "UPDATE 1")
 
-    async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+    async def renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
         # The rows are locked in id order first, so two replicas renewing overlapping batches
         # (one of them holding stale leases) wait for each other instead of deadlocking.
         sql = """
@@ -302,7 +244,7 @@ class PostgresStore(SagaStore):
         rows = await self._lease_pool.fetch(sql, expires, ids, owners, versions)
         return {Lease(r["id"], r["owner"], r["lease_version"]) for r in rows}
 
-    async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
+    async def release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (
             "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = $4 "
             f"WHERE {_FENCE}"
@@ -310,7 +252,7 @@ class PostgresStore(SagaStore):
         args = (lease.saga_id, lease.version, lease.owner, next_run_at)
         return bool(await self._pool.execute(sql, *args) == "UPDATE 1")
 
-    async def _claim_due(
+    async def claim_due(
         self, owner: str, now: datetime, expires: datetime, limit: int
     ) -> list[Row]:
         sql = f"""
@@ -330,7 +272,7 @@ class PostgresStore(SagaStore):
             RETURNING s.*"""
         return _rows(await self._pool.fetch(sql, now, owner, expires, limit))
 
-    async def _claim_one(
+    async def claim_one(
         self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
     ) -> Row | None:
         sql = """
@@ -341,7 +283,7 @@ class PostgresStore(SagaStore):
             RETURNING *"""
         return _row(await self._pool.fetchrow(sql, saga_id, owner, expires, now, force))
 
-    async def _select_detail(
+    async def select_detail(
         self, saga_id: str
     ) -> tuple[Row, list[Row], list[Row], list[Row]] | None:
         async with (
@@ -362,26 +304,26 @@ class PostgresStore(SagaStore):
             )
         return dict(instance), _rows(steps), _rows(attempts), _rows(events)
 
-    async def _select_page(
+    async def select_page(
         self, where: ListFilter, limit: int, before: PageCursor | None
     ) -> list[Row]:
         sql, args = sqltext.page(where, limit, before, _param)
         return _rows(await self._pool.fetch(sql, *args))
 
-    async def _count_by_status(self) -> dict[str, int]:
+    async def count_by_status(self) -> dict[str, int]:
         sql = "SELECT status, count(*) AS n FROM saga_instances GROUP BY status"
         return {r["status"]: r["n"] for r in await self._pool.fetch(sql)}
 
-    async def _count_in(self, statuses: frozenset[str]) -> int:
+    async def count_in(self, statuses: frozenset[str]) -> int:
         sql = "SELECT count(*) FROM saga_instances WHERE status = ANY($1::text[])"
         return int(await self._pool.fetchval(sql, list(statuses)))
 
-    async def _oldest_in(self, statuses: frozenset[str]) -> datetime | None:
+    async def oldest_in(self, statuses: frozenset[str]) -> datetime | None:
         sql = "SELECT min(created_at) FROM saga_instances WHERE status = ANY($1::text[])"
         oldest: datetime | None = await self._pool.fetchval(sql, list(statuses))
         return oldest
 
-    async def _insert_event(self, row: Row) -> Row | None:
+    async def insert_event(self, row: Row) -> Row | None:
         sql = """
             INSERT INTO saga_events (saga_id, at, actor, action, detail)
             SELECT $1, $2::timestamptz, $3, $4, $5::jsonb
@@ -390,7 +332,7 @@ class PostgresStore(SagaStore):
         args = (row["saga_id"], row["at"], row["actor"], row["action"], row["detail"])
         return _row(await self._pool.fetchrow(sql, *args))
 
-    async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
+    async def delete_finished(self, cutoff: datetime, limit: int) -> int:
         # One replica prunes at a time: the others skip the tick instead of deleting alongside
         # it (and queueing on the same cascades). Transaction-scoped, so a crash releases it.
         lock = "SELECT pg_try_advisory_xact_lock(hashtext($1))"

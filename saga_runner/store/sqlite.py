@@ -1,4 +1,4 @@
-"""The SQLite saga store (embedded default): one writer connection, one reader, WAL mode.
+"""The SQLite saga-store backend (embedded default): one writer connection, one reader, WAL mode.
 
 Every write runs in ``BEGIN IMMEDIATE``, which takes the database write lock up front: writes
 from this process are serialised by an ``asyncio.Lock`` on the writer connection, and writes
@@ -23,8 +23,7 @@ import aiosqlite
 from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, sqltext
-from saga_runner.store.base import SagaStore
-from saga_runner.store.core import Clock, ListFilter, Row, StepUpdate
+from saga_runner.store.backend import ListFilter, Row, StepUpdate, StoreBackend
 from saga_runner.store.sqlite_rows import (
     all_rows,
     encode,
@@ -44,7 +43,7 @@ _RENEW_BATCH: Final = 300
 
 
 class _Refused(Exception):
-    """A precondition of ``_apply`` failed: roll the whole batch back."""
+    """A precondition of ``apply`` failed: roll the whole batch back."""
 
 
 async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
@@ -64,31 +63,28 @@ async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
     return conn
 
 
-class SqliteStore(SagaStore):
-    """The saga store in one SQLite file (embedded default; one host)."""
+class SqliteBackend(StoreBackend):
+    """The saga tables in one SQLite file (embedded default; one host)."""
 
-    backend = "sqlite"
+    name = "sqlite"
     driver_errors = (sqlite3.Error,)
 
     def __init__(
         self,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection | None,
-        clock: Clock | None = None,
     ) -> None:
-        super().__init__(clock)
         self._writer = writer
         self._reader = reader or writer
         self._write_lock = asyncio.Lock()
         self._read_lock = self._write_lock if reader is None else asyncio.Lock()
 
     @classmethod
-    async def connect(cls, path: Path | str, *, clock: Clock | None = None) -> SqliteStore:
+    async def connect(cls, path: Path | str) -> SqliteBackend:
         """Open (creating if needed) the database file; ``":memory:"`` for a private one.
 
         Args:
             path: the database file; its directory is created when missing.
-            clock: where "now" comes from; defaults to the system clock.
 
         Raises:
             StoreError: the file cannot be opened.
@@ -109,10 +105,10 @@ class SqliteStore(SagaStore):
             if writer is not None:
                 await writer.close()
             raise StoreError(f"cannot open SQLite saga store {str(path)!r}: {exc}") from exc
-        return cls(writer, reader, clock)
+        return cls(writer, reader)
 
-    def _describe(self, exc: BaseException) -> str:
-        text = super()._describe(exc)
+    def describe(self, exc: BaseException) -> str:
+        text = super().describe(exc)
         if text.startswith("no such table"):
             return f"{text}: the saga tables are missing; run migrate"
         return text
@@ -140,29 +136,29 @@ class SqliteStore(SagaStore):
         async with self._read_lock:
             return await all_rows(self._reader, sql, args)
 
-    async def _migrate(self) -> list[int]:
+    async def migrate(self) -> list[int]:
         async with self._write() as conn:
             return await migrations.migrate_sqlite(conn)
 
-    async def _ping(self) -> None:
+    async def ping(self) -> None:
         await self._fetchone("SELECT 1 AS ok")
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         if self._reader is not self._writer:
             await self._reader.close()
         await self._writer.close()
 
-    async def _insert_definition(self, row: Row) -> None:
+    async def insert_definition(self, row: Row) -> None:
         sql = sqltext.insert("saga_definitions", list(row), param)
         async with self._write() as conn:
             await conn.execute(f"{sql} ON CONFLICT (hash) DO NOTHING", encode_all(row))
 
-    async def _select_definition(self, definition_hash: str) -> Row | None:
+    async def select_definition(self, definition_hash: str) -> Row | None:
         return await self._fetchone(
             "SELECT * FROM saga_definitions WHERE hash = ?1", [definition_hash]
         )
 
-    async def _insert_instance(
+    async def insert_instance(
         self, instance: Row, steps: list[Row], event: Row | None
     ) -> tuple[Row, list[int]] | None:
         sql = sqltext.insert("saga_instances", list(instance), param)
@@ -187,41 +183,11 @@ class SqliteStore(SagaStore):
                 await conn.execute(event_sql, encode_all(event))
         return created, [ids[step["step_order"]] for step in steps]
 
-    async def _select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
+    async def select_by_idempotency_key(self, business_type: str, key: str | None) -> Row | None:
         sql = "SELECT * FROM saga_instances WHERE business_type = ?1 AND idempotency_key = ?2"
         return await self._fetchone(sql, [business_type, key])
 
-    async def _update_instance(
-        self, lease: Lease, sources: frozenset[str] | None, changes: Row
-    ) -> Row | None:
-        args: list[Any] = [lease.saga_id, lease.version, lease.owner]
-        status_clause = ""
-        if sources is not None:
-            status_clause = f" AND status IN ({numbered(4, len(sources))})"
-            args += sorted(sources)
-        assignments = sqltext.assignments(changes, param, len(args) + 1)
-        sql = f"UPDATE saga_instances SET {assignments} WHERE {_FENCE}{status_clause} RETURNING *"
-        async with self._write() as conn:
-            return await one(conn, sql, args + encode_all(changes))
-
-    async def _update_step(
-        self, lease: Lease, step_order: int, sources: frozenset[str], changes: Row
-    ) -> Row | None:
-        args: list[Any] = [lease.saga_id, lease.version, lease.owner, step_order, *sorted(sources)]
-        assignments = sqltext.assignments(changes, param, len(args) + 1)
-        sql = f"""
-            UPDATE saga_steps SET {assignments}
-            WHERE saga_id = ?1 AND step_order = ?4 AND status IN ({numbered(5, len(sources))})
-              AND EXISTS (SELECT 1 FROM saga_instances WHERE {_FENCE})
-            RETURNING *"""
-        touch = "UPDATE saga_instances SET updated_at = ?2 WHERE id = ?1"
-        async with self._write() as conn:
-            step = await one(conn, sql, args + encode_all(changes))
-            if step is not None:
-                await conn.execute(touch, [lease.saga_id, timestamp(changes["updated_at"])])
-            return step
-
-    async def _apply(
+    async def apply(
         self,
         lease: Lease,
         sources: frozenset[str] | None,
@@ -262,7 +228,7 @@ class SqliteStore(SagaStore):
 
     @staticmethod
     async def _apply_attempt(conn: aiosqlite.Connection, row: Row) -> None:
-        # ``row`` starts with saga_id and step_order (``writes.attempt_row``): ?1 and ?2.
+        # ``row`` starts with saga_id and step_order (``policy.attempt_row``): ?1 and ?2.
         columns = ", ".join(row)
         sql = f"""
             INSERT INTO saga_step_attempts ({columns})
@@ -272,24 +238,10 @@ class SqliteStore(SagaStore):
         if await one(conn, sql, encode_all(row)) is None:
             raise _Refused
 
-    async def _insert_attempt(self, lease: Lease, row: Row) -> Row | None:
-        sql = f"""
-            INSERT INTO saga_step_attempts (saga_id, step_order, kind, attempt, started_at,
-                                            duration_ms, status_code, error)
-            SELECT ?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-            WHERE EXISTS (SELECT 1 FROM saga_instances WHERE {_FENCE})
-              AND EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = ?1 AND step_order = ?4)
-            RETURNING *"""
-        columns = ("step_order", "kind", "attempt", "started_at", "duration_ms", "status_code")
-        values = [encode(c, row[c]) for c in (*columns, "error")]
-        args = [lease.saga_id, lease.version, lease.owner, *values]
-        async with self._write() as conn:
-            return await one(conn, sql, args)
-
-    async def _select_instance(self, saga_id: str) -> Row | None:
+    async def select_instance(self, saga_id: str) -> Row | None:
         return await self._fetchone("SELECT * FROM saga_instances WHERE id = ?1", [saga_id])
 
-    async def _select_step(self, saga_id: str, step_order: int) -> Row | None:
+    async def select_step(self, saga_id: str, step_order: int) -> Row | None:
         sql = "SELECT * FROM saga_steps WHERE saga_id = ?1 AND step_order = ?2"
         return await self._fetchone(sql, [saga_id, step_order])
 
@@ -297,13 +249,13 @@ class SqliteStore(SagaStore):
         async with self._write() as conn, conn.execute(sql, args) as cursor:
             return cursor.rowcount == 1
 
-    async def _renew(self, lease: Lease, expires: datetime) -> bool:
+    async def renew(self, lease: Lease, expires: datetime) -> bool:
         sql = f"UPDATE saga_instances SET lease_expires_at = ?4 WHERE {_FENCE}"
         return await self._changed_one(
             sql, [lease.saga_id, lease.version, lease.owner, timestamp(expires)]
         )
 
-    async def _renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+    async def renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
         renewed: set[Lease] = set()
         async with self._write() as conn:
             for start in range(0, len(leases), _RENEW_BATCH):
@@ -322,7 +274,7 @@ class SqliteStore(SagaStore):
                 renewed.update(Lease(r["id"], r["owner"], r["lease_version"]) for r in rows)
         return renewed
 
-    async def _release(self, lease: Lease, next_run_at: datetime | None) -> bool:
+    async def release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (
             "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = ?4 "
             f"WHERE {_FENCE}"
@@ -330,7 +282,7 @@ class SqliteStore(SagaStore):
         due = None if next_run_at is None else timestamp(next_run_at)
         return await self._changed_one(sql, [lease.saga_id, lease.version, lease.owner, due])
 
-    async def _claim_due(
+    async def claim_due(
         self, owner: str, now: datetime, expires: datetime, limit: int
     ) -> list[Row]:
         sql = f"""
@@ -350,7 +302,7 @@ class SqliteStore(SagaStore):
         async with self._write() as conn:
             return await all_rows(conn, sql, args)
 
-    async def _claim_one(
+    async def claim_one(
         self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
     ) -> Row | None:
         sql = """
@@ -363,7 +315,7 @@ class SqliteStore(SagaStore):
         async with self._write() as conn:
             return await one(conn, sql, args)
 
-    async def _select_detail(
+    async def select_detail(
         self, saga_id: str
     ) -> tuple[Row, list[Row], list[Row], list[Row]] | None:
         queries = (
@@ -386,25 +338,25 @@ class SqliteStore(SagaStore):
         steps, attempts, events = children
         return instance, steps, attempts, events
 
-    async def _select_page(
+    async def select_page(
         self, where: ListFilter, limit: int, before: PageCursor | None
     ) -> list[Row]:
         sql, args = sqltext.page(where, limit, before, param)
         return await self._fetchall(sql, [encode("", a) for a in args])
 
-    async def _count_by_status(self) -> dict[str, int]:
+    async def count_by_status(self) -> dict[str, int]:
         rows = await self._fetchall(
             "SELECT status, count(*) AS n FROM saga_instances GROUP BY status"
         )
         return {r["status"]: r["n"] for r in rows}
 
-    async def _count_in(self, statuses: frozenset[str]) -> int:
+    async def count_in(self, statuses: frozenset[str]) -> int:
         marks = numbered(1, len(statuses))
         sql = f"SELECT count(*) AS n FROM saga_instances WHERE status IN ({marks})"
         row = await self._fetchone(sql, sorted(statuses))
         return int(row["n"]) if row else 0
 
-    async def _oldest_in(self, statuses: frozenset[str]) -> datetime | None:
+    async def oldest_in(self, statuses: frozenset[str]) -> datetime | None:
         sql = (
             "SELECT min(created_at) AS created_at FROM saga_instances "
             f"WHERE status IN ({numbered(1, len(statuses))})"
@@ -412,7 +364,7 @@ class SqliteStore(SagaStore):
         row = await self._fetchone(sql, sorted(statuses))
         return None if row is None else row["created_at"]
 
-    async def _insert_event(self, row: Row) -> Row | None:
+    async def insert_event(self, row: Row) -> Row | None:
         sql = """
             INSERT INTO saga_events (saga_id, at, actor, action, detail)
             SELECT ?1, ?2, ?3, ?4, ?5
@@ -421,7 +373,7 @@ class SqliteStore(SagaStore):
         async with self._write() as conn:
             return await one(conn, sql, encode_all(row))
 
-    async def _delete_finished(self, cutoff: datetime, limit: int) -> int:
+    async def delete_finished(self, cutoff: datetime, limit: int) -> int:
         sql = """
             DELETE FROM saga_instances WHERE id IN (
                 SELECT id FROM saga_instances

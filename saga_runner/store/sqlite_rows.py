@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from saga_runner.store.core import Row
+from saga_runner.store.backend import Row
 
 JSON_COLUMNS: Final = frozenset(
     {"input", "response", "execute_data", "compensate_data", "result", "detail", "body"}

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from saga_runner.records import PageCursor
-from saga_runner.store.core import ListFilter
+from saga_runner.store.backend import ListFilter
 
 Placeholder = Callable[[int], str]
 """Renders the n-th (1-based) parameter: ``$n`` for asyncpg, ``?n`` for SQLite."""

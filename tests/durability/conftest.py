@@ -38,7 +38,7 @@ from conftest import Sidecar, Upstream, deep_merge
 from saga_store.helpers import new_schema, with_schema
 
 from durability.ledger import Ledger
-from saga_runner.store import SagaStore, open_store
+from saga_runner.store import SagaStore
 
 LEASE = "1s"
 RECOVERY_INTERVAL = "200ms"
@@ -177,7 +177,7 @@ class Db:
 
     async def open_store(self, clock: Any = None) -> SagaStore:
         """A ``SagaStore`` on this schema (closed after the test)."""
-        store = await open_store(self.url, Path.cwd(), clock=clock)
+        store = await SagaStore.from_url(self.url, Path.cwd(), clock=clock)
         self.stores.append(store)
         return store
 
@@ -254,7 +254,7 @@ async def pg(database_url: str) -> AsyncIterator[Db]:
     """A fresh, migrated schema for this test; dropped afterwards."""
     schema = new_schema()
     url = with_schema(database_url, schema)
-    store = await open_store(url, Path.cwd())
+    store = await SagaStore.from_url(url, Path.cwd())
     await store.migrate()
     await store.close()
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})

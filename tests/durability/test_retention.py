@@ -11,7 +11,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from saga_store.helpers import FakeClock
+from saga_store.helpers import FakeClock, saga_change
 
 from durability.conftest import Db, SagaCluster, eventually
 from saga_runner.catalog import SagaCatalog
@@ -50,7 +50,7 @@ async def record(
         )
         assert created.lease is not None
         for status_on_the_way in PATHS[status]:
-            await store.set_saga_status(created.lease, status_on_the_way)
+            await store.write(created.lease, saga_change(status_on_the_way))
         ids.add(created.saga.id)
     return ids
 

@@ -20,7 +20,7 @@ from saga_store.helpers import with_schema
 
 from reliability.conftest import eventually
 from reliability.services import KeyedApp, PostgresServer
-from saga_runner.store import open_store
+from saga_runner.store import SagaStore
 
 SAGAS = 4
 FAST = {"attempts": 3, "backoff": "10ms", "multiplier": 1, "max_backoff": "10ms"}
@@ -50,7 +50,7 @@ ORDER_SAGA = {
 async def schema_url(private_pg: PostgresServer) -> str:
     """A fresh migrated schema on the private PostgreSQL."""
     url = with_schema(private_pg.url, f"outage_{uuid.uuid4().hex[:8]}")
-    store = await open_store(url, Path.cwd())
+    store = await SagaStore.from_url(url, Path.cwd())
     await store.migrate()
     await store.close()
     return url

@@ -29,7 +29,7 @@ from proxy.app import build_apps
 from proxy.config import LoadedConfig, load_config
 from saga_operator.harness import Seeder, an_hour_ago, write_config
 from saga_operator.shop import Shop
-from saga_runner.store import open_store
+from saga_runner.store import SagaStore
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def make_sidecar(
 async def seeder(store_url: str, tmp_path: Path) -> AsyncIterator[Seeder]:
     """Seeds sagas one second apart, starting an hour ago."""
     clock = an_hour_ago()
-    store = await open_store(store_url, tmp_path, clock=clock)
+    store = await SagaStore.from_url(store_url, tmp_path, clock=clock)
     yield Seeder(store, clock)
     await store.close()
 

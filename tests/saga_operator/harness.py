@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from saga_store.helpers import FakeClock
+from saga_store.helpers import FakeClock, saga_change
 
 from saga_runner.definition import load_definition
 from saga_runner.records import NewStep, SagaInstance
@@ -145,7 +145,7 @@ class Seeder:
         }[status]
         for step in path:
             reason = None if step is SagaStatus.COMPLETED else f"seeded {step.value}"
-            saga = await self.store.set_saga_status(lease, step, failure_reason=reason)
+            saga = await self.store.write(lease, saga_change(step, failure_reason=reason))
         if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
             await self.store.release(lease)
         return saga

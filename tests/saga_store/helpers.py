@@ -1,4 +1,5 @@
-"""Helpers of the saga-store suite: a fake clock, a database target, a saga factory."""
+"""Helpers of the saga-store suite: a fake clock, a database target, a saga factory, and
+batches of one change (``saga_change``, ``step_change``, ``attempt_row``)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from saga_runner.records import CreateResult, NewStep
-from saga_runner.store import SagaStore, open_store
+from saga_runner.records import CreateResult, NewStep, SagaStep
+from saga_runner.states import AttemptKind, SagaStatus, StepStatus
+from saga_runner.store import AttemptRecord, SagaStore, StepChange, WriteBatch
 
 T = TypeVar("T")
 
@@ -80,7 +82,7 @@ class Target:
 
     async def open(self, clock: Any = None) -> SagaStore:
         """A new store (its own connections) on this database."""
-        return await open_store(self.url, self.base_dir, clock=clock)
+        return await SagaStore.from_url(self.url, self.base_dir, clock=clock)
 
     async def migrate(self) -> list[int]:
         """Migrate with a short-lived store."""
@@ -146,3 +148,35 @@ async def start_saga(
     }
     arguments.update(overrides)
     return await store.create_instance(**arguments)
+
+
+def saga_change(status: SagaStatus | None = None, **columns: Any) -> WriteBatch:
+    """A batch of one: the saga's new status (``None``: keep it) and other instance columns."""
+    return WriteBatch(saga_status=status, saga_columns=columns)
+
+
+def step_change(step_order: int, status: StepStatus, **columns: Any) -> WriteBatch:
+    """A batch of one: step ``step_order`` moves to ``status`` and sets ``columns``."""
+    return WriteBatch(steps=(StepChange(step_order, status, columns),))
+
+
+def attempt_row(
+    step_order: int,
+    kind: AttemptKind,
+    attempt: int,
+    *,
+    started_at: datetime,
+    duration_ms: float,
+    status_code: int | None = None,
+    error: str | None = None,
+) -> WriteBatch:
+    """A batch of one: an attempt row for step ``step_order``."""
+    record = AttemptRecord(
+        step_order, kind, attempt, started_at, duration_ms, status_code=status_code, error=error
+    )
+    return WriteBatch(attempts=(record,))
+
+
+async def step_of(store: SagaStore, saga_id: str, step_order: int) -> SagaStep:
+    """Step ``step_order`` of the saga as stored."""
+    return (await store.get(saga_id)).steps[step_order]

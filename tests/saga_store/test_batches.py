@@ -11,7 +11,7 @@ from saga_runner.records import Lease, NewStep
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
-from saga_store.helpers import FakeClock, start_saga
+from saga_store.helpers import FakeClock, saga_change, start_saga, step_change
 
 
 async def _started(store: SagaStore, definition: str) -> Lease:
@@ -75,7 +75,7 @@ async def test_a_step_outcome_the_next_announcement_and_the_attempt_go_in_one_wr
     store: SagaStore, definition: str, clock: FakeClock
 ) -> None:
     lease = await _started(store, definition)
-    await store.set_step_status(lease, 0, StepStatus.RUNNING, retry_count=1)
+    await store.write(lease, step_change(0, StepStatus.RUNNING, retry_count=1))
     clock.advance(1)
     saga = await store.write(
         lease,
@@ -107,7 +107,7 @@ async def test_the_last_write_completes_and_releases_the_lease(
     store: SagaStore, definition: str, clock: FakeClock
 ) -> None:
     lease = await _started(store, definition)
-    await store.set_next_run_at(lease, clock.now + timedelta(seconds=5))
+    await store.write(lease, saga_change(next_run_at=clock.now + timedelta(seconds=5)))
     clock.advance(1)
     saga = await store.write(
         lease,

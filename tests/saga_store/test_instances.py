@@ -15,7 +15,7 @@ from saga_runner.errors import SagaNotFound, StoreError
 from saga_runner.records import NewStep, SagaDetail
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
-from saga_store.helpers import FakeClock, Target, start_saga
+from saga_store.helpers import FakeClock, Target, attempt_row, saga_change, start_saga, step_change
 
 
 async def test_create_then_get_round_trips_every_field(
@@ -59,8 +59,8 @@ async def test_timestamps_are_aware_utc_datetimes_with_microseconds(
 ) -> None:
     created = await start_saga(store, definition)
     assert created.lease is not None
-    await store.record_attempt(
-        created.lease, 0, AttemptKind.ACTION, 1, started_at=clock.now, duration_ms=12
+    await store.write(
+        created.lease, attempt_row(0, AttemptKind.ACTION, 1, started_at=clock.now, duration_ms=12)
     )
     await store.record_event(created.saga.id, "operator:ann", "note")
     detail = await store.get(created.saga.id)
@@ -113,13 +113,16 @@ async def _scripted_saga(store: SagaStore) -> SagaDetail:
     lease = created.lease
     assert lease is not None
     request = {"method": "POST", "path": "/orders", "body": {"amount": 1.5, "ok": True}}
-    await store.set_step_status(lease, 0, StepStatus.RUNNING, execute_data=request)
-    await store.record_attempt(
-        lease, 0, AttemptKind.ACTION, 1, started_at=clock_now, duration_ms=7.25, status_code=201
+    await store.write(lease, step_change(0, StepStatus.RUNNING, execute_data=request))
+    await store.write(
+        lease,
+        attempt_row(
+            0, AttemptKind.ACTION, 1, started_at=clock_now, duration_ms=7.25, status_code=201
+        ),
     )
     answer = {"status": 201, "headers": {"Content-Type": "application/json"}, "body": {"id": 5}}
-    await store.set_step_status(lease, 0, StepStatus.SUCCEEDED, result=answer, retry_count=1)
-    await store.set_saga_status(lease, SagaStatus.COMPLETED, current_step=1, response=answer)
+    await store.write(lease, step_change(0, StepStatus.SUCCEEDED, result=answer, retry_count=1))
+    await store.write(lease, saga_change(SagaStatus.COMPLETED, current_step=1, response=answer))
     await store.record_event(lease.saga_id, "replica-a", "completed", {"steps": 2})
     return await store.get(lease.saga_id)
 
@@ -209,7 +212,7 @@ async def test_invalid_arguments_are_refused_before_touching_the_database(
     created = await start_saga(store, definition)
     assert created.lease is not None
     with pytest.raises(ValueError, match="timezone-aware"):
-        await store.set_next_run_at(created.lease, datetime(2031, 1, 1))
+        await store.write(created.lease, saga_change(next_run_at=datetime(2031, 1, 1)))
     with pytest.raises(ValueError, match="limit"):
         await store.list_sagas(limit=0)
 

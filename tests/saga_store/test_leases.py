@@ -12,7 +12,7 @@ from saga_runner.errors import SagaNotFound
 from saga_runner.records import Lease
 from saga_runner.states import SagaStatus
 from saga_runner.store import SagaStore
-from saga_store.helpers import FakeClock, start_saga
+from saga_store.helpers import FakeClock, saga_change, start_saga
 
 OpenStore = Callable[[], Awaitable[SagaStore]]
 
@@ -95,7 +95,7 @@ async def test_next_run_at_in_the_future_wins_over_an_expired_lease(
 ) -> None:
     created = await start_saga(store, definition, lease_seconds=5)
     assert created.lease is not None
-    await store.set_next_run_at(created.lease, clock.now + timedelta(seconds=60))
+    await store.write(created.lease, saga_change(next_run_at=clock.now + timedelta(seconds=60)))
     clock.advance(10)
     assert await store.claim_due("replica-b", 10, 10) == []
     clock.advance(50)
@@ -118,7 +118,7 @@ async def test_only_running_and_compensating_sagas_are_claimed(
                 SagaStatus.FAILED: [SagaStatus.COMPENSATING, SagaStatus.FAILED],
             }[status]
             for step in path:
-                await store.set_saga_status(lease, step)
+                await store.write(lease, saga_change(step))
         await store.release(lease)
         wanted[created.saga.id] = status
     claimed = {c.saga.id for c in await store.claim_due("replica-b", 10, 100)}
@@ -175,8 +175,8 @@ async def test_claim_one_claims_failed_sagas_for_an_operator(
 ) -> None:
     created = await start_saga(store, definition)
     assert created.lease is not None
-    await store.set_saga_status(created.lease, SagaStatus.COMPENSATING)
-    await store.set_saga_status(created.lease, SagaStatus.FAILED)
+    await store.write(created.lease, saga_change(SagaStatus.COMPENSATING))
+    await store.write(created.lease, saga_change(SagaStatus.FAILED))
     await store.release(created.lease)
     claim = await store.claim_one(created.saga.id, "operator:ann", 30)
     assert claim is not None and claim.saga.status is SagaStatus.FAILED

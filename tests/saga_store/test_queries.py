@@ -11,7 +11,7 @@ from saga_runner.errors import SagaNotFound
 from saga_runner.records import Lease, PageCursor, SagaInstance
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
-from saga_store.helpers import FakeClock, Target, start_saga
+from saga_store.helpers import FakeClock, Target, attempt_row, saga_change, start_saga, step_change
 
 
 async def _finish(store: SagaStore, lease: Lease | None, status: SagaStatus) -> SagaInstance:
@@ -26,7 +26,7 @@ async def _finish(store: SagaStore, lease: Lease | None, status: SagaStatus) -> 
     }[status]
     saga = await store.get_instance(lease.saga_id)
     for step in path:
-        saga = await store.set_saga_status(lease, step)
+        saga = await store.write(lease, saga_change(step))
     return saga
 
 
@@ -164,9 +164,10 @@ async def test_retention_deletes_only_old_finished_sagas_in_bounded_batches(
     for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED) * 3:
         created = await start_saga(store, definition)
         assert created.lease is not None
-        await store.set_step_status(created.lease, 0, StepStatus.RUNNING)
-        await store.record_attempt(
-            created.lease, 0, AttemptKind.ACTION, 1, started_at=clock.now, duration_ms=1
+        await store.write(created.lease, step_change(0, StepStatus.RUNNING))
+        await store.write(
+            created.lease,
+            attempt_row(0, AttemptKind.ACTION, 1, started_at=clock.now, duration_ms=1),
         )
         await store.record_event(created.saga.id, "replica-a", "note")
         old.append((await _finish(store, created.lease, status)).id)
@@ -196,7 +197,7 @@ async def test_retention_uses_the_finish_time_not_the_creation_time(
     created = await start_saga(store, definition)
     assert created.lease is not None
     clock.advance(3600)
-    await store.set_saga_status(created.lease, SagaStatus.COMPLETED)
+    await store.write(created.lease, saga_change(SagaStatus.COMPLETED))
     cutoff = clock.now - timedelta(seconds=60)
     assert await store.delete_finished_before(cutoff) == 0
     assert await store.delete_finished_before(clock.now + timedelta(seconds=1)) == 1

@@ -14,7 +14,7 @@ import pytest
 
 from saga_runner.records import SagaDetail
 from saga_runner.states import SagaStatus
-from saga_runner.store.base import SagaStore
+from saga_runner.store import SagaStore
 from sagas.conftest import EngineFactory
 from sagas.harness import EngineHarness, order_saga, with_step
 from sagas.services import FakeServices, Reply

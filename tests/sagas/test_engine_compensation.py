@@ -7,6 +7,7 @@ are told to fail; asserts the calls made, in order, and the statuses recorded.
 from __future__ import annotations
 
 from saga_runner.states import AttemptKind, SagaStatus
+from saga_runner.store import WriteBatch
 from sagas.conftest import LEASE_SECONDS, EngineFactory
 from sagas.harness import order_saga
 from sagas.services import FakeServices, Reply
@@ -126,7 +127,7 @@ async def test_an_operator_retry_of_a_failed_compensation_still_renders_it_from_
 
     claim = await store.claim_one(failed.detail.instance.id, "operator", LEASE_SECONDS)
     assert claim is not None
-    await store.set_saga_status(claim.lease, SagaStatus.COMPENSATING)
+    await store.write(claim.lease, WriteBatch(saga_status=SagaStatus.COMPENSATING))
     resumed = await engine.runtime.engine.execute(engine.definition, claim.lease)
 
     assert resumed.status is SagaStatus.COMPENSATED
