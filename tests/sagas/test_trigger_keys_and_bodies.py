@@ -87,3 +87,23 @@ async def test_a_trigger_key_still_finds_its_saga_after_a_restart_on_the_memory_
 
     assert answers[0] == answers[1]
     assert await database.count("saga_instances") == 1
+
+
+async def test_a_keyed_trigger_needs_the_store_secret_only_without_key_secret(
+    make_sidecar: SidecarFactory, database: Database, client: aiohttp.ClientSession
+) -> None:
+    down = {"store": "redis://127.0.0.1:1/0", **OFF}
+    without, with_secret = (
+        await make_sidecar(idempotency=down),
+        await make_sidecar(idempotency={**down, "key_secret": "s3cret"}),
+    )
+    replies = []
+    for sidecar in (without, with_secret):
+        headers = tenant("order-A-1", "Bearer a")
+        async with client.post(sidecar.url + "/api/orders", json=ORDER, headers=headers) as reply:
+            replies.append((reply.status, reply.content_type, await reply.text()))
+
+    assert replies[0][:2] == (503, PROBLEM)
+    assert "idempotency store" in replies[0][2]
+    assert replies[1][0] == 201
+    assert await database.count("saga_instances") == 1
