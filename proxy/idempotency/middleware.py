@@ -2,9 +2,10 @@
 
 Covered request flow: covered? → parse the key (400) → read the body (413) → fingerprint → scoped
 lookup key → one-round-trip acquire: finished (replay, or 422 on another fingerprint) / in flight
-(409 with ``Retry-After: 1``, or wait) / acquired → execute as a tracked task shielded from client
-disconnects, under a lease renewer → store the answer (or release the key) → respond. The record
-is stored before the response goes out, so an immediate retry is a replay, never a 409.
+(409 with ``Retry-After: 1``, or wait) / acquired → the route's ``Executor`` runs it as a tracked
+task shielded from client disconnects, under a lease renewer → store the answer (or release the
+key) → respond. The record is stored before the response goes out, so an immediate retry is a
+replay, never a 409. The guard never knows how a request is executed (``executor``).
 """
 
 from __future__ import annotations
