@@ -17,9 +17,10 @@ from proxy.admin.dashboard import setup_dashboard_routes
 from proxy.admin.listener import admin_token_middleware, setup_admin_routes
 from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LoadedConfig
-from proxy.idempotency import FORWARD_ROUTE, idempotency_ctx
+from proxy.forward_executor import ForwardExecutor
+from proxy.idempotency import idempotency_ctx
 from proxy.idempotency.middleware import guarded
-from proxy.keys import CONFIG, FORWARDER, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
+from proxy.keys import CONFIG, EXECUTORS, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
 from proxy.logs import log_access, request_id_for
 from proxy.metrics import SidecarMetrics
 from proxy.problems import problem_for_failure, problems_middleware
@@ -35,11 +36,6 @@ class SidecarApps:
 
     public: web.Application
     admin: web.Application
-
-
-async def forward_handler(request: web.Request) -> web.StreamResponse:
-    """Catch-all route: pass the request through to the upstream app."""
-    return await request.app[FORWARDER].handle(request)
 
 
 def _shared(
@@ -109,13 +105,16 @@ def build_public_app(
         },
     )
     _shared(app, loaded, metrics, ready, sagas)
+    app[EXECUTORS] = {}
     app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
         app.cleanup_ctx.append(saga_service_ctx)
         setup_saga_routes(app)
     app.cleanup_ctx.append(task_scheduler_ctx)
-    app.router.add_route("*", "/{tail:.*}", forward_handler, name=FORWARD_ROUTE)
+    forward = ForwardExecutor()  # the catch-all route, after the saga triggers
+    app.router.add_route("*", "/{tail:.*}", forward.handle)
+    app[EXECUTORS][forward.handle] = forward
     return app
 
 

@@ -11,17 +11,15 @@ once, when its (pooled) connection drops before any answer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import RequestBodyTimeout, RequestBodyTooLarge, UpstreamReset
+from proxy.bodies import BodyReader
+from proxy.errors import UpstreamReset
 from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
 from proxy.upstream import RequestBody, UpstreamClient, UpstreamResponse
@@ -32,34 +30,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Answers of declared length up to this are read whole and sent in one write (fewer awaits and
 # syscalls than streaming); larger or open-ended ones are streamed as they arrive.
 SMALL_BODY = 64 * 1024
-
-
-async def limited_body(
-    stream: aiohttp.StreamReader, limit: int, read_timeout: float | None = None
-) -> AsyncIterator[bytes]:
-    """Yield the request body chunk by chunk (what already arrived without waiting).
-
-    Raises:
-        RequestBodyTooLarge: past ``limit`` bytes.
-        RequestBodyTimeout: when the client sends nothing for ``read_timeout`` seconds.
-    """
-    received = 0
-    while True:
-        chunk = stream.read_nowait()
-        if not chunk:
-            if stream.at_eof():
-                return
-            try:
-                async with asyncio.timeout(read_timeout):
-                    chunk = await stream.readany()
-            except TimeoutError:
-                raise RequestBodyTimeout(read_timeout or 0) from None
-            if not chunk:
-                return
-        received += len(chunk)
-        if received > limit:
-            raise RequestBodyTooLarge(limit)
-        yield chunk
 
 
 def request_target(request: web.Request) -> str:
@@ -81,12 +51,6 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def check_declared_length(request: web.Request, limit: int) -> None:
-    """Refuse a request whose Content-Length already exceeds ``limit``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestBodyTooLarge(limit)
-
-
 class Forwarder:
     """Sends requests to the upstream app over the process's ``UpstreamClient``."""
 
@@ -98,8 +62,7 @@ class Forwarder:
     ) -> None:
         self.client = client
         self.timeout = client.timeout
-        self.max_request_body = max_request_body
-        self.read_timeout = read_timeout
+        self.bodies = BodyReader(max_request_body, read_timeout)
 
     def upstream_header_lines(self, request: web.Request) -> bytes:
         """End-to-end request header lines plus X-Forwarded-* and the request id."""
@@ -145,18 +108,8 @@ class Forwarder:
         )
 
     async def request_body(self, request: web.Request) -> RequestBody:
-        """The request body: None when there is none, whole bytes when it is small and of
-        declared length, otherwise a size-limited stream."""
-        if not request.body_exists:
-            return None
-        check_declared_length(request, self.max_request_body)
-        length = request.content_length
-        if length is not None and length <= SMALL_BODY and request.content.is_eof():
-            return request.content.read_nowait()  # all of it arrived with the head
-        chunks = limited_body(request.content, self.max_request_body, self.read_timeout)
-        if length is None or length > SMALL_BODY:
-            return chunks
-        return b"".join([chunk async for chunk in chunks])
+        """The request body to send: whole when small and of declared length, else a stream."""
+        return await self.bodies.relayable(request, SMALL_BODY)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Catch-all handler: stream the request to the upstream and its answer back.

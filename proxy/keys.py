@@ -10,6 +10,8 @@ from aiojobs import Scheduler
 if TYPE_CHECKING:
     from proxy.config import LoadedConfig
     from proxy.forward import Forwarder
+    from proxy.idempotency.executor import Executor, Handler
+    from proxy.idempotency.keys import KeyScoper
     from proxy.metrics import SidecarMetrics
     from proxy.readiness import Readiness
     from proxy.sagas.service import SagaService
@@ -20,6 +22,10 @@ FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
+# The idempotency executor of each route handler that has one (filled as routes are added).
+EXECUTORS: web.AppKey[dict[Handler, Executor]] = web.AppKey("executors")
+# The one key scoper: the idempotency guard's, which saga triggers scope their keys with too.
+KEY_SCOPER: web.AppKey[KeyScoper] = web.AppKey("key_scoper")
 # On the admin app: the public app, whose TASKS scheduler runs operator retries and aborts (it is
 # drained at shutdown before the saga runtime closes).
 PUBLIC_APP: web.AppKey[web.Application] = web.AppKey("public_app")

@@ -8,7 +8,8 @@ error aiohttp raises before the app sees a request as ``application/problem+json
 header limits) and answers 408 when a request head is not complete within ``limits.read_timeout``
 of its first byte (or of the connection opening). An idle keep-alive connection between requests
 is left to aiohttp's keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server
-builds these handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.forward``.
+builds these handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.bodies``. The
+aiohttp internals this leans on are reached through ``proxy.aiohttp_internals`` only.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.streams import StreamReader
 
-# aiohttp's own record for "answer this connection with an error" (web_protocol.py). Queueing
-# one is how the parser reports a malformed request, so a late head is reported the same way.
-from aiohttp.web_protocol import _ErrInfo
-
+from proxy import aiohttp_internals as internals
 from proxy.errors import RequestHeadTimeout
 from proxy.problems import problem_response
 
@@ -97,10 +95,10 @@ class LimitedRequestHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         expecting_head = self.last_payload is None or self.last_payload.is_eof()
-        queued = len(self._messages)
+        queued = internals.queued_messages(self)
         super().data_received(data)
-        if len(self._messages) > queued:
-            self.last_payload = self._messages[-1][1]
+        if internals.queued_messages(self) > queued:
+            self.last_payload = internals.last_queued_payload(self)
             self._disarm_head_timer()
         elif expecting_head and data:
             self._arm_head_timer()
@@ -132,10 +130,11 @@ class LimitedRequestHandler(web.RequestHandler):
         return response
 
     def _arm_head_timer(self) -> None:
-        if self._force_close or self._upgraded or self._payload_parser is not None:
+        if not internals.expects_head(self):
             return
         if self.head_timeout and self.head_timer is None:
-            self.head_timer = self._loop.call_later(self.head_timeout, self._head_timed_out)
+            loop = asyncio.get_running_loop()
+            self.head_timer = loop.call_later(self.head_timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
         if self.head_timer is not None:
@@ -144,16 +143,15 @@ class LimitedRequestHandler(web.RequestHandler):
 
     def _head_timed_out(self) -> None:
         self.head_timer = None
-        if self._force_close or self._close or self.transport is None:
+        if internals.is_closing(self):
             return
-        if self._request_in_progress or self._messages:
+        if internals.is_busy(self):
             # A late pipelined head behind a request still being answered: finish that one.
             self.close()
             return
         exc = RequestHeadTimeout(f"the request head was not received within {self.head_timeout:g}s")
-        self._messages.append((_ErrInfo(status=408, exc=exc, message=str(exc)), EMPTY_PAYLOAD))
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        # Reported as the parser reports a malformed request: the request loop answers it.
+        internals.queue_error(self, 408, exc)
 
 
 class LimitedServer(web.Server):
@@ -165,11 +163,14 @@ class LimitedServer(web.Server):
 
     def __call__(self) -> LimitedRequestHandler:
         return LimitedRequestHandler(
-            self, loop=self._loop, read_timeout=self.read_timeout, **self._kwargs
+            self,
+            loop=internals.server_loop(self),
+            read_timeout=self.read_timeout,
+            **internals.handler_options(self),
         )
 
 
-class LimitedAppRunner(web.AppRunner):
+class LimitedAppRunner(internals.CustomServerRunner):
     """An AppRunner whose connections enforce the request-head limits above."""
 
     __slots__ = ("read_timeout",)
@@ -178,13 +179,13 @@ class LimitedAppRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self.read_timeout = read_timeout
 
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
+    def customize_server(self, plain: web.Server) -> web.Server:
+        """aiohttp's server, rebuilt to make ``LimitedRequestHandler`` connections."""
         return LimitedServer(
             plain.request_handler,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
-            loop=plain._loop,
+            loop=internals.server_loop(plain),
             read_timeout=self.read_timeout,
-            **plain._kwargs,
+            **internals.handler_options(plain),
         )

@@ -3,14 +3,12 @@
 Public surface for the application factory: ``middleware.guarded`` (what the public listener's
 one middleware calls), ``idempotency_middleware`` (the same as a standalone aiohttp middleware,
 after a problems middleware), ``idempotency_ctx`` (a cleanup context appended before the task
-scheduler's), and ``FORWARD_ROUTE``, the name the catch-all forward route must carry so covered
-requests to it are buffered and stored instead of streamed. ``store_from_url`` builds a store on
-its own.
+scheduler's; it gives the guard the executors of ``proxy.keys.EXECUTORS``, see
+``proxy.idempotency.executor``). ``store_from_url`` builds a store on its own.
 """
 
 from __future__ import annotations
 
-from proxy.idempotency.exchange import FORWARD_ROUTE
 from proxy.idempotency.middleware import (
     IDEMPOTENCY_GUARD,
     IdempotencyGuard,
@@ -20,7 +18,6 @@ from proxy.idempotency.middleware import (
 from proxy.idempotency.store import IdempotencyStore, store_from_url
 
 __all__ = [
-    "FORWARD_ROUTE",
     "IDEMPOTENCY_GUARD",
     "IdempotencyGuard",
     "IdempotencyStore",

@@ -5,12 +5,15 @@ without an ``await`` between its read and its write, leases and result TTLs enfo
 swept from a heap of expiry times. Memory is bounded (``memory://?max_bytes=256MiB``): when the
 bound is reached and nothing has expired, new keys are refused with ``StoreFull`` (handled like
 any store failure) instead of dropping a record early, which could let a duplicate execute.
+
+Its scoping secret (used when ``key_secret`` is empty) is a fixed value, not a random one: its
+records never leave the process, but saga triggers scope their keys with the same secret and
+store them in the saga store, where a restarted sidecar must still find them.
 """
 
 from __future__ import annotations
 
 import heapq
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +25,7 @@ from proxy.idempotency.store import ChangeSignal, EventSignal, IdempotencyStore
 from yamlconfig.units import parse_size
 
 DEFAULT_MAX_BYTES = 256 * 1024**2
+SECRET = b"saga-sidecar memory:// scoping secret"
 _ENTRY_OVERHEAD = 200
 
 
@@ -44,7 +48,6 @@ class MemoryStore(IdempotencyStore):
         self._expiries: list[tuple[float, str]] = []
         self._waiters: dict[str, set[EventSignal]] = {}
         self._bytes = 0
-        self._own_secret = secrets.token_hex(32).encode()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -99,7 +102,7 @@ class MemoryStore(IdempotencyStore):
                 del self._waiters[key]
 
     async def _load_secret(self, candidate: bytes) -> bytes:
-        return self._own_secret
+        return SECRET
 
     async def ping(self) -> None:
         """Always answers: the store lives in this process."""

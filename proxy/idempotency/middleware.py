@@ -2,31 +2,26 @@
 
 Covered request flow: covered? → parse the key (400) → read the body (413) → fingerprint → scoped
 lookup key → one-round-trip acquire: finished (replay, or 422 on another fingerprint) / in flight
-(409 with ``Retry-After: 1``, or wait) / acquired → execute as a tracked task shielded from client
-disconnects, under a lease renewer → store the answer (or release the key) → respond. The record
-is stored before the response goes out, so an immediate retry is a replay, never a 409.
+(409 with ``Retry-After: 1``, or wait) / acquired → the route's ``Executor`` runs it as a tracked
+task shielded from client disconnects, under a lease renewer → store the answer (or release the
+key) → respond. The record is stored before the response goes out, so an immediate retry is a
+replay, never a 409. The guard never knows how a request is executed (``executor``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from functools import partial
 
 from aiohttp import web
 
+from proxy.bodies import BodyReader
 from proxy.config import IdempotencyConfig
 from proxy.errors import InvalidKey, StoreUnavailable, UpstreamError
 from proxy.idempotency import replies
-from proxy.idempotency.exchange import (
-    Answer,
-    CoveredRequest,
-    Handler,
-    open_answer,
-    pass_through,
-    read_body,
-)
+from proxy.idempotency.executor import Answer, CoveredRequest, Executor, Handler, LocalHandler
 from proxy.idempotency.fingerprint import fingerprint
 from proxy.idempotency.keys import KeyScoper, parse_key, parse_prefer_wait
 from proxy.idempotency.lease import LeaseRenewer
@@ -41,7 +36,7 @@ from proxy.idempotency.store import (
     new_token,
     store_from_url,
 )
-from proxy.keys import CONFIG, FORWARDER, IDEMPOTENCY_OUTCOME, METRICS, READINESS, TASKS
+from proxy.keys import CONFIG, EXECUTORS, IDEMPOTENCY_OUTCOME, KEY_SCOPER, METRICS, READINESS, TASKS
 from proxy.metrics import SidecarMetrics
 
 log = logging.getLogger("saga_sidecar.idempotency")
@@ -54,7 +49,11 @@ STORE_ERROR_ACTIONS = ("reject", "pass", "wait", "complete", "release", "renew")
 
 
 class IdempotencyGuard:
-    """Applies one ``idempotency`` config section to the requests of one application."""
+    """Applies one ``idempotency`` config section to the requests of one application.
+
+    ``executors`` maps a route's handler to the ``Executor`` that runs its covered requests;
+    any other handler runs as a ``LocalHandler``.
+    """
 
     def __init__(
         self,
@@ -62,11 +61,13 @@ class IdempotencyGuard:
         store: IdempotencyStore,
         metrics: SidecarMetrics,
         read_timeout: float | None = None,
+        executors: Mapping[Handler, Executor] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.read_timeout = read_timeout
+        self.bodies = BodyReader(config.max_request_body, read_timeout)
+        self.executors: Mapping[Handler, Executor] = executors or {}
         self.policy = IdempotencyPolicy(config)
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
         for action in STORE_ERROR_ACTIONS:  # exported as 0 from the start, so rate() works
@@ -85,13 +86,13 @@ class IdempotencyGuard:
         if key is None:
             return replies.missing_key(header) if policy.require_key else await handler(request)
         self.metrics.idem_requests.inc()
-        body = await read_body(request, self.config.max_request_body, self.read_timeout)
-        digest = fingerprint(request.method, request.raw_path, body)
-        call = CoveredRequest(request, handler, body, digest)
-        return await self._protect(call, key, policy)
+        body = await self.bodies.read(request)
+        call = CoveredRequest(request, body, fingerprint(request.method, request.raw_path, body))
+        executor = self.executors.get(handler) or LocalHandler(handler)
+        return await self._protect(call, executor, key, policy)
 
     async def _protect(
-        self, call: CoveredRequest, key: str, policy: RoutePolicy
+        self, call: CoveredRequest, executor: Executor, key: str, policy: RoutePolicy
     ) -> web.StreamResponse:
         token = new_token()
         lease = self.config.lock_timeout
@@ -99,10 +100,10 @@ class IdempotencyGuard:
             lookup = await self.scoper.lookup_key(call.request.headers, key)
             state = await self.store.acquire(lookup, call.fingerprint, token, lease)
         except StoreUnavailable as exc:
-            return await self._store_unavailable(call, exc)
+            return await self._store_unavailable(call, executor, exc)
         if isinstance(state, InFlight) and state.fingerprint == call.fingerprint:
             state = await self._wait(call, state, lookup, token, policy)
-        return await self._answer(call, state, policy)
+        return await self._answer(call, executor, state, policy)
 
     def _wait_seconds(self, request: web.Request, policy: RoutePolicy) -> float:
         preferred = parse_prefer_wait(request.headers.getall("Prefer", []))
@@ -125,12 +126,12 @@ class IdempotencyGuard:
             return state
 
     async def _answer(
-        self, call: CoveredRequest, state: AcquireResult, policy: RoutePolicy
+        self, call: CoveredRequest, executor: Executor, state: AcquireResult, policy: RoutePolicy
     ) -> web.StreamResponse:
         request = call.request
         if isinstance(state, Acquired):
             request[IDEMPOTENCY_OUTCOME] = "miss"
-            return await request.app[TASKS].shield(self._execute(call, state, policy))
+            return await request.app[TASKS].shield(self._execute(call, executor, state, policy))
         seen = state.record.fingerprint if isinstance(state, Completed) else state.fingerprint
         if seen != call.fingerprint:
             request[IDEMPOTENCY_OUTCOME] = "mismatch"
@@ -147,14 +148,13 @@ class IdempotencyGuard:
         return replies.replay(state.record)
 
     async def _execute(
-        self, call: CoveredRequest, lock: Acquired, policy: RoutePolicy
+        self, call: CoveredRequest, executor: Executor, lock: Acquired, policy: RoutePolicy
     ) -> web.StreamResponse:
         """Run the request once, store or release, then respond (a shielded, tracked task)."""
-        forwarder = call.request.app[FORWARDER]
         on_error = partial(self._count_store_error, "renew")
         async with LeaseRenewer(self.store, lock, self.config.lock_timeout, on_error):
             try:
-                async with open_answer(call, forwarder, self.config.max_body) as answer:
+                async with executor.run(call, self.config.max_body) as answer:
                     await self._settle(lock, call, answer, policy)
                     return await answer.respond(call.request)
             except UpstreamError as exc:
@@ -210,14 +210,14 @@ class IdempotencyGuard:
             self._count_store_error("release", exc)
 
     async def _store_unavailable(
-        self, call: CoveredRequest, exc: StoreUnavailable
+        self, call: CoveredRequest, executor: Executor, exc: StoreUnavailable
     ) -> web.StreamResponse:
         action = self.config.on_store_error
         call.request[IDEMPOTENCY_OUTCOME] = "store_error"
         self._count_store_error(action, exc)
         if action == "reject":
             return replies.store_unavailable()
-        return await pass_through(call, call.request.app[FORWARDER])
+        return await executor.run_unprotected(call)
 
     def _count_store_error(self, action: str, exc: StoreUnavailable) -> None:
         log.warning("idempotency store error (%s): %s", action, exc.detail)
@@ -253,8 +253,15 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     loaded = app[CONFIG].config
     store = store_from_url(loaded.idempotency.store)
-    guard = IdempotencyGuard(loaded.idempotency, store, app[METRICS], loaded.limits.read_timeout)
+    guard = IdempotencyGuard(
+        loaded.idempotency,
+        store,
+        app[METRICS],
+        loaded.limits.read_timeout,
+        executors=app.get(EXECUTORS),
+    )
     app[IDEMPOTENCY_GUARD] = guard
+    app[KEY_SCOPER] = guard.scoper
     app[READINESS].register("idempotency_store", store.ping)
     yield
     await store.close()

@@ -3,22 +3,26 @@
 The body must be a JSON object (else 400, and no saga row). ``sync`` sagas answer when they end
 (``response`` on success, problem+json naming the failed step otherwise); ``async`` sagas answer
 ``202`` at once. Every answer carries ``Saga-Id``. A trigger whose ``Idempotency-Key`` was already
-used answers from the existing instance instead of starting a second one.
+used answers from the existing instance instead of starting a second one: the key is stored as
+the idempotency guard's ``KeyScoper`` scopes it, so both name a request the same way.
+
+A ``TriggerRoute`` is the route's aiohttp handler (the body read by its ``BodyReader``) and the
+idempotency guard's executor for it (the body the guard read already).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-from proxy.config import LoadedConfig
-from proxy.errors import BadTrigger, InvalidKey
-from proxy.forward import limited_body
-from proxy.idempotency.keys import parse_key
-from proxy.keys import CONFIG, SAGAS, TASKS
+from proxy.bodies import BodyReader
+from proxy.errors import BadTrigger, InvalidKey, StoreUnavailable
+from proxy.idempotency.executor import Answer, CoveredRequest, captured
+from proxy.idempotency.keys import KeyScoper, parse_key
+from proxy.keys import CONFIG, EXECUTORS, KEY_SCOPER, SAGAS, TASKS
 from proxy.problems import problem_response
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
@@ -27,27 +31,15 @@ from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
 from saga_runner.storable import clean_text, parse_json
 
-_UNKEYED = b"saga-sidecar trigger key"
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 
-async def read_input(
-    request: web.Request, limit: int, read_timeout: float | None = None
-) -> dict[str, Any]:
-    """The trigger's body as a JSON object.
+def parse_input(raw: bytes) -> dict[str, Any]:
+    """The trigger's body as a JSON object (an empty body is ``{}``).
 
-    A body still arriving is read chunk by chunk: a client pausing longer than ``read_timeout``
-    gets 408 (instead of holding the connection for ever) and one sending more than ``limit``
-    bytes gets 413 as soon as it does.
+    Raises:
+        BadTrigger: the body is not a JSON object a saga store can hold (→ 400).
     """
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    if request.content.is_eof():  # all received, or already read whole by the idempotency layer
-        raw = await request.read()
-    else:
-        raw = b"".join([c async for c in limited_body(request.content, limit, read_timeout)])
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         data = parse_json(raw or b"{}")
     except UnstorableJson as exc:
@@ -57,26 +49,18 @@ async def read_input(
     return data
 
 
-def trigger_key(request: web.Request, loaded: LoadedConfig) -> str | None:
-    """The trigger's idempotency key, hashed with its scope headers (never stored raw).
+async def trigger_key(request: web.Request, scoper: KeyScoper, header: str) -> str | None:
+    """The trigger's idempotency key, scoped as the idempotency layer scopes it (never raw).
 
-    The key is parsed as the idempotency layer parses it, so ``"abc"`` and ``abc`` name the
-    same saga even on a route where that layer is disabled.
+    The key is parsed as that layer parses it, so ``"abc"`` and ``abc`` name the same saga even
+    on a route where the layer is disabled.
 
     Raises:
         InvalidKey: the key header is repeated or not 1-255 visible ASCII characters.
+        StoreUnavailable: no ``key_secret`` is set and the idempotency store's secret is unknown.
     """
-    idem = loaded.config.idempotency
-    key = parse_key(request.headers.getall(idem.header, []), idem.header)
-    if key is None:
-        return None
-    # An HMAC with ``key_secret`` (when set): without the secret, a stored value cannot be
-    # checked against guessed credentials and keys.
-    digest = hmac.new(idem.key_secret.encode() or _UNKEYED, digestmod=hashlib.sha256)
-    for name in idem.scope_headers:
-        digest.update(request.headers.get(name, "").encode("utf-8", "surrogateescape") + b"\0")
-    digest.update(key.encode())
-    return digest.hexdigest()
+    key = parse_key(request.headers.getall(header, []), header)
+    return None if key is None else await scoper.lookup_key(request.headers, key)
 
 
 def trigger_headers(request: web.Request, key_header: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -135,24 +119,48 @@ def accepted(saga: SagaInstance) -> web.Response:
     return response
 
 
-def trigger_handler(definition: SagaDefinition) -> Any:
-    """Build the route handler that starts ``definition``."""
+class TriggerRoute:
+    """One saga's trigger route: an aiohttp handler, and the idempotency guard's executor."""
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        loaded = request.app[CONFIG]
+    def __init__(self, definition: SagaDefinition, bodies: BodyReader) -> None:
+        self.definition = definition
+        self.bodies = bodies
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The route's handler (a request the idempotency guard does not cover)."""
+        return await self.start(request, await self.bodies.read(request))
+
+    @asynccontextmanager
+    async def run(self, call: CoveredRequest, max_body: int) -> AsyncIterator[Answer]:
+        """Start the saga for a covered request and yield its answer."""
+        yield captured(await self.start(call.request, call.body), max_body)
+
+    async def run_unprotected(self, call: CoveredRequest) -> web.StreamResponse:
+        """Start the saga for a covered request while the idempotency store is unavailable."""
+        return await self.start(call.request, call.body)
+
+    async def start(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Start (or find, by its key) the saga for ``request`` with ``body`` as its input.
+
+        Raises:
+            RequestBodyTooLarge: ``body`` is over this route's limit (→ 413).
+        """
+        self.bodies.check(len(body))
+        definition = self.definition
+        header = request.app[CONFIG].config.idempotency.header
         runtime = request.app[SAGAS].runtime
-        headers, recorded = trigger_headers(request, loaded.config.idempotency.header)
+        headers, recorded = trigger_headers(request, header)
         try:
-            data = await read_input(
-                request,
-                loaded.config.idempotency.max_request_body,
-                loaded.config.limits.read_timeout,
-            )
+            data = parse_input(body)
+            key = await trigger_key(request, request.app[KEY_SCOPER], header)
             created = await runtime.engine.start(
-                definition, data, recorded, trigger_key(request, loaded), call_headers=headers
+                definition, data, recorded, key, call_headers=headers
             )
         except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))
+        except StoreUnavailable as exc:
+            detail = f"the idempotency store is unavailable to scope the key: {exc.detail}"
+            return problem_response(503, detail)
         except TemplateError as exc:
             return problem_response(422, f"cannot start saga {definition.name}: {exc}")
         except StoreError as exc:
@@ -164,8 +172,6 @@ def trigger_handler(definition: SagaDefinition) -> Any:
             await request.app[TASKS].spawn(run)
             return accepted(created.saga)
         return await request.app[TASKS].shield(run)
-
-    return handle
 
 
 def _existing(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
@@ -209,7 +215,11 @@ async def _run(
 
 
 def setup_saga_routes(app: web.Application) -> None:
-    """Add one route per saga trigger (before the catch-all forwarder)."""
+    """Add one route per saga trigger (before the catch-all forwarder), with its executor."""
+    config = app[CONFIG].config
+    bodies = BodyReader(config.idempotency.max_request_body, config.limits.read_timeout)
     for definition in app[SAGAS].catalog:
+        route = TriggerRoute(definition, bodies)
         trigger = definition.trigger
-        app.router.add_route(trigger.method, trigger.path, trigger_handler(definition))
+        app.router.add_route(trigger.method, trigger.path, route.handle)
+        app[EXECUTORS][route.handle] = route
