@@ -7,7 +7,6 @@ Saga definition files named by ``sagas.definitions`` are validated by ``saga_run
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import os
 import re
@@ -110,7 +109,11 @@ UnknownOutcome = Literal["hold", "release"]
 
 
 class IdempotencyRoute(Model):
-    """A per-path override of idempotency settings; ``path`` may end in or contain ``*``."""
+    """A per-path override of idempotency settings; ``path`` may end in or contain ``*``.
+
+    Matched in ``proxy.paths.route_key`` form: dot segments resolved, percent-decoded,
+    ``;params``, empty segments and a trailing slash ignored, in any case.
+    """
 
     path: str
     enabled: bool = True
@@ -118,10 +121,6 @@ class IdempotencyRoute(Model):
     ttl: Duration | None = None
     unknown_outcome: UnknownOutcome | None = None
     concurrent: Literal["reject", "wait"] | None = None
-
-    def matches(self, request_path: str) -> bool:
-        """Whether this override applies to ``request_path``."""
-        return fnmatch.fnmatchcase(request_path, self.path)
 
 
 class IdempotencyConfig(Model):
@@ -212,6 +211,9 @@ class SidecarConfig(Model):
 
     listen: str = "0.0.0.0:8080"
     shutdown_grace: Duration = 30.0
+    # false: the client's X-Forwarded-*, X-Real-IP and Forwarded are dropped and the sidecar
+    # sets its own; true (behind a proxy that sets them): they are kept and appended to.
+    trust_forwarded: bool = False
     limits: Limits = Limits()
     admin: AdminConfig = AdminConfig()
     upstream: UpstreamConfig

@@ -14,6 +14,7 @@ percent-decoded and stripped of ``;params``, empty segments dropped, lower-cased
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
 from proxy.errors import PathEscape
@@ -60,6 +61,16 @@ def resolve_dots(path: str) -> str:
     return "/".join(kept) or "/"
 
 
+def refuse_escape(target: str) -> None:
+    """Refuse a request target whose path climbs above the root, before anything else runs.
+
+    Raises:
+        PathEscape: a ``..`` segment climbs above the root.
+    """
+    if may_hold_dots(target):
+        resolved_target(target)
+
+
 def split_target(target: str) -> tuple[str, str]:
     """The path and the query (with its ``?``, or empty) of a request target."""
     path, mark, query = target.partition("?")
@@ -98,3 +109,8 @@ def route_pattern(pattern: str) -> str:
     """A configured route path (``*`` globs allowed) in the form ``route_key`` gives."""
     names = (segment for segment in pattern.split("/") if segment)
     return "/" + "/".join(name.lower() for name in names)
+
+
+def route_matches(key: str, pattern: str) -> bool:
+    """Whether a ``route_key`` matches a ``route_pattern`` (``/a/*`` also matches ``/a``)."""
+    return fnmatchcase(key, pattern) or (key != "/" and fnmatchcase(key + "/", pattern))

@@ -74,7 +74,7 @@ class IdempotencyGuard:
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
-        policy = self.policy.for_request(request.method, request.path)
+        policy = self.policy.for_request(request.method, request.raw_path)
         if policy is None:
             return await handler(request)
         header = self.config.header
@@ -234,7 +234,7 @@ def guarded(request: web.Request, handler: Handler) -> Awaitable[web.StreamRespo
     policy does not cover (every ``GET`` by default) costs a policy lookup and no extra frame.
     """
     guard = request.app.get(IDEMPOTENCY_GUARD)
-    if guard is None or guard.policy.for_request(request.method, request.path) is None:
+    if guard is None or guard.policy.for_request(request.method, request.raw_path) is None:
         return handler(request)
     return guard.handle(request, handler)
 
