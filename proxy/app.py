@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from proxy.admin.dashboard import setup_dashboard_routes
+from proxy.admin.guard import admin_guard_middleware
 from proxy.admin.listener import admin_token_middleware, setup_admin_routes
 from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LoadedConfig
@@ -129,7 +130,9 @@ def build_admin_app(
     sagas: SagaService | None = None,
 ) -> web.Application:
     """The admin listener's application."""
-    app = web.Application(middlewares=[problems_middleware, admin_token_middleware])
+    app = web.Application(
+        middlewares=[problems_middleware, admin_token_middleware, admin_guard_middleware]
+    )
     _shared(app, loaded, metrics, ready, sagas)
     setup_admin_routes(app)
     if sagas is not None:

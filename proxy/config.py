@@ -21,6 +21,7 @@ from yamlconfig.loader import LocatedDocument, load_yaml, validate
 from yamlconfig.units import ByteSize, Duration
 
 _HOSTPORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
+_HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -69,17 +70,30 @@ class AdminConfig(Model):
 
     The saga API can retry and abort sagas, so a listener reachable from other machines needs a
     ``token``; ``allow_public_without_token: true`` is the explicit opt-out (a trusted network).
+    Without a token only loopback names, addresses and ``allowed_hosts`` are served as ``Host``
+    (``proxy.admin.guard``).
     """
 
     listen: str = "127.0.0.1:9901"
     token: str = ""
     allow_public_without_token: bool = False
+    # Host names (besides loopback names and addresses) served without a token.
+    allowed_hosts: tuple[str, ...] = ()
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         split_hostport(value)
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(name.strip().lower().rstrip(".") for name in value)
+        for name in names:
+            if not _HOST_NAME_RE.match(name):
+                raise ValueError(f"expected a host name without port or scheme, got {name!r}")
+        return names
 
     @model_validator(mode="after")
     def _public_needs_token(self) -> AdminConfig:
