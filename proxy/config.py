@@ -146,7 +146,7 @@ class IdempotencyConfig(Model):
     ttl: Duration = 86400.0
     lock_timeout: Duration = 60.0
     require_key: bool = False
-    scope_headers: tuple[str, ...] = ("Authorization",)
+    scope_headers: tuple[str, ...] = ("Authorization", "Cookie")
     concurrent: Literal["reject", "wait"] = "reject"
     on_store_error: Literal["reject", "pass"] = "reject"
     unknown_outcome: UnknownOutcome = "hold"

@@ -5,9 +5,10 @@ aiohttp's HTTP parser already refuses a header field or request line longer than
 and it has no deadline for receiving a request head, so a client trickling header bytes
 (slow-loris) holds a connection for as long as it likes. ``LimitedRequestHandler`` answers every
 error aiohttp raises before the app sees a request as ``application/problem+json`` (431 for the
-header limits) and answers 408 when a request head is not complete within ``limits.read_timeout``
-of its first byte (or of the connection opening). An idle keep-alive connection between requests
-is left to aiohttp's keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server
+header limits), refuses an HTTP/0.9 request line (no version) with 400, and answers 408 when a
+request head is not complete within ``limits.read_timeout`` of its first byte (or of the
+connection opening). An idle keep-alive connection between requests is left to aiohttp's
+keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server
 builds these handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.forward``.
 """
 
@@ -19,6 +20,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
@@ -100,10 +102,24 @@ class LimitedRequestHandler(web.RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:
+            self._refuse_http_0_9(queued)
             self.last_payload = self._messages[-1][1]
             self._disarm_head_timer()
         elif expecting_head and data:
             self._arm_head_timer()
+
+    def _refuse_http_0_9(self, first: int) -> None:
+        """Turn a request parsed from a line without an HTTP version into a 400.
+
+        aiohttp's parser reads ``GET /path`` as HTTP/0.9 and serves it; nothing legitimate sends
+        that any more, and a request with no headers at all must not reach the app.
+        """
+        for index in range(first, len(self._messages)):
+            message, _ = self._messages[index]
+            if isinstance(message, RawRequestMessage) and message.version < HttpVersion10:
+                exc = BadHttpMessage("the request line has no HTTP version (HTTP/0.9)")
+                error = _ErrInfo(status=400, exc=exc, message=exc.message)
+                self._messages[index] = (error, EMPTY_PAYLOAD)
 
     def handle_error(
         self,

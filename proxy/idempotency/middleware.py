@@ -105,9 +105,11 @@ class IdempotencyGuard:
         return await self._answer(call, state, policy)
 
     def _wait_seconds(self, request: web.Request, policy: RoutePolicy) -> float:
+        """``Prefer: wait=N`` is honoured under either ``concurrent`` mode, for at most
+        ``lock_timeout``; without it a duplicate waits ``lock_timeout`` under ``wait`` only."""
         preferred = parse_prefer_wait(request.headers.getall("Prefer", []))
         if preferred is not None:
-            return float(preferred)
+            return min(float(preferred), self.config.lock_timeout)
         return self.config.lock_timeout if policy.concurrent == "wait" else 0.0
 
     async def _wait(
