@@ -40,6 +40,18 @@ def last_queued_payload(handler: web.RequestHandler) -> StreamReader:
     return handler._messages[-1][1]
 
 
+def queued_requests_since(handler: web.RequestHandler, first: int) -> list[tuple[int, Any]]:
+    """``(index, message)`` of every parsed request queued at ``first`` or later."""
+    return [(index, handler._messages[index][0]) for index in range(first, len(handler._messages))]
+
+
+def replace_queued_with_error(
+    handler: web.RequestHandler, index: int, status: int, exc: BaseException
+) -> None:
+    """Have the request queued at ``index`` answered as ``exc`` with ``status`` instead."""
+    handler._messages[index] = (_ErrInfo(status=status, exc=exc, message=str(exc)), EMPTY_PAYLOAD)
+
+
 def expects_head(handler: web.RequestHandler) -> bool:
     """Whether the connection's next bytes are a request head (not a body, not upgraded)."""
     return not (handler._force_close or handler._upgraded or handler._payload_parser is not None)

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from proxy.admin.dashboard import setup_dashboard_routes
+from proxy.admin.guard import admin_guard_middleware
 from proxy.admin.listener import admin_token_middleware, setup_admin_routes
 from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LoadedConfig
@@ -23,6 +24,7 @@ from proxy.idempotency.middleware import guarded
 from proxy.keys import CONFIG, EXECUTORS, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
 from proxy.logs import log_access, request_id_for
 from proxy.metrics import SidecarMetrics
+from proxy.paths import refuse_escape
 from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
 from proxy.resources import task_scheduler_ctx, upstream_client_ctx
@@ -56,9 +58,10 @@ def public_middleware(metrics: SidecarMetrics) -> Middleware:
     """The public listener's one middleware, recording into ``metrics``.
 
     One frame instead of one per concern: it assigns the request id (``X-Request-Id``, echoed on
-    the response), applies idempotency, answers every sidecar error as problem+json, then counts
-    and logs the request with its final status (an HTTP exception that propagates, such as a
-    redirect, with its own status; anything else that propagates as 500).
+    the response), refuses a path that climbs above the root (400), applies idempotency,
+    answers every sidecar error as problem+json, then counts and logs the request with its final
+    status (an HTTP exception that propagates, such as a redirect, with its own status; anything
+    else that propagates as 500).
     """
 
     @web.middleware
@@ -68,6 +71,7 @@ def public_middleware(metrics: SidecarMetrics) -> Middleware:
         status = 500
         try:
             try:
+                refuse_escape(request.raw_path)
                 response = await guarded(request, handler)
             except Exception as exc:
                 problem = problem_for_failure(request, exc)
@@ -125,7 +129,9 @@ def build_admin_app(
     sagas: SagaService | None = None,
 ) -> web.Application:
     """The admin listener's application."""
-    app = web.Application(middlewares=[problems_middleware, admin_token_middleware])
+    app = web.Application(
+        middlewares=[problems_middleware, admin_token_middleware, admin_guard_middleware]
+    )
     _shared(app, loaded, metrics, ready, sagas)
     setup_admin_routes(app)
     if sagas is not None:

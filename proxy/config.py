@@ -7,7 +7,6 @@ Saga definition files named by ``sagas.definitions`` are validated by ``saga_run
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import os
 import re
@@ -22,6 +21,7 @@ from yamlconfig.loader import LocatedDocument, load_yaml, validate
 from yamlconfig.units import ByteSize, Duration
 
 _HOSTPORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
+_HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -70,17 +70,30 @@ class AdminConfig(Model):
 
     The saga API can retry and abort sagas, so a listener reachable from other machines needs a
     ``token``; ``allow_public_without_token: true`` is the explicit opt-out (a trusted network).
+    Without a token only loopback names, addresses and ``allowed_hosts`` are served as ``Host``
+    (``proxy.admin.guard``).
     """
 
     listen: str = "127.0.0.1:9901"
     token: str = ""
     allow_public_without_token: bool = False
+    # Host names (besides loopback names and addresses) served without a token.
+    allowed_hosts: tuple[str, ...] = ()
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         split_hostport(value)
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(name.strip().lower().rstrip(".") for name in value)
+        for name in names:
+            if not _HOST_NAME_RE.match(name):
+                raise ValueError(f"expected a host name without port or scheme, got {name!r}")
+        return names
 
     @model_validator(mode="after")
     def _public_needs_token(self) -> AdminConfig:
@@ -110,7 +123,11 @@ UnknownOutcome = Literal["hold", "release"]
 
 
 class IdempotencyRoute(Model):
-    """A per-path override of idempotency settings; ``path`` may end in or contain ``*``."""
+    """A per-path override of idempotency settings; ``path`` may end in or contain ``*``.
+
+    Matched in ``proxy.paths.route_key`` form: dot segments resolved, percent-decoded,
+    ``;params``, empty segments and a trailing slash ignored, in any case.
+    """
 
     path: str
     enabled: bool = True
@@ -118,10 +135,6 @@ class IdempotencyRoute(Model):
     ttl: Duration | None = None
     unknown_outcome: UnknownOutcome | None = None
     concurrent: Literal["reject", "wait"] | None = None
-
-    def matches(self, request_path: str) -> bool:
-        """Whether this override applies to ``request_path``."""
-        return fnmatch.fnmatchcase(request_path, self.path)
 
 
 class IdempotencyConfig(Model):
@@ -133,7 +146,7 @@ class IdempotencyConfig(Model):
     ttl: Duration = 86400.0
     lock_timeout: Duration = 60.0
     require_key: bool = False
-    scope_headers: tuple[str, ...] = ("Authorization",)
+    scope_headers: tuple[str, ...] = ("Authorization", "Cookie")
     concurrent: Literal["reject", "wait"] = "reject"
     on_store_error: Literal["reject", "pass"] = "reject"
     unknown_outcome: UnknownOutcome = "hold"
@@ -212,6 +225,9 @@ class SidecarConfig(Model):
 
     listen: str = "0.0.0.0:8080"
     shutdown_grace: Duration = 30.0
+    # false: the client's X-Forwarded-*, X-Real-IP and Forwarded are dropped and the sidecar
+    # sets its own; true (behind a proxy that sets them): they are kept and appended to.
+    trust_forwarded: bool = False
     limits: Limits = Limits()
     admin: AdminConfig = AdminConfig()
     upstream: UpstreamConfig

@@ -16,6 +16,8 @@ Exception tree::
     ├── RequestBodyError             the client's request body cannot be accepted
     │   ├── RequestBodyTooLarge      the request body exceeds a configured limit (→ 413)
     │   └── RequestBodyTimeout       the client paused longer than ``limits.read_timeout`` (→ 408)
+    ├── PathEscape                   the request path climbs above the root with a dot segment in
+    │                                some spelling (``/../x``, ``/%2e%2e/x``) (→ 400)
     ├── InvalidKey                   a malformed, repeated or oversized Idempotency-Key (→ 400;
     │                                also a ``ValueError``)
     ├── BadTrigger                   a saga trigger's body is not a JSON object it can store (→ 400)
@@ -104,6 +106,12 @@ class RequestBodyTimeout(RequestBodyError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"no request body data received for {timeout:g}s")
         self.timeout = timeout
+
+
+class PathEscape(SidecarError):
+    """A ``..`` segment of the request path (in any spelling) climbs above the root (→ 400)."""
+
+    status = 400
 
 
 class InvalidKey(SidecarError, ValueError):

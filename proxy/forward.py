@@ -22,6 +22,7 @@ from proxy.bodies import BodyReader
 from proxy.errors import UpstreamReset
 from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
+from proxy.paths import resolved_target
 from proxy.upstream import RequestBody, UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("saga_sidecar.forward")
@@ -33,15 +34,19 @@ SMALL_BODY = 64 * 1024
 
 
 def request_target(request: web.Request) -> str:
-    """The path and query to send upstream, byte for byte as the client wrote them.
+    """The path and query to send upstream, as the client wrote them but for dot segments.
 
-    An absolute-form target (``GET http://host/path``) is reduced to its path and query.
+    An absolute-form target (``GET http://host/path``) is reduced to its path and query; dot
+    segments in any spelling are resolved (``proxy.paths``), so the app never sees one.
+
+    Raises:
+        PathEscape: a ``..`` segment climbs above the root (out of ``upstream.url``'s path).
     """
     raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    url = URL(raw, encoded=True)
-    return (url.raw_path_qs or "/") if url.absolute else raw
+    if not raw.startswith("/"):
+        url = URL(raw, encoded=True)
+        raw = (url.raw_path_qs or "/") if url.absolute else raw
+    return resolved_target(raw)
 
 
 def _reason(exc: BaseException) -> str:
@@ -59,19 +64,23 @@ class Forwarder:
         client: UpstreamClient,
         max_request_body: int,
         read_timeout: float | None = None,
+        trust_forwarded: bool = False,
     ) -> None:
         self.client = client
+        self.trust_forwarded = trust_forwarded
         self.timeout = client.timeout
         self.bodies = BodyReader(max_request_body, read_timeout)
 
     def upstream_header_lines(self, request: web.Request) -> bytes:
-        """End-to-end request header lines plus X-Forwarded-* and the request id."""
+        """End-to-end request header lines plus X-Forwarded-* (``trust_forwarded``) and the
+        request id."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return forwarded_header_lines(
             request.raw_headers,
             client_ip=peer[0] if isinstance(peer, tuple) else None,
             proto=request.scheme,
             request_id=request.get(REQUEST_ID),
+            trust_forwarded=self.trust_forwarded,
         )
 
     async def open(self, request: web.Request, body: RequestBody) -> UpstreamResponse:

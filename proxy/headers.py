@@ -6,6 +6,7 @@ client request's raw header fields into the lines sent upstream, byte for byte a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -51,6 +52,12 @@ _NOT_FORWARDED = frozenset(name.encode() for name in HOP_BY_HOP) | {
     b"expect",
 }
 _XFF = b"x-forwarded-for"
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What a client says about earlier hops: dropped unless ``trust_forwarded`` (the sidecar sets its
+# own X-Forwarded-For/Proto/Host instead).
+_CLIENT_FORWARDED = frozenset(
+    {_XFF, b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+)
 
 
 def _raw_connection_listed(raw: RawHeaders) -> frozenset[bytes]:
@@ -62,17 +69,27 @@ def _raw_connection_listed(raw: RawHeaders) -> frozenset[bytes]:
 
 
 def forwarded_header_lines(
-    raw: RawHeaders, *, client_ip: str | None, proto: str, request_id: str | None
+    raw: RawHeaders,
+    *,
+    client_ip: str | None,
+    proto: str,
+    request_id: str | None,
+    trust_forwarded: bool = False,
 ) -> bytes:
     """Header lines for the upstream: end-to-end fields as received plus ``X-Forwarded-*``.
 
-    ``X-Forwarded-For`` gets the client's address appended; ``X-Forwarded-Proto`` and
-    ``X-Forwarded-Host`` (from Host) are added unless the client sent them; ``X-Request-Id``
-    is set to ``request_id``.
+    By default what the client said about earlier hops (``X-Forwarded-For/Proto/Host``,
+    ``X-Real-IP``, ``Forwarded``) is dropped and the sidecar's own ``X-Forwarded-For`` (the
+    peer), ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (from Host) are set. With
+    ``trust_forwarded`` (the sidecar sits behind a proxy that sets them) they are kept and
+    appended to as proxies do: the peer is added to ``X-Forwarded-For``, an element to
+    ``Forwarded``, and ``X-Forwarded-Proto``/``-Host`` are added only when absent.
+    ``X-Request-Id`` is set to ``request_id``.
     """
     listed = _raw_connection_listed(raw)
     lines: list[bytes] = []
     forwarded_for: list[bytes] = []
+    forwarded: list[bytes] = []
     has_proto = has_host = False
     host = b""
     for name, value in raw:
@@ -81,22 +98,55 @@ def forwarded_header_lines(
             if lower == b"host":
                 host = value
             continue
-        if lower == _XFF:
-            forwarded_for.append(value)
-            continue
-        if lower == b"x-forwarded-proto":
-            has_proto = True
-        elif lower == b"x-forwarded-host":
-            has_host = True
+        if lower in _CLIENT_FORWARDED:
+            if not trust_forwarded:
+                continue
+            if lower == _XFF:
+                forwarded_for.append(value)
+                continue
+            if lower == b"forwarded":
+                forwarded.append(value)
+                continue
+            has_proto = has_proto or lower == b"x-forwarded-proto"
+            has_host = has_host or lower == b"x-forwarded-host"
         lines.append(b"%s: %s\r\n" % (name, value))
-    if client_ip:
-        forwarded_for.append(client_ip.encode("ascii"))
+    ip = client_ip.encode("ascii") if client_ip else b""
+    if ip:
+        forwarded_for.append(ip)
     if forwarded_for:
         lines.append(b"X-Forwarded-For: %s\r\n" % b", ".join(forwarded_for))
-    if not has_proto:
-        lines.append(b"X-Forwarded-Proto: %s\r\n" % proto.encode("ascii"))
-    if host and not has_host:
-        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    lines.extend(_this_hop(ip, proto.encode("ascii"), host, has_proto, has_host, forwarded))
     if request_id:
         lines.append(b"X-Request-Id: %s\r\n" % request_id.encode("ascii"))
     return b"".join(lines)
+
+
+def _this_hop(
+    ip: bytes, proto: bytes, host: bytes, has_proto: bool, has_host: bool, forwarded: list[bytes]
+) -> list[bytes]:
+    """X-Forwarded-Proto/Host lines (unless kept from the client), and ``Forwarded`` with this
+    hop appended when the client's was kept."""
+    lines = []
+    if not has_proto:
+        lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+    if host and not has_host:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    if forwarded:
+        element = _forwarded_element(ip, proto, host)
+        lines.append(b"Forwarded: %s\r\n" % b", ".join([*forwarded, element]))
+    return lines
+
+
+def _forwarded_element(ip: bytes, proto: bytes, host: bytes) -> bytes:
+    """This hop's ``Forwarded`` element (RFC 7239): ``for=…;proto=…;host=…``."""
+    parts = []
+    if ip:
+        parts.append(b'for="[%s]"' % ip if b":" in ip else b"for=" + ip)
+    parts.append(b"proto=" + proto)
+    if host:
+        parts.append(b"host=" + (host if _TOKEN.fullmatch(host) else _quoted(host)))
+    return b";".join(parts)
+
+
+def _quoted(value: bytes) -> bytes:
+    return b'"%s"' % value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')

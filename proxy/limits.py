@@ -5,11 +5,12 @@ aiohttp's HTTP parser already refuses a header field or request line longer than
 and it has no deadline for receiving a request head, so a client trickling header bytes
 (slow-loris) holds a connection for as long as it likes. ``LimitedRequestHandler`` answers every
 error aiohttp raises before the app sees a request as ``application/problem+json`` (431 for the
-header limits) and answers 408 when a request head is not complete within ``limits.read_timeout``
-of its first byte (or of the connection opening). An idle keep-alive connection between requests
-is left to aiohttp's keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server
-builds these handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.bodies``. The
-aiohttp internals this leans on are reached through ``proxy.aiohttp_internals`` only.
+header limits), refuses an HTTP/0.9 request line (no version) with 400, and answers 408 when a
+request head is not complete within ``limits.read_timeout`` of its first byte (or of the
+connection opening). An idle keep-alive connection between requests is left to aiohttp's
+keep-alive timeout. ``LimitedAppRunner`` is an ``AppRunner`` whose server builds these
+handlers. The slow *body* side of ``read_timeout`` lives in ``proxy.bodies``. The aiohttp
+internals this leans on are reached through ``proxy.aiohttp_internals`` only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 
@@ -98,10 +100,22 @@ class LimitedRequestHandler(web.RequestHandler):
         queued = internals.queued_messages(self)
         super().data_received(data)
         if internals.queued_messages(self) > queued:
+            self._refuse_http_0_9(queued)
             self.last_payload = internals.last_queued_payload(self)
             self._disarm_head_timer()
         elif expecting_head and data:
             self._arm_head_timer()
+
+    def _refuse_http_0_9(self, first: int) -> None:
+        """Turn a request parsed from a line without an HTTP version into a 400.
+
+        aiohttp's parser reads ``GET /path`` as HTTP/0.9 and serves it; nothing legitimate sends
+        that any more, and a request with no headers at all must not reach the app.
+        """
+        for index, message in internals.queued_requests_since(self, first):
+            if isinstance(message, RawRequestMessage) and message.version < HttpVersion10:
+                exc = BadHttpMessage("the request line has no HTTP version (HTTP/0.9)")
+                internals.replace_queued_with_error(self, index, 400, exc)
 
     def handle_error(
         self,

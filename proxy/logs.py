@@ -1,5 +1,7 @@
 """Structured logging (docs/OPERATIONS.md): one JSON object per line, and the access log.
 
+``log.format: text`` writes ``TextFormatter`` lines instead, with control characters escaped.
+
 ``setup_logging`` installs the configured format and level on the root logger.
 ``request_id_for`` gives a request its id (``X-Request-Id``, generated when absent) and
 ``log_access`` writes the one line per proxied request with method, path, status, durations and
@@ -41,6 +43,43 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+# C0 controls, DEL, C1 controls and the Unicode line and paragraph separators, as \xNN / \uNNNN,
+# and the backslash itself, so an escaped byte cannot be confused with one the client wrote.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_CONTROLS[ord("\\")] = "\\\\"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape: always exactly one line."""
+    return text.translate(_CONTROLS)
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable format: ``time level logger message``, one line per record.
+
+    Every field is escaped with ``escape_controls``, so a decoded ``%0d%0a`` in a path cannot
+    forge a log line, nor an ANSI escape or a NUL reach the terminal. A traceback follows on
+    lines of its own, each indented, so none of them can pass for a record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.split("\n"))
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -129,7 +168,7 @@ def setup_logging(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     _root.handlers[:] = [handler]
     _root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import RequestBodyError, UpstreamError
+from proxy.errors import PathEscape, RequestBodyError, UpstreamError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 log = logging.getLogger("saga_sidecar.problems")
@@ -56,6 +56,8 @@ def problem_for_exception(exc: BaseException) -> web.Response:
         response = problem_response(exc.status, str(exc))
         response.force_close()
         return response
+    if isinstance(exc, PathEscape):
+        return problem_response(exc.status, str(exc))
     if isinstance(exc, web.HTTPException):
         detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
         return problem_response(exc.status, detail or exc.reason, headers=_kept_headers(exc))
@@ -75,7 +77,7 @@ def problem_for_failure(request: web.Request, exc: Exception) -> web.Response | 
     """
     if isinstance(exc, web.HTTPException):
         return problem_for_exception(exc) if exc.status >= 400 else None
-    if isinstance(exc, (UpstreamError, RequestBodyError)):
+    if isinstance(exc, (UpstreamError, RequestBodyError, PathEscape)):
         return problem_for_exception(exc)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     if request.writer.output_size > 0:

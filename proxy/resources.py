@@ -28,7 +28,12 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
         keepalive=_KEEPALIVE_SECONDS,
         max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
     )
-    app[FORWARDER] = Forwarder(client, config.limits.max_request_body, config.limits.read_timeout)
+    app[FORWARDER] = Forwarder(
+        client,
+        config.limits.max_request_body,
+        config.limits.read_timeout,
+        trust_forwarded=config.trust_forwarded,
+    )
     yield
     await client.close()
 

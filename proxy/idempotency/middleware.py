@@ -75,7 +75,7 @@ class IdempotencyGuard:
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
-        policy = self.policy.for_request(request.method, request.path)
+        policy = self.policy.for_request(request.method, request.raw_path)
         if policy is None:
             return await handler(request)
         header = self.config.header
@@ -106,9 +106,11 @@ class IdempotencyGuard:
         return await self._answer(call, executor, state, policy)
 
     def _wait_seconds(self, request: web.Request, policy: RoutePolicy) -> float:
+        """``Prefer: wait=N`` is honoured under either ``concurrent`` mode, for at most
+        ``lock_timeout``; without it a duplicate waits ``lock_timeout`` under ``wait`` only."""
         preferred = parse_prefer_wait(request.headers.getall("Prefer", []))
         if preferred is not None:
-            return float(preferred)
+            return min(float(preferred), self.config.lock_timeout)
         return self.config.lock_timeout if policy.concurrent == "wait" else 0.0
 
     async def _wait(
@@ -234,7 +236,7 @@ def guarded(request: web.Request, handler: Handler) -> Awaitable[web.StreamRespo
     policy does not cover (every ``GET`` by default) costs a policy lookup and no extra frame.
     """
     guard = request.app.get(IDEMPOTENCY_GUARD)
-    if guard is None or guard.policy.for_request(request.method, request.path) is None:
+    if guard is None or guard.policy.for_request(request.method, request.raw_path) is None:
         return handler(request)
     return guard.handle(request, handler)
 

@@ -1,6 +1,7 @@
 """Which requests are covered, with which settings, and which answers are kept for replay.
 
-``IdempotencyPolicy.for_request`` resolves ``idempotency.routes`` (first match wins, ``*`` globs)
+``IdempotencyPolicy.for_request`` resolves ``idempotency.routes`` (first match wins, ``*`` globs,
+matched on the normalised path of ``proxy.paths.route_key``)
 over the section's defaults into the ``RoutePolicy`` of one request, or None when the request is
 not covered (method not listed, or its route disabled). ``keeps_answer`` is the table of
 docs/IDEMPOTENCY.md: what is stored and what releases the key.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from httpsemantics import NOT_PROCESSED, outcome_unknown
 from proxy.config import IdempotencyConfig, IdempotencyRoute
+from proxy.paths import route_key, route_matches, route_pattern
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class IdempotencyPolicy:
             unknown_outcome=config.unknown_outcome,
             concurrent=config.concurrent,
         )
-        self.routes = tuple((route, self._merge(route)) for route in config.routes)
+        self.routes = tuple(
+            (route_pattern(route.path), self._merge(route)) for route in config.routes
+        )
 
     def _merge(self, route: IdempotencyRoute) -> RoutePolicy | None:
         if not route.enabled:
@@ -61,11 +65,18 @@ class IdempotencyPolicy:
             concurrent=route.concurrent or base.concurrent,
         )
 
-    def for_request(self, method: str, path: str) -> RoutePolicy | None:
-        """The policy for ``method path``, or None when the request is not covered."""
+    def for_request(self, method: str, target: str) -> RoutePolicy | None:
+        """The policy for ``method target``, or None when the request is not covered.
+
+        ``target`` is the raw path (and query) as the client sent it; routes are matched on its
+        ``proxy.paths.route_key`` form, so ``/CHARGES/``, ``//charges`` or ``/x/../charges``
+        cannot step around a route's settings.
+        """
         if method.upper() not in self.methods:
             return None
-        for route, policy in self.routes:
-            if route.matches(path):
-                return policy
+        if self.routes:
+            key = route_key(target)
+            for pattern, policy in self.routes:
+                if route_matches(key, pattern):
+                    return policy
         return self.default

@@ -162,3 +162,12 @@ async def test_request_body_arriving_in_time_is_forwarded(connect: Any) -> None:
     response = await connection.response()
     assert response.status == 200
     assert json.loads(response.body)["body_length"] == 20
+
+
+async def test_an_http_0_9_request_line_is_refused(connect: Any) -> None:
+    connection = await connect()
+    await connection.send(b"GET /echo/raw\r\n\r\n")
+    response = await connection.response()
+    assert response.status == 400
+    assert "version" in response.problem()["detail"]
+    assert await connection.closed_by_peer()

@@ -108,7 +108,7 @@ def test_end_to_end_drops_hop_by_hop_and_connection_listed_headers() -> None:
     assert list(kept.items()) == [("X-Multi", "1"), ("X-Multi", "2")]
 
 
-def test_forwarded_lines_append_the_peer_and_keep_earlier_proto_and_host() -> None:
+def test_trusted_forwarded_lines_append_the_peer_and_keep_earlier_proto_and_host() -> None:
     raw = (
         (b"Host", b"sidecar:8080"),
         (b"X-Forwarded-For", b"1.1.1.1"),
@@ -121,7 +121,9 @@ def test_forwarded_lines_append_the_peer_and_keep_earlier_proto_and_host() -> No
         (b"X-Multi", b"1"),
         (b"X-Multi", b"2"),
     )
-    lines = forwarded_header_lines(raw, client_ip="10.0.0.9", proto="http", request_id="r1")
+    lines = forwarded_header_lines(
+        raw, client_ip="10.0.0.9", proto="http", request_id="r1", trust_forwarded=True
+    )
     assert lines.split(b"\r\n") == [
         b"X-Forwarded-Proto: https",
         b"X-Multi: 1",
@@ -131,6 +133,34 @@ def test_forwarded_lines_append_the_peer_and_keep_earlier_proto_and_host() -> No
         b"X-Request-Id: r1",
         b"",
     ]
+
+
+def test_untrusted_forwarded_lines_replace_what_the_client_said() -> None:
+    raw = (
+        (b"Host", b"sidecar:8080"),
+        (b"X-Forwarded-For", b"1.1.1.1"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"bank.example"),
+        (b"X-Real-IP", b"1.1.1.1"),
+        (b"Forwarded", b"for=1.1.1.1"),
+        (b"X-Kept", b"1"),
+    )
+    lines = forwarded_header_lines(raw, client_ip="::1", proto="http", request_id=None)
+    assert lines.split(b"\r\n") == [
+        b"X-Kept: 1",
+        b"X-Forwarded-For: ::1",
+        b"X-Forwarded-Proto: http",
+        b"X-Forwarded-Host: sidecar:8080",
+        b"",
+    ]
+
+
+def test_trusted_forwarded_gets_this_hop_appended_in_rfc7239_form() -> None:
+    raw = ((b"Host", b"sidecar:8080"), (b"Forwarded", b"for=1.1.1.1"))
+    lines = forwarded_header_lines(
+        raw, client_ip="::1", proto="https", request_id=None, trust_forwarded=True
+    )
+    assert b'Forwarded: for=1.1.1.1, for="[::1]";proto=https;host="sidecar:8080"\r\n' in lines
 
 
 def test_forwarded_lines_without_a_peer_address_or_host_add_only_the_proto() -> None:

@@ -43,8 +43,8 @@ async def start_order(client: aiohttp.ClientSession, sidecar: Sidecar, order_no:
 async def post(
     client: aiohttp.ClientSession, url: str, body: Any = None, token: str | None = TOKEN
 ) -> tuple[int, Any, aiohttp.ClientResponse]:
-    """POST (JSON body when given) and return status, decoded body and the response."""
-    async with client.post(url, json=body, headers=auth(token)) as response:
+    """POST ``body`` as JSON (``{}`` when none) and return status, decoded body and the response."""
+    async with client.post(url, json={} if body is None else body, headers=auth(token)) as response:
         return response.status, await response.json(content_type=None), response
 
 
@@ -322,7 +322,8 @@ async def test_saga_routes_need_the_admin_token(
             assert response.status == 401, headers
             assert response.content_type == "application/problem+json"
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    async with client.request(method, url, headers=auth()) as response:
+    json_body = {} if method == "POST" else None
+    async with client.request(method, url, headers=auth(), json=json_body) as response:
         # With the token: served (a completed saga cannot be retried or aborted: 409).
         assert response.status == (200 if method == "GET" else 409)
 
