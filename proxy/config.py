@@ -140,6 +140,7 @@ class IdempotencyConfig(Model):
     key_secret: str = ""
     max_body: ByteSize = 1024**2
     max_request_body: ByteSize = 10 * 1024**2
+    max_stored_bytes_per_scope: ByteSize = 64 * 1024**2
     routes: tuple[IdempotencyRoute, ...] = ()
 
     @field_validator("store")
