@@ -184,6 +184,7 @@ class SagasConfig(Model):
     recovery_interval: Duration = 5.0
     lease: Duration = 15.0
     retention: Duration = 30 * 86400.0
+    max_input: ByteSize = 256 * 1024
 
     @field_validator("store")
     @classmethod

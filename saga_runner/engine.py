@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from saga_runner import offload
 from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.compensation import Compensator
@@ -118,7 +119,8 @@ class SagaEngine:
             business_id=business_id,
             definition_hash=definition.definition_hash,
             mode=definition.mode,
-            input_data=self.redactor.redact_body(input_data),
+            # A large body takes long to redact: off the loop (see ``offload``).
+            input_data=await offload.off_loop(self.redactor.redact_body, input_data),
             steps=steps,
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,

@@ -20,6 +20,7 @@ from proxy.forward import limited_body
 from proxy.idempotency.keys import parse_key
 from proxy.keys import CONFIG, SAGAS, TASKS
 from proxy.problems import problem_response
+from saga_runner import offload
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
 from saga_runner.records import CreateResult, Lease, SagaInstance
@@ -49,7 +50,7 @@ async def read_input(
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
-        data = parse_json(raw or b"{}")
+        data = await offload.sized(len(raw), parse_json, raw or b"{}")
     except UnstorableJson as exc:
         raise BadTrigger(f"the body is not valid JSON or cannot be stored: {exc}") from exc
     if not isinstance(data, dict):
@@ -140,14 +141,11 @@ def trigger_handler(definition: SagaDefinition) -> Any:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         loaded = request.app[CONFIG]
-        runtime = request.app[SAGAS].runtime
+        service = request.app[SAGAS]
+        runtime = service.runtime
         headers, recorded = trigger_headers(request, loaded.config.idempotency.header)
         try:
-            data = await read_input(
-                request,
-                loaded.config.idempotency.max_request_body,
-                loaded.config.limits.read_timeout,
-            )
+            data = await read_input(request, service.max_input, loaded.config.limits.read_timeout)
             created = await runtime.engine.start(
                 definition, data, recorded, trigger_key(request, loaded), call_headers=headers
             )
