@@ -153,6 +153,7 @@ class IdempotencyConfig(Model):
     key_secret: str = ""
     max_body: ByteSize = 1024**2
     max_request_body: ByteSize = 10 * 1024**2
+    max_stored_bytes_per_scope: ByteSize = 64 * 1024**2
     routes: tuple[IdempotencyRoute, ...] = ()
 
     @field_validator("store")
@@ -196,6 +197,7 @@ class SagasConfig(Model):
     recovery_interval: Duration = 5.0
     lease: Duration = 15.0
     retention: Duration = 30 * 86400.0
+    max_input: ByteSize = 256 * 1024
 
     @field_validator("store")
     @classmethod

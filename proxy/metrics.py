@@ -49,6 +49,12 @@ class SidecarMetrics:
         self.idem_store_errors = Counter(
             "idempotency_store_errors", "Idempotency store failures", ["action"], registry=r
         )
+        self.idem_not_stored = Counter(
+            "idempotency_not_stored",
+            "Answers delivered but not stored for replay (duplicates get 409)",
+            ["reason"],
+            registry=r,
+        )
         self.saga_started = Counter("saga_started", "Sagas started", ["saga"], registry=r)
         self.saga_completed = Counter("saga_completed", "Sagas completed", ["saga"], registry=r)
         self.saga_compensated = Counter(

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from saga_runner import offload
 from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.compensation import Compensator
@@ -112,13 +113,16 @@ class SagaEngine:
                 execute_data=self.redactor.redact_call(first.as_record()),
                 retry_count=1,
             )
+        # A large body takes long to redact: off the loop (see ``offload``), before the clock
+        # of the lease starts.
+        recorded_input = await offload.off_loop(self.redactor.redact_body, input_data)
         sent_at = asyncio.get_running_loop().time()
         created = await self.store.create_instance(
             business_type=definition.name,
             business_id=business_id,
             definition_hash=definition.definition_hash,
             mode=definition.mode,
-            input_data=self.redactor.redact_body(input_data),
+            input_data=recorded_input,
             steps=steps,
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,

@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy.admin import dashboard_html as fragments
 from proxy.admin.sagas_api import LIST_PARAMS, list_query, saga_operations
 from proxy.errors import RuntimeUnavailable
+from saga_runner import offload
 from saga_runner.errors import OperatorInputError, SagaNotFound, StoreError
 from saga_runner.operations import SagaOperations
 from saga_runner.records import SagaInstance
@@ -136,7 +137,8 @@ async def dashboard_saga(request: web.Request) -> web.Response:
 async def _saga_page(request: web.Request, saga_id: str) -> web.Response:
     operations = saga_operations(request.app)
     detail = await operations.show(saga_id)
-    view = detail_view(detail, operations.redact)
+    # Redacting a saga with a large input takes long: off the loop, as its trigger did.
+    view = await offload.off_loop(detail_view, detail, operations.redact)
     return html_page(f"Saga {detail.instance.name} {saga_id}", fragments.saga_detail(view))
 
 

@@ -3,7 +3,9 @@
 Saga data is user input (business ids, request bodies, upstream error texts), so each value goes
 through ``esc`` (``html.escape`` with quotes) on its way into markup, and every URL is built with
 ``urlencode`` and then escaped. Fragments are rendered from the redacted JSON views of
-``saga_runner.views``, so the dashboard never sees more than the admin API shows.
+``saga_runner.views``, so the dashboard never sees more than the admin API shows. A JSON value
+is shown up to ``MAX_SHOWN`` characters, and is encoded only that far: a trigger body of several
+MiB costs the page no more than a small one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from saga_runner.operations import ListQuery
 from saga_runner.states import SagaStatus
 
 DASHBOARD_PATH = "/dashboard"
+MAX_SHOWN = 64 * 1024
+CUT_MARKER = "\n… [cut: longer than 64 KiB; GET /sagas/{id} on the admin API has it whole]"
 
 
 def esc(value: object) -> str:
@@ -59,8 +63,18 @@ def saga_url(saga_id: str) -> str:
 
 
 def json_block(value: Any) -> str:
-    """A JSON value pretty-printed in a ``<pre>``."""
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    """A JSON value pretty-printed in a ``<pre>``, cut after ``MAX_SHOWN`` characters."""
+    encoder = json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    parts: list[str] = []
+    shown = 0
+    for chunk in encoder.iterencode(value):  # indented: a lazy generator, stopped early
+        parts.append(chunk)
+        shown += len(chunk)
+        if shown > MAX_SHOWN:
+            text = "".join(parts)[:MAX_SHOWN] + CUT_MARKER
+            break
+    else:
+        text = "".join(parts)
     return f"<pre>{esc(text)}</pre>"
 
 

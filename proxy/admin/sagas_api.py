@@ -24,6 +24,7 @@ from aiojobs import Scheduler
 from proxy.errors import RuntimeUnavailable
 from proxy.keys import PUBLIC_APP, SAGAS, TASKS
 from proxy.problems import problem_response
+from saga_runner import offload
 from saga_runner.errors import (
     OperationRefused,
     OperatorInputError,
@@ -112,7 +113,9 @@ async def show_saga(request: web.Request) -> web.Response:
     """``GET /sagas/{id}``: the instance, its steps with every attempt, and its events."""
     operations = saga_operations(request.app)
     detail = await operations.show(request.match_info["saga_id"])
-    return web.json_response(detail_view(detail, operations.redact))
+    # A saga with a large input takes long to redact and encode: off the loop.
+    text = await offload.off_loop(lambda: json.dumps(detail_view(detail, operations.redact)))
+    return web.json_response(text=text)
 
 
 async def action_body(request: web.Request, action: str) -> dict[str, Any]:

@@ -88,8 +88,10 @@ class KeyScoper:
 
     def material(self, headers: CIMultiDictProxy[str], key: str) -> bytes:
         """The unambiguous byte string that is HMAC'd: every scope header's values, then the key."""
-        scope = [[name, headers.getall(name, [])] for name in self.scope_headers]
-        return json.dumps(["v1", scope, key], ensure_ascii=True).encode("ascii")
+        return json.dumps(["v1", self._scope(headers), key], ensure_ascii=True).encode("ascii")
+
+    def _scope(self, headers: CIMultiDictProxy[str]) -> list[list[object]]:
+        return [[name, headers.getall(name, [])] for name in self.scope_headers]
 
     async def lookup_key(self, headers: CIMultiDictProxy[str], key: str) -> str:
         """The scoped key for ``key`` sent with ``headers``.
@@ -99,3 +101,13 @@ class KeyScoper:
         """
         secret = self._configured or await self._store.secret()
         return hmac.digest(secret, self.material(headers, key), "sha256").hex()
+
+    async def scope_key(self, headers: CIMultiDictProxy[str]) -> str:
+        """The scope (``scope_headers`` values) of a request, HMAC'd as ``lookup_key`` is.
+
+        Raises:
+            StoreUnavailable: no ``key_secret`` is configured and the store's secret is unknown.
+        """
+        material = json.dumps(["v1-scope", self._scope(headers)], ensure_ascii=True).encode("ascii")
+        secret = self._configured or await self._store.secret()
+        return hmac.digest(secret, material, "sha256").hex()

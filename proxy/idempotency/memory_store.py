@@ -5,6 +5,7 @@ without an ``await`` between its read and its write, leases and result TTLs enfo
 swept from a heap of expiry times. Memory is bounded (``memory://?max_bytes=256MiB``): when the
 bound is reached and nothing has expired, new keys are refused with ``StoreFull`` (handled like
 any store failure) instead of dropping a record early, which could let a duplicate execute.
+Scope budgets are ``_Budgets``: each scope's counted answers until they expire.
 
 Its scoping secret (used when ``key_secret`` is empty) is a fixed value, not a random one: its
 records never leave the process, but saga triggers scope their keys with the same secret and
@@ -38,6 +39,35 @@ class _Entry:
         return len(key) + len(self.value) + _ENTRY_OVERHEAD
 
 
+class _Budgets:
+    """Every scope's counted answers (``charge``), each until its expiry (one heap for all)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, int]] = {}
+        self.totals: dict[str, int] = {}
+        self.expiries: list[tuple[float, str, str]] = []
+
+    def charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
+        now = time.monotonic()
+        self._prune(now)
+        counted = self.entries.setdefault(scope, {})
+        if entry in counted:
+            return True
+        if self.totals.get(scope, 0) + size > budget:
+            return False
+        counted[entry] = size
+        self.totals[scope] = self.totals.get(scope, 0) + size
+        heapq.heappush(self.expiries, (now + ttl_ms / 1000, scope, entry))
+        return True
+
+    def _prune(self, now: float) -> None:
+        while self.expiries and self.expiries[0][0] <= now:
+            _, scope, entry = heapq.heappop(self.expiries)
+            self.totals[scope] -= self.entries[scope].pop(entry)
+            if not self.entries[scope]:
+                del self.entries[scope], self.totals[scope]
+
+
 class MemoryStore(IdempotencyStore):
     """Locks and records in a dict, bounded by ``max_bytes``, with lazy and swept expiry."""
 
@@ -48,6 +78,7 @@ class MemoryStore(IdempotencyStore):
         self._expiries: list[tuple[float, str]] = []
         self._waiters: dict[str, set[EventSignal]] = {}
         self._bytes = 0
+        self._budgets = _Budgets()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -74,6 +105,9 @@ class MemoryStore(IdempotencyStore):
         self._put(key, value, ttl_ms, replacing=True)
         self._notify(key)
         return True
+
+    async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
+        return self._budgets.charge(scope, entry, size, ttl_ms, budget)
 
     async def _release(self, key: str, owner: bytes) -> bool:
         if not self._owned(key, owner):
@@ -114,6 +148,7 @@ class MemoryStore(IdempotencyStore):
         self._entries.clear()
         self._expiries.clear()
         self._bytes = 0
+        self._budgets = _Budgets()
 
     def _owned(self, key: str, owner: bytes) -> bool:
         entry = self._get(key)

@@ -33,6 +33,7 @@ from proxy.idempotency.store import (
     Completed,
     IdempotencyStore,
     InFlight,
+    ScopeBudget,
     new_token,
     store_from_url,
 )
@@ -46,6 +47,10 @@ log = logging.getLogger("saga_sidecar.idempotency")
 # ``wait``: a waiting duplicate got 409; ``complete``: an answer was delivered but not stored;
 # ``release``: a key stays locked until its lease ends; ``renew``: a lease renewal failed.
 STORE_ERROR_ACTIONS = ("reject", "pass", "wait", "complete", "release", "renew")
+# ``idempotency_not_stored_total{reason}``: answers delivered whose body was not stored, so their
+# duplicates get 409. ``max_body``: over ``max_body``, cut short or still streaming;
+# ``scope_budget``: past ``max_stored_bytes_per_scope``.
+NOT_STORED_REASONS = ("max_body", "scope_budget")
 
 
 class IdempotencyGuard:
@@ -72,6 +77,8 @@ class IdempotencyGuard:
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
         for action in STORE_ERROR_ACTIONS:  # exported as 0 from the start, so rate() works
             metrics.idem_store_errors.labels(action)
+        for reason in NOT_STORED_REASONS:
+            metrics.idem_not_stored.labels(reason)
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
@@ -180,7 +187,9 @@ class IdempotencyGuard:
             body_retained=answer.body is not None,
             reason=answer.reason,
         )
-        await self._complete(lock, record, policy.ttl)
+        if not record.body_retained:
+            self.metrics.idem_not_stored.labels("max_body").inc()
+        await self._complete(lock, record, policy.ttl, call.request)
 
     async def _settle_failure(
         self, lock: Acquired, call: CoveredRequest, exc: UpstreamError, policy: RoutePolicy
@@ -195,15 +204,27 @@ class IdempotencyGuard:
         await self._settle(lock, call, answer, policy)
         return response
 
-    async def _complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> None:
+    async def _complete(
+        self, lock: Acquired, record: StoredResponse, ttl: float, request: web.Request
+    ) -> None:
         try:
-            stored = await self.store.complete(lock, record, ttl)
+            budget = await self._budget(request) if record.body_retained else None
+            stored = await self.store.complete_within(lock, record, ttl, budget)
         except StoreUnavailable as exc:
             # The client still gets its answer; the lock expires after one lease.
             self._count_store_error("complete", exc)
             return
-        if not stored:
+        if stored is None:
             log.warning("idempotency lease was lost before completion: answer not stored")
+        elif record.body_retained and not stored.body_retained:
+            self.metrics.idem_not_stored.labels("scope_budget").inc()
+
+    async def _budget(self, request: web.Request) -> ScopeBudget | None:
+        """The budget the request's answer counts against (None: ``0``, no budget)."""
+        limit = self.config.max_stored_bytes_per_scope
+        if not limit:
+            return None
+        return ScopeBudget(await self.scoper.scope_key(request.headers), limit)
 
     async def _release(self, lock: Acquired) -> None:
         try:

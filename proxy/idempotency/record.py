@@ -15,7 +15,7 @@ import json
 import struct
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.errors import RecordFormatError
 from proxy.headers import HOP_BY_HOP
@@ -51,6 +51,11 @@ class StoredResponse:
 def headers_to_store(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The response headers worth replaying: end-to-end, no cookies, no Date/Content-Length."""
     return tuple((name, value) for name, value in headers if name.lower() not in NOT_STORED)
+
+
+def without_body(record: StoredResponse) -> StoredResponse:
+    """The "not retained" marker of ``record``: its status and fingerprint, no headers or body."""
+    return replace(record, headers=(), body=b"", body_retained=False)
 
 
 def encode_record(record: StoredResponse) -> bytes:

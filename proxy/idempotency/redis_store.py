@@ -7,7 +7,10 @@ module, run with EVALSHA; on a plain-TCP server through ``resp``'s pipelined con
 round trip, and complete/release/renew compare the owner token first, so a holder whose lease
 expired cannot overwrite or delete a newer holder's state. The record's pub/sub channel
 ``<prefix>:{<scoped key>}:done`` shares its hash tag, as would any further key of the record, so
-everything about one record lives in one Cluster slot.
+everything about one record lives in one Cluster slot. A scope's budget ledger is
+``<prefix>:budget:{<scope>}`` (a sorted set of ``size:scoped key`` by expiry) with its live total
+in ``<prefix>:budget:{<scope>}:bytes``, both kept by ``charge.lua`` and expiring with the
+longest-lived answer they count.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from proxy.idempotency.redis_notify import CompletionListener
 from proxy.idempotency.resp import PipelinedRedis
 from proxy.idempotency.store import ChangeSignal, IdempotencyStore
 
-_SCRIPTS = ("acquire", "complete", "release", "renew", "secret")
+_SCRIPTS = ("acquire", "charge", "complete", "release", "renew", "secret")
 _REDIS_ERRORS = (RedisError, RedisClusterException, RespError, OSError, TimeoutError)
 
 
@@ -74,12 +77,18 @@ class RedisStore(IdempotencyStore):
         """The pub/sub channel announcing completion or release of ``key``."""
         return f"{self.prefix}:{{{key}}}:done"
 
-    async def _script(self, name: str, key: str, *args: Any) -> Any:
+    def budget_keys(self, scope: str) -> list[str]:
+        """The Redis keys of ``scope``'s budget: its ledger and its live total."""
+        ledger = f"{self.prefix}:budget:{{{scope}}}"
+        return [ledger, f"{ledger}:bytes"]
+
+    async def _script(self, name: str, key: str | list[str], *args: Any) -> Any:
         script = self._scripts[name]
+        keys = key if isinstance(key, list) else [key]
         with _unavailable_on_error(name):
             if self._fast is not None:
-                return await self._fast.evalsha(script.sha, script.script, [key], args)
-            return await script(keys=[key], args=list(args))
+                return await self._fast.evalsha(script.sha, script.script, keys, args)
+            return await script(keys=keys, args=list(args))
 
     async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
         current = await self._script("acquire", self.redis_key(key), value, lease_ms)
@@ -89,6 +98,10 @@ class RedisStore(IdempotencyStore):
         channel = self.channel(key)
         done = await self._script("complete", self.redis_key(key), owner, value, ttl_ms, channel)
         return bool(done)
+
+    async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
+        keys = self.budget_keys(scope)
+        return bool(await self._script("charge", keys, entry, size, ttl_ms, budget))
 
     async def _release(self, key: str, owner: bytes) -> bool:
         return bool(await self._script("release", self.redis_key(key), owner, self.channel(key)))

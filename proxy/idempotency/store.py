@@ -6,6 +6,11 @@ here hold the shared policy (tokens, lock values, decoding, waiting, the scoping
 backend implements the small ``_acquire/_complete/_release/_renew`` primitives atomically and
 owner-checked, so a holder whose lease was taken over can never overwrite or delete the new
 holder's state. ``store_from_url`` picks the backend from the configured URL.
+
+A scope's budget (``idempotency.max_stored_bytes_per_scope``) is a ledger per scope of the
+answers stored under it, each counted with its size until its record expires: ``charge`` adds
+one atomically if the scope's live total stays within the budget, so one tenant cannot fill the
+store with large answers.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.errors import RecordFormatError, StoreUnavailable
-from proxy.idempotency.record import StoredResponse, decode_record, encode_record
+from proxy.idempotency.record import StoredResponse, decode_record, encode_record, without_body
 from proxy.ids import UniqueIds
 
 LOCK_MARK = b"L"
@@ -50,6 +55,14 @@ class Completed:
 
 
 AcquireResult = Acquired | InFlight | Completed
+
+
+@dataclass(frozen=True)
+class ScopeBudget:
+    """Where a stored answer's bytes count: its scope, and the bytes that scope may keep."""
+
+    scope: str
+    max_bytes: int
 
 
 class ChangeSignal(Protocol):
@@ -121,9 +134,33 @@ class IdempotencyStore(ABC):
 
     async def complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> bool:
         """Replace the lock by ``record`` for ``ttl`` seconds; False when the lock was lost."""
-        return await self._complete(
-            lock.key, owner_prefix(lock.token), encode_record(record), _ms(ttl)
-        )
+        return await self.complete_within(lock, record, ttl, None) is not None
+
+    async def complete_within(
+        self, lock: Acquired, record: StoredResponse, ttl: float, budget: ScopeBudget | None
+    ) -> StoredResponse | None:
+        """Replace the lock by ``record``, or by its "not retained" marker past ``budget``.
+
+        Returns what was stored, or None when the lock was lost. The record's encoded bytes are
+        charged to the budget's scope; when they do not fit, the smaller marker is stored
+        uncharged, so duplicates are refused (409) and never executed again.
+        """
+        value = encode_record(record)
+        if budget is not None and record.body_retained:
+            charged = await self.charge(budget.scope, lock.key, len(value), ttl, budget.max_bytes)
+            if not charged:
+                record = without_body(record)
+                value = encode_record(record)
+        stored = await self._complete(lock.key, owner_prefix(lock.token), value, _ms(ttl))
+        return record if stored else None
+
+    async def charge(self, scope: str, key: str, size: int, ttl: float, budget: int) -> bool:
+        """Count ``size`` bytes of ``key``'s answer against ``scope`` for ``ttl`` seconds.
+
+        False, with nothing counted, when the scope's live total would exceed ``budget``. A
+        charge repeated for the same key and size (a retry whose reply was lost) counts once.
+        """
+        return await self._charge(scope, f"{size}:{key}", size, _ms(ttl), budget)
 
     async def release(self, lock: Acquired) -> bool:
         """Drop the lock so the key may be retried; False when it was no longer ours."""
@@ -166,6 +203,13 @@ class IdempotencyStore(ABC):
     @abstractmethod
     async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
         """If ``key`` holds a lock starting with ``owner``, replace it; notify waiters."""
+
+    @abstractmethod
+    async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
+        """Add ``entry`` (``size`` bytes, for ``ttl_ms``) to ``scope``'s ledger within ``budget``.
+
+        Expired entries leave the ledger first; an entry already there is not counted again.
+        """
 
     @abstractmethod
     async def _release(self, key: str, owner: bytes) -> bool:

@@ -24,6 +24,7 @@ from proxy.idempotency.executor import Answer, CoveredRequest, captured
 from proxy.idempotency.keys import KeyScoper, parse_key
 from proxy.keys import CONFIG, EXECUTORS, KEY_SCOPER, SAGAS, TASKS
 from proxy.problems import problem_response
+from saga_runner import offload
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
 from saga_runner.records import CreateResult, Lease, SagaInstance
@@ -34,14 +35,14 @@ from saga_runner.storable import clean_text, parse_json
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 
-def parse_input(raw: bytes) -> dict[str, Any]:
+async def parse_input(raw: bytes) -> dict[str, Any]:
     """The trigger's body as a JSON object (an empty body is ``{}``).
 
     Raises:
         BadTrigger: the body is not a JSON object a saga store can hold (→ 400).
     """
     try:
-        data = parse_json(raw or b"{}")
+        data = await offload.sized(len(raw), parse_json, raw or b"{}")
     except UnstorableJson as exc:
         raise BadTrigger(f"the body is not valid JSON or cannot be stored: {exc}") from exc
     if not isinstance(data, dict):
@@ -151,7 +152,7 @@ class TriggerRoute:
         runtime = request.app[SAGAS].runtime
         headers, recorded = trigger_headers(request, header)
         try:
-            data = parse_input(body)
+            data = await parse_input(body)
             key = await trigger_key(request, request.app[KEY_SCOPER], header)
             created = await runtime.engine.start(
                 definition, data, recorded, key, call_headers=headers
@@ -217,7 +218,8 @@ async def _run(
 def setup_saga_routes(app: web.Application) -> None:
     """Add one route per saga trigger (before the catch-all forwarder), with its executor."""
     config = app[CONFIG].config
-    bodies = BodyReader(config.idempotency.max_request_body, config.limits.read_timeout)
+    limit = app[SAGAS].max_input  # sagas.max_input, not idempotency.max_request_body
+    bodies = BodyReader(limit, config.limits.read_timeout)
     for definition in app[SAGAS].catalog:
         route = TriggerRoute(definition, bodies)
         trigger = definition.trigger

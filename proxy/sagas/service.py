@@ -84,6 +84,7 @@ class SagaService:
             retention_seconds=config.sagas.retention,
         )
         self.shutdown_grace = config.shutdown_grace
+        self.max_input = config.sagas.max_input
         self._metrics = metrics
         self._runtime: SagaRuntime | None = None
         self._recovery: RecoveryWorker | None = None

@@ -124,6 +124,7 @@ def saga_sidecar(
                 "definitions": [str(Path(saga_dir) / "*.yaml")],
                 "recovery_interval": "200ms",
                 "lease": "2s",
+                "max_input": TRIGGER_BODY_LIMIT,
             },
         }
     )

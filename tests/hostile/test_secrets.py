@@ -141,6 +141,7 @@ async def every_redis_byte(redis_url: str, prefix: str) -> bytes:
                 "hash": client.hgetall,
                 "list": lambda k: client.lrange(k, 0, -1),
                 "set": client.smembers,
+                "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
             }[kind](key)
             dumped.append(repr(await value).encode())
         return b"\n".join(dumped)

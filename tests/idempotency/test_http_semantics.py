@@ -415,6 +415,7 @@ async def test_body_over_max_body_is_delivered_and_duplicates_get_409(
     assert problem["type"].endswith("idempotency-not-retained")
     assert small_replay.replayed and small_replay.body == small.body
     assert upstream.executions == {"/big/300000": 1, "/big/1000": 1}
+    assert proxy.metric("idempotency_not_stored_total", reason="max_body") == 1
 
 
 async def test_body_cut_short_is_never_executed_twice(

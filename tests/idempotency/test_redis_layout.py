@@ -50,8 +50,15 @@ async def test_records_live_under_one_hash_tagged_key_without_raw_values(
             assert response.status == 201
 
     keys = await keys_under(raw_redis, idem_prefix)
-    record_keys = [k for k in keys if k != f"{idem_prefix}:secret".encode()]
+    budget = [k for k in keys if k.startswith(f"{idem_prefix}:budget:".encode())]
+    record_keys = [k for k in keys if k != f"{idem_prefix}:secret".encode() and k not in budget]
     assert len(record_keys) == 1
+    ledger = f"{idem_prefix}:budget:{{".encode()
+    assert len(budget) == 2 and budget[0].startswith(ledger) and budget[1] == budget[0] + b":bytes"
+    (member,) = await raw_redis.zrange(budget[0], 0, -1)
+    assert member.endswith(record_keys[0][len(idem_prefix) + 2 : -1])
+    for raw in (secret_token.encode(), b"sk_live", key.encode()):
+        assert raw not in budget[0] and raw not in member
     name = record_keys[0].decode()
     assert name.startswith(f"{idem_prefix}:{{") and name.endswith("}")
     assert len(name) == len(idem_prefix) + 1 + 64 + 2

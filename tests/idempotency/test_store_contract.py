@@ -70,6 +70,18 @@ async def test_large_compressible_body_round_trips(store: IdempotencyStore) -> N
     assert isinstance(state, Completed) and state.record.body == body
 
 
+async def test_a_scope_budget_refuses_charges_past_it_until_answers_expire(
+    store: IdempotencyStore,
+) -> None:
+    assert await store.charge("scope-a", "k1", 600, 0.3, 1000)
+    assert await store.charge("scope-a", "k1", 600, 0.3, 1000)  # a retried charge counts once
+    assert not await store.charge("scope-a", "k2", 600, TTL, 1000)
+    assert await store.charge("scope-b", "k2", 600, TTL, 1000)
+    await asyncio.sleep(0.4)
+    assert await store.charge("scope-a", "k2", 600, TTL, 1000)
+    assert not await store.charge("scope-a", "k3", 600, TTL, 1000)
+
+
 async def test_release_lets_the_next_request_acquire(store: IdempotencyStore) -> None:
     lock = await acquired(store, "k1")
     assert await store.release(lock)

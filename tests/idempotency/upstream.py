@@ -8,6 +8,7 @@ Routes (any method):
     /status/{code}     answers ``code`` with a small JSON body
     /slow/{seconds}    sleeps, then 201
     /big/{size}        201 with a body of ``size`` bytes
+    /random/{size}     201 with ``size`` random (incompressible) bytes
     /cut               promises 100 kB, sends 10 kB, drops the connection
     /gzip              201 with a pre-compressed body and Content-Encoding: gzip
     anything else      200 JSON describing the request
@@ -19,6 +20,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import os
 from collections import Counter
 from typing import Any
 
@@ -75,6 +77,8 @@ class CountingUpstream:
             return web.json_response({"slept": float(parts[1])}, status=201)
         if parts[0] == "big":
             return web.Response(body=b"b" * int(parts[1]), status=201)
+        if parts[0] == "random":
+            return web.Response(body=os.urandom(int(parts[1])), status=201)
         if parts[0] == "cut":
             return await _cut_short(request)
         if parts[0] == "gzip":
