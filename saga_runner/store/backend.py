@@ -82,10 +82,11 @@ class StoreBackend(ABC):
 
     @abstractmethod
     async def insert_instance(
-        self, instance: Row, steps: list[Row], event: Row | None
+        self, instance: Row, steps: list[Row], event: Row | None, lease_seconds: float
     ) -> tuple[Row, list[int]] | None:
         """Insert the instance, its steps (all with the same columns) and the event (if any) in
-        one transaction; return the instance and the steps' ids in ``step_order``, or ``None``
+        one transaction (a ``lease_expires_at`` of None is ``lease_seconds`` from now by the
+        database's clock); return the instance and the steps' ids in ``step_order``, or ``None``
         on a duplicate idempotency key (nothing inserted)."""
 
     @abstractmethod
@@ -109,29 +110,38 @@ class StoreBackend(ABC):
         the instance with ``changes``, the steps, insert the attempts; return the instance as
         written. Otherwise change nothing and return ``None``."""
 
-    # -- leases ---------------------------------------------------------------------------------
+    # -- leases: `now`/`expires` None mean the database's clock, read in the statement --------
 
     @abstractmethod
-    async def renew(self, lease: Lease, expires: datetime) -> bool:
+    async def renew(self, lease: Lease, expires: datetime | None, seconds: float) -> bool:
         """Set ``lease_expires_at`` if the lease still matches."""
 
     @abstractmethod
-    async def renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+    async def renew_many(
+        self, leases: Sequence[Lease], expires: datetime | None, seconds: float
+    ) -> set[Lease]:
         """Extend, in one statement or transaction, every lease still matching its saga's row
         (id, owner and version); return the leases extended."""
 
     @abstractmethod
     async def release(self, lease: Lease, next_run_at: datetime | None) -> bool:
-        """Clear the owner and expiry and set ``next_run_at`` if the lease still matches."""
+        """Clear the owner and expiry if the lease still matches; set ``next_run_at`` when
+        given, else keep the one recorded (a persisted backoff survives a release)."""
 
     @abstractmethod
     async def claim_due(
-        self, owner: str, now: datetime, expires: datetime, limit: int
+        self, owner: str, now: datetime | None, expires: datetime | None, seconds: float, limit: int
     ) -> list[Row]: ...
 
     @abstractmethod
     async def claim_one(
-        self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
+        self,
+        saga_id: str,
+        owner: str,
+        now: datetime | None,
+        expires: datetime | None,
+        seconds: float,
+        force: bool,
     ) -> Row | None: ...
 
     # -- reads ----------------------------------------------------------------------------------

@@ -46,18 +46,36 @@ def _param(n: int) -> str:
 
 
 @cache
+def lease_expiry(expires: str, seconds: str) -> str:
+    """SQL for a lease's expiry: the given time if not NULL (an injected test clock), else
+    ``seconds`` from now by the database's clock, read in this statement."""
+    return f"COALESCE({expires}::timestamptz, now() + make_interval(secs => {seconds}::float8))"
+
+
+def db_now(now: str) -> str:
+    """SQL for "now" in lease comparisons: the given time if not NULL, else the database's."""
+    return f"COALESCE({now}::timestamptz, now())"
+
+
 def create_sql(instance_columns: tuple[str, ...]) -> str:
     """The statement inserting an instance, its steps and its ``started`` event (if any).
 
     Parameters: the instance's values, one array per ``STEP_COLUMNS``, then the event's actor
-    (NULL: no event) and detail. Nothing is inserted on a duplicate idempotency key; the steps'
-    and event's foreign keys are checked at the statement's end.
+    (NULL: no event) and detail, then the lease's length in seconds (its expiry is computed by
+    the database's clock when ``lease_expires_at`` is NULL). Nothing is inserted on a duplicate
+    idempotency key; the steps' and event's foreign keys are checked at the statement's end.
     """
-    insert = sqltext.insert("saga_instances", instance_columns, _param)
     n = len(instance_columns) + 1
+    actor, detail = n + len(STEP_COLUMNS), n + len(STEP_COLUMNS) + 1
+    seconds = f"${detail + 1}"
+    insert = sqltext.insert(
+        "saga_instances",
+        instance_columns,
+        _param,
+        {"lease_expires_at": lambda placeholder: lease_expiry(placeholder, seconds)},
+    )
     arrays = ", ".join(f"${n + i}::{kind}[]" for i, (_, kind) in enumerate(STEP_COLUMNS))
     names = ", ".join(name for name, _ in STEP_COLUMNS)
-    actor, detail = n + len(STEP_COLUMNS), n + len(STEP_COLUMNS) + 1
     return f"""
         WITH inst AS (
             {insert} ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *
@@ -74,11 +92,14 @@ def create_sql(instance_columns: tuple[str, ...]) -> str:
         SELECT inst.*, ARRAY(SELECT id FROM steps ORDER BY step_order) AS step_ids FROM inst"""
 
 
-def create_args(instance: Row, steps: Sequence[Row], event: Row | None) -> list[Any]:
+def create_args(
+    instance: Row, steps: Sequence[Row], event: Row | None, lease_seconds: float
+) -> list[Any]:
     """The values of ``create_sql``, in its parameter order."""
     args = list(instance.values())
     args += [[step[name] for step in steps] for name, _ in STEP_COLUMNS]
     args += [None, None] if event is None else [event["actor"], event["detail"]]
+    args.append(float(lease_seconds))
     return args
 
 

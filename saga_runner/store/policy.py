@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final, NoReturn, TypeAlias
 
 from saga_runner.errors import LeaseLost, SagaNotFound, StoreError
@@ -179,7 +179,7 @@ class NewSaga:
 
 
 def creation_rows(
-    new: NewSaga, steps: Sequence[NewStep], now: datetime
+    new: NewSaga, steps: Sequence[NewStep], now: datetime, lease_expires: datetime | None
 ) -> tuple[Row, list[Row], Row | None]:
     """The instance row (``running``, leased by ``new.owner``, version 1), its step rows and
     its ``started`` event (``None`` unless ``new.started``)."""
@@ -195,7 +195,7 @@ def creation_rows(
         "idempotency_key": new.idempotency_key,
         "mode": new.mode,
         "owner": new.owner,
-        "lease_expires_at": now + timedelta(seconds=new.lease_seconds),
+        "lease_expires_at": lease_expires,  # None: computed by the database's clock
         "lease_version": 1,
         "created_at": now,
         "updated_at": now,

@@ -185,10 +185,11 @@ class PostgresBackend(StoreBackend):
         return _row(await self._pool.fetchrow(sql, definition_hash))
 
     async def insert_instance(
-        self, instance: Row, steps: list[Row], event: Row | None
+        self, instance: Row, steps: list[Row], event: Row | None, lease_seconds: float
     ) -> tuple[Row, list[int]] | None:
         sql = pg_batches.create_sql(tuple(instance))
-        created = await self._pool.fetchrow(sql, *pg_batches.create_args(instance, steps, event))
+        args = pg_batches.create_args(instance, steps, event, lease_seconds)
+        created = await self._pool.fetchrow(sql, *args)
         if created is None:
             return None
         row = dict(created)
@@ -219,15 +220,18 @@ class PostgresBackend(StoreBackend):
         sql = "SELECT * FROM saga_steps WHERE saga_id = $1 AND step_order = $2"
         return _row(await self._pool.fetchrow(sql, saga_id, step_order))
 
-    async def renew(self, lease: Lease, expires: datetime) -> bool:
-        sql = f"UPDATE saga_instances SET lease_expires_at = $4 WHERE {_FENCE}"
-        status = await self._pool.execute(sql, lease.saga_id, lease.version, lease.owner, expires)
-        return bool(status == "UPDATE 1")
+    async def renew(self, lease: Lease, expires: datetime | None, seconds: float) -> bool:
+        expiry = pg_batches.lease_expiry("$4", "$5")
+        sql = f"UPDATE saga_instances SET lease_expires_at = {expiry} WHERE {_FENCE}"
+        args = (lease.saga_id, lease.version, lease.owner, expires, float(seconds))
+        return bool(await self._pool.execute(sql, *args) == "UPDATE 1")
 
-    async def renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+    async def renew_many(
+        self, leases: Sequence[Lease], expires: datetime | None, seconds: float
+    ) -> set[Lease]:
         # The rows are locked in id order first, so two replicas renewing overlapping batches
         # (one of them holding stale leases) wait for each other instead of deadlocking.
-        sql = """
+        sql = f"""
             WITH held AS (
                 SELECT s.id FROM saga_instances AS s
                 JOIN unnest($2::text[], $3::text[], $4::bigint[]) AS l(id, owner, version)
@@ -235,53 +239,62 @@ class PostgresBackend(StoreBackend):
                 ORDER BY s.id
                 FOR NO KEY UPDATE OF s
             )
-            UPDATE saga_instances AS s SET lease_expires_at = $1
+            UPDATE saga_instances AS s SET lease_expires_at = {pg_batches.lease_expiry("$1", "$5")}
             FROM held WHERE s.id = held.id
             RETURNING s.id, s.owner, s.lease_version"""
         ids = [lease.saga_id for lease in leases]
         owners = [lease.owner for lease in leases]
         versions = [lease.version for lease in leases]
-        rows = await self._lease_pool.fetch(sql, expires, ids, owners, versions)
+        rows = await self._lease_pool.fetch(sql, expires, ids, owners, versions, float(seconds))
         return {Lease(r["id"], r["owner"], r["lease_version"]) for r in rows}
 
     async def release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (
-            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = $4 "
-            f"WHERE {_FENCE}"
+            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, "
+            f"next_run_at = COALESCE($4, next_run_at) WHERE {_FENCE}"
         )
         args = (lease.saga_id, lease.version, lease.owner, next_run_at)
         return bool(await self._pool.execute(sql, *args) == "UPDATE 1")
 
     async def claim_due(
-        self, owner: str, now: datetime, expires: datetime, limit: int
+        self, owner: str, now: datetime | None, expires: datetime | None, seconds: float, limit: int
     ) -> list[Row]:
         sql = f"""
             WITH due AS (
                 SELECT id FROM saga_instances
                 WHERE {_ACTIVE}
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
-                  AND (next_run_at IS NULL OR next_run_at <= $1)
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= {pg_batches.db_now("$1")})
+                  AND (next_run_at IS NULL OR next_run_at <= {pg_batches.db_now("$1")})
                 ORDER BY created_at
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE saga_instances AS s
-            SET owner = $2, lease_expires_at = $3, lease_version = s.lease_version + 1,
-                next_run_at = NULL
+            SET owner = $2, lease_expires_at = {pg_batches.lease_expiry("$3", "$5")},
+                lease_version = s.lease_version + 1, next_run_at = NULL
             FROM due WHERE s.id = due.id
             RETURNING s.*"""
-        return _rows(await self._pool.fetch(sql, now, owner, expires, limit))
+        args = (now, owner, expires, limit, float(seconds))
+        return _rows(await self._pool.fetch(sql, *args))
 
     async def claim_one(
-        self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
+        self,
+        saga_id: str,
+        owner: str,
+        now: datetime | None,
+        expires: datetime | None,
+        seconds: float,
+        force: bool,
     ) -> Row | None:
-        sql = """
+        sql = f"""
             UPDATE saga_instances
-            SET owner = $2, lease_expires_at = $3, lease_version = lease_version + 1,
-                next_run_at = NULL
-            WHERE id = $1 AND ($5 OR lease_expires_at IS NULL OR lease_expires_at <= $4)
+            SET owner = $2, lease_expires_at = {pg_batches.lease_expiry("$3", "$6")},
+                lease_version = lease_version + 1, next_run_at = NULL
+            WHERE id = $1 AND ($5 OR lease_expires_at IS NULL
+                               OR lease_expires_at <= {pg_batches.db_now("$4")})
             RETURNING *"""
-        return _row(await self._pool.fetchrow(sql, saga_id, owner, expires, now, force))
+        args = (saga_id, owner, expires, now, force, float(seconds))
+        return _row(await self._pool.fetchrow(sql, *args))
 
     async def select_detail(
         self, saga_id: str

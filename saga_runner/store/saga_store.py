@@ -59,6 +59,7 @@ class SagaStore:
 
     def __init__(self, backend: StoreBackend, clock: Clock | None = None) -> None:
         self.backend = backend
+        self._injected_clock = clock
         self._clock = clock or policy.utc_now
         self._closed = False
 
@@ -71,7 +72,8 @@ class SagaStore:
                 ``postgres://``), ``sqlite:///relative/path.db`` (resolved against
                 ``base_dir``), ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
             base_dir: the directory relative SQLite paths are resolved against (the config's).
-            clock: where "now" comes from (tests); defaults to the system clock in UTC.
+            clock: where "now" comes from (tests); defaults to the system clock in UTC for
+                timestamps and to the DATABASE's clock for lease expiry (see ``lease_times``).
 
         Raises:
             StoreError: the URL is not supported or the database cannot be reached.
@@ -81,6 +83,19 @@ class SagaStore:
     def now(self) -> datetime:
         """The store's current time (aware UTC, microsecond precision like the databases)."""
         return require_aware("clock()", self._clock())
+
+    def lease_times(self, lease_seconds: float) -> tuple[datetime | None, datetime | None]:
+        """``(now, expires)`` for lease arithmetic: both ``None`` mean the database's clock.
+
+        Lease expiry is computed and compared by the database, in the statement that writes or
+        claims it (``now() + lease`` on PostgreSQL, ``'now'`` on SQLite), so replicas whose wall
+        clocks disagree still agree on when a lease expires. Only a clock injected by a test
+        (``clock=``) replaces it, so tests can move time by hand.
+        """
+        if self._injected_clock is None:
+            return None, None
+        now = self.now()
+        return now, now + timedelta(seconds=lease_seconds)
 
     async def __aenter__(self) -> Self:
         return self
@@ -199,9 +214,11 @@ class SagaStore:
             idempotency_key,
             started,
         )
-        instance, step_rows, event = policy.creation_rows(new, steps, self.now())
+        instance, step_rows, event = policy.creation_rows(
+            new, steps, self.now(), self.lease_times(lease_seconds)[1]
+        )
         with self._guard("create_instance"):
-            inserted = await self.backend.insert_instance(instance, step_rows, event)
+            inserted = await self.backend.insert_instance(instance, step_rows, event, lease_seconds)
             if inserted is None:
                 row = await self.backend.select_by_idempotency_key(business_type, idempotency_key)
                 if row is None:
@@ -244,9 +261,9 @@ class SagaStore:
         """Extend the lease to ``lease_seconds`` from now; False when it was taken over (stop
         working on the saga then)."""
         require_positive("lease_seconds", lease_seconds)
-        expires = self.now() + timedelta(seconds=lease_seconds)
+        expires = self.lease_times(lease_seconds)[1]
         with self._guard("renew"):
-            return await self.backend.renew(lease, expires)
+            return await self.backend.renew(lease, expires, lease_seconds)
 
     async def renew_many(self, leases: Iterable[Lease], lease_seconds: float) -> frozenset[Lease]:
         """Extend many leases at once: one statement on PostgreSQL, one transaction on SQLite.
@@ -268,9 +285,9 @@ class SagaStore:
         unique = list(dict.fromkeys(leases))
         if not unique:
             return frozenset()
-        expires = self.now() + timedelta(seconds=lease_seconds)
+        expires = self.lease_times(lease_seconds)[1]
         with self._guard("renew_many"):
-            renewed = await self.backend.renew_many(unique, expires)
+            renewed = await self.backend.renew_many(unique, expires, lease_seconds)
         return frozenset(unique).difference(renewed)
 
     async def release(self, lease: Lease, *, next_run_at: datetime | None = None) -> bool:
@@ -295,10 +312,9 @@ class SagaStore:
         """
         require_positive("lease_seconds", lease_seconds)
         require_positive("limit", limit)
-        now = self.now()
-        expires = now + timedelta(seconds=lease_seconds)
+        now, expires = self.lease_times(lease_seconds)
         with self._guard("claim_due"):
-            rows = await self.backend.claim_due(owner, now, expires, limit)
+            rows = await self.backend.claim_due(owner, now, expires, lease_seconds, limit)
         claims = [_claim(row) for row in rows]
         return sorted(claims, key=lambda c: (c.saga.created_at, c.saga.id))
 
@@ -318,10 +334,9 @@ class SagaStore:
         """
         require_positive("lease_seconds", lease_seconds)
         require_storable_id(saga_id)
-        now = self.now()
-        expires = now + timedelta(seconds=lease_seconds)
+        now, expires = self.lease_times(lease_seconds)
         with self._guard("claim_one"):
-            row = await self.backend.claim_one(saga_id, owner, now, expires, force)
+            row = await self.backend.claim_one(saga_id, owner, now, expires, lease_seconds, force)
             if row is None and await self.backend.select_instance(saga_id) is None:
                 raise SagaNotFound(f"no saga {saga_id}")
         return None if row is None else _claim(row)

@@ -26,8 +26,10 @@ from saga_runner.store import migrations, sqltext
 from saga_runner.store.backend import ListFilter, Row, StepUpdate, StoreBackend
 from saga_runner.store.sqlite_rows import (
     all_rows,
+    db_now,
     encode,
     encode_all,
+    lease_expiry,
     numbered,
     one,
     param,
@@ -159,13 +161,15 @@ class SqliteBackend(StoreBackend):
         )
 
     async def insert_instance(
-        self, instance: Row, steps: list[Row], event: Row | None
+        self, instance: Row, steps: list[Row], event: Row | None, lease_seconds: float
     ) -> tuple[Row, list[int]] | None:
-        sql = sqltext.insert("saga_instances", list(instance), param)
+        seconds = param(len(instance) + 1)
+        expiry = {"lease_expires_at": lambda placeholder: lease_expiry(placeholder, seconds)}
+        sql = sqltext.insert("saga_instances", list(instance), param, expiry)
         sql += " ON CONFLICT (business_type, idempotency_key) DO NOTHING RETURNING *"
         ids: dict[int, int] = {}
         async with self._write() as conn:
-            created = await one(conn, sql, encode_all(instance))
+            created = await one(conn, sql, [*encode_all(instance), float(lease_seconds)])
             if created is None:
                 return None
             if steps:
@@ -249,13 +253,16 @@ class SqliteBackend(StoreBackend):
         async with self._write() as conn, conn.execute(sql, args) as cursor:
             return cursor.rowcount == 1
 
-    async def renew(self, lease: Lease, expires: datetime) -> bool:
-        sql = f"UPDATE saga_instances SET lease_expires_at = ?4 WHERE {_FENCE}"
+    async def renew(self, lease: Lease, expires: datetime | None, seconds: float) -> bool:
+        expiry = lease_expiry("?4", "?5")
+        sql = f"UPDATE saga_instances SET lease_expires_at = {expiry} WHERE {_FENCE}"
         return await self._changed_one(
-            sql, [lease.saga_id, lease.version, lease.owner, timestamp(expires)]
+            sql, [lease.saga_id, lease.version, lease.owner, _text(expires), float(seconds)]
         )
 
-    async def renew_many(self, leases: Sequence[Lease], expires: datetime) -> set[Lease]:
+    async def renew_many(
+        self, leases: Sequence[Lease], expires: datetime | None, seconds: float
+    ) -> set[Lease]:
         renewed: set[Lease] = set()
         async with self._write() as conn:
             for start in range(0, len(leases), _RENEW_BATCH):
@@ -263,12 +270,12 @@ class SqliteBackend(StoreBackend):
                 # UPDATE ... FROM, so each lease is found through the primary key (a row-value
                 # IN would scan the whole table).
                 sql = f"""
-                    UPDATE saga_instances AS s SET lease_expires_at = ?1
-                    FROM (VALUES {sqltext.row_values(len(batch), 3, param, 2)}) AS held
+                    UPDATE saga_instances AS s SET lease_expires_at = {lease_expiry("?1", "?2")}
+                    FROM (VALUES {sqltext.row_values(len(batch), 3, param, 3)}) AS held
                     WHERE s.id = held.column1 AND s.owner = held.column2
                       AND s.lease_version = held.column3
                     RETURNING id, owner, lease_version"""
-                args: list[Any] = [timestamp(expires)]
+                args: list[Any] = [_text(expires), float(seconds)]
                 args += [v for lease in batch for v in (lease.saga_id, lease.owner, lease.version)]
                 rows = await all_rows(conn, sql, args)
                 renewed.update(Lease(r["id"], r["owner"], r["lease_version"]) for r in rows)
@@ -276,42 +283,49 @@ class SqliteBackend(StoreBackend):
 
     async def release(self, lease: Lease, next_run_at: datetime | None) -> bool:
         sql = (
-            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, next_run_at = ?4 "
-            f"WHERE {_FENCE}"
+            "UPDATE saga_instances SET owner = NULL, lease_expires_at = NULL, "
+            f"next_run_at = COALESCE(?4, next_run_at) WHERE {_FENCE}"
         )
         due = None if next_run_at is None else timestamp(next_run_at)
         return await self._changed_one(sql, [lease.saga_id, lease.version, lease.owner, due])
 
     async def claim_due(
-        self, owner: str, now: datetime, expires: datetime, limit: int
+        self, owner: str, now: datetime | None, expires: datetime | None, seconds: float, limit: int
     ) -> list[Row]:
         sql = f"""
             UPDATE saga_instances
-            SET owner = ?2, lease_expires_at = ?3, lease_version = lease_version + 1,
-                next_run_at = NULL
+            SET owner = ?2, lease_expires_at = {lease_expiry("?3", "?5")},
+                lease_version = lease_version + 1, next_run_at = NULL
             WHERE id IN (
                 SELECT id FROM saga_instances
                 WHERE {_ACTIVE}
-                  AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)
-                  AND (next_run_at IS NULL OR next_run_at <= ?1)
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= {db_now("?1")})
+                  AND (next_run_at IS NULL OR next_run_at <= {db_now("?1")})
                 ORDER BY created_at
                 LIMIT ?4
             )
             RETURNING *"""
-        args = [timestamp(now), owner, timestamp(expires), limit]
+        args = [_text(now), owner, _text(expires), limit, float(seconds)]
         async with self._write() as conn:
             return await all_rows(conn, sql, args)
 
     async def claim_one(
-        self, saga_id: str, owner: str, now: datetime, expires: datetime, force: bool
+        self,
+        saga_id: str,
+        owner: str,
+        now: datetime | None,
+        expires: datetime | None,
+        seconds: float,
+        force: bool,
     ) -> Row | None:
-        sql = """
+        sql = f"""
             UPDATE saga_instances
-            SET owner = ?2, lease_expires_at = ?3, lease_version = lease_version + 1,
-                next_run_at = NULL
-            WHERE id = ?1 AND (?5 OR lease_expires_at IS NULL OR lease_expires_at <= ?4)
+            SET owner = ?2, lease_expires_at = {lease_expiry("?3", "?6")},
+                lease_version = lease_version + 1, next_run_at = NULL
+            WHERE id = ?1 AND (?5 OR lease_expires_at IS NULL
+                               OR lease_expires_at <= {db_now("?4")})
             RETURNING *"""
-        args = [saga_id, owner, timestamp(expires), timestamp(now), int(force)]
+        args = [saga_id, owner, _text(expires), _text(now), int(force), float(seconds)]
         async with self._write() as conn:
             return await one(conn, sql, args)
 
@@ -384,3 +398,7 @@ class SqliteBackend(StoreBackend):
             )"""
         async with self._write() as conn, conn.execute(sql, [timestamp(cutoff), limit]) as cursor:
             return cursor.rowcount
+
+
+def _text(value: datetime | None) -> str | None:
+    return None if value is None else timestamp(value)

@@ -46,6 +46,19 @@ def numbered(first: int, count: int) -> str:
     return ", ".join(param(n) for n in range(first, first + count))
 
 
+def db_now(now: str) -> str:
+    """SQL for "now" in lease comparisons: the given timestamp text if not NULL (an injected
+    test clock), else the database's clock, in the stored format (``timestamp``)."""
+    return f"COALESCE({now}, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000+00:00')"
+
+
+def lease_expiry(expires: str, seconds: str) -> str:
+    """SQL for a lease's expiry: the given timestamp text if not NULL, else ``seconds`` from
+    now by the database's clock, in the stored format."""
+    later = f"strftime('%Y-%m-%dT%H:%M:%f', 'now', printf('%+.6f seconds', {seconds}))"
+    return f"COALESCE({expires}, {later} || '000+00:00')"
+
+
 def timestamp(value: datetime) -> str:
     """``value`` as stored: ISO-8601 UTC text with microseconds."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")

@@ -34,10 +34,17 @@ def assignments(changes: Mapping[str, Any], param: Placeholder, first: int) -> s
     )
 
 
-def insert(table: str, columns: Sequence[str], param: Placeholder) -> str:
-    """``INSERT INTO table (columns) VALUES (placeholders)``."""
+def insert(
+    table: str,
+    columns: Sequence[str],
+    param: Placeholder,
+    wrap: Mapping[str, Callable[[str], str]] | None = None,
+) -> str:
+    """``INSERT INTO table (columns) VALUES (placeholders)``; ``wrap`` turns the placeholder of
+    a column into an expression around it (e.g. "this value, or the database's clock")."""
+    wrap = wrap or {}
     names = ", ".join(column(c) for c in columns)
-    values = ", ".join(param(n) for n in range(1, len(columns) + 1))
+    values = ", ".join(wrap.get(name, str)(param(n)) for n, name in enumerate(columns, start=1))
     return f"INSERT INTO {column(table)} ({names}) VALUES ({values})"
 
 

@@ -280,8 +280,8 @@ def cluster(
     """Saga sidecars on the test schema; any left stopped by SIGSTOP are continued first."""
     launched: list[Sidecar] = []
 
-    def launch(config: dict[str, Any]) -> Sidecar:
-        sidecar = sidecar_process(config)
+    def launch(config: dict[str, Any], env: dict[str, str] | None = None) -> Sidecar:
+        sidecar = sidecar_process(config, env)
         launched.append(sidecar)
         return sidecar
 

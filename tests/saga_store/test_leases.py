@@ -201,3 +201,21 @@ async def test_forced_claims_racing_each_other_get_distinct_versions(
     assert final.lease_version == 6
     winners = [c for c in claims if c is not None and c.lease.version == 6]
     assert final.owner == winners[0].lease.owner
+
+
+async def test_a_release_keeps_the_backoff_already_recorded(
+    store: SagaStore, definition: str, clock: FakeClock
+) -> None:
+    created = await start_saga(store, definition, lease_seconds=5)
+    assert created.lease is not None
+    due = clock.now + timedelta(seconds=60)
+    await store.write(created.lease, saga_change(next_run_at=due))
+
+    assert await store.release(created.lease)  # a graceful shutdown mid-backoff
+
+    saga = await store.get_instance(created.saga.id)
+    assert (saga.owner, saga.next_run_at) == (None, due)
+    clock.advance(30)
+    assert await store.claim_due("replica-b", 10, 10) == [], "nobody calls before Retry-After"
+    clock.advance(31)
+    assert len(await store.claim_due("replica-b", 10, 10)) == 1

@@ -59,7 +59,9 @@ async def test_a_trigger_body_over_the_limit_gets_the_same_413_as_a_forwarded_on
     make_sidecar: SidecarFactory, database: Database, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(
-        idempotency={"max_request_body": "1KiB", **OFF}, limits={"max_request_body": "1KiB"}
+        idempotency={"max_request_body": "1KiB", **OFF},
+        limits={"max_request_body": "1KiB"},
+        sagas={"max_input": "1KiB"},
     )
     body = json.dumps({"x": "a" * 2048}).encode()
 
