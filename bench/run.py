@@ -4,7 +4,8 @@ Environment: ``BENCH_QUICK=1`` (one short round, ~2 minutes), ``BENCH_ROUNDS``,
 ``BENCH_SECONDS`` (per loaded run), ``BENCH_WORKERS`` (sidecar processes, default 1),
 ``BENCH_ONLY`` (comma-separated scenario keys or prefixes, e.g. ``get,miss.redis``),
 ``BENCH_SERVER_CPUS`` / ``BENCH_LOAD_CPUS`` (taskset lists, default ``0`` / ``1``),
-``BENCH_DATABASE_URL`` (else ``DATABASE_URL``, else the local PostgreSQL).
+``BENCH_DATABASE_URL`` (else ``DATABASE_URL``, else the local PostgreSQL), ``BENCH_AIOHTTP_STEPS=1``
+(one more PostgreSQL saga sidecar whose step calls use aiohttp's client: ``saga.pg-aiohttp``).
 Results also go to ``.run/bench/<time>/results.json``.
 """
 

@@ -47,6 +47,13 @@ SCENARIOS = (
     Scenario("replay.redis", "replay, Redis", "sidecar", "replay"),
     Scenario("storm.redis", "409 storm, Redis", "sidecar", "storm", unloaded=False, holds_key=True),
     Scenario("saga.pg", "2-step saga, PostgreSQL", "saga-pg", "saga", connections=32),
+    Scenario(
+        "saga.pg-aiohttp",
+        "2-step saga, PostgreSQL, steps on aiohttp's client",
+        "saga-pg-aiohttp",
+        "saga",
+        connections=32,
+    ),
     Scenario("saga.sqlite", "2-step saga, SQLite", "saga-sqlite", "saga", connections=32),
 )
 

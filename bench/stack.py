@@ -93,6 +93,14 @@ class Stack:
                 f"{self.database_url}{'&' if '?' in self.database_url else '?'}schema={self.schema}"
             )
             self._sidecar("saga-pg", f"{self.redis_url}?prefix=saga", self.workers, pg)
+            if os.environ.get("BENCH_AIOHTTP_STEPS", "") not in ("", "0"):
+                self._sidecar(
+                    "saga-pg-aiohttp",
+                    f"{self.redis_url}?prefix=saga-aiohttp",
+                    self.workers,
+                    pg,
+                    [sys.executable, "-m", "bench.aiohttp_steps"],
+                )
             sqlite = f"sqlite:///{self.rundir / 'sagas.db'}"
             self._sidecar("saga-sqlite", "memory://", 1, sqlite)
 
@@ -126,12 +134,21 @@ class Stack:
         server = self._start("nginx", [nginx, "-c", str(self.rundir / "nginx.conf")], port)
         self.targets["nginx"] = Target("nginx", port, self._accounted(server))
 
-    def _sidecar(self, name: str, store: str, workers: int, sagas: str | None = None) -> None:
+    def _sidecar(
+        self,
+        name: str,
+        store: str,
+        workers: int,
+        sagas: str | None = None,
+        program: list[str] | None = None,
+    ) -> None:
+        """A sidecar target; ``program`` replaces the ``saga-sidecar`` executable."""
         assert self.upstream is not None
         ports = {"public": free_port(), "admin": free_port(), "upstream": self.upstream.port}
         config = self.rundir / f"{name}.yaml"
         config.write_text(sidecar_yaml(ports, store, workers, sagas))
-        argv = [str(VENV_BIN / "saga-sidecar"), "serve", "--config", str(config)]
+        program = program or [str(VENV_BIN / "saga-sidecar")]
+        argv = [*program, "serve", "--config", str(config)]
         server = self._start(name, argv, ports["public"])
         self.targets[name] = Target(
             name, ports["public"], self._accounted(server, "redis:" in store)

@@ -121,9 +121,12 @@ class RedisStore(IdempotencyStore):
         return secret
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless Redis answers PING."""
+        """Raise StoreUnavailable unless Redis answers PING on the connection the scripts use."""
         with _unavailable_on_error("ping"):
-            await self.client.ping()
+            if self._fast is not None:
+                await self._fast.execute(b"PING")
+            else:
+                await self.client.ping()
 
     async def close(self) -> None:
         """Close the pub/sub listener and the connection pool."""

@@ -10,10 +10,22 @@ the store's scripts need: ``AUTH``/``SELECT`` at connect, then ``EVALSHA`` (fall
 
 A lost connection fails every pending command with ``ConnectionError`` and the next command
 reconnects; a command is retried once on a fresh connection, as redis-py's one retry would (the
-store's scripts are written so that a retried acquire/complete/release is harmless). A command
-without a reply within ``timeout`` raises ``TimeoutError`` and closes the connection, since its
-reply order can no longer be trusted: one timer per connection watches the oldest pending
-command, rather than a timer per command.
+store's scripts are written so that a retried acquire/complete/release is harmless).
+
+Each command has its own deadline, ``timeout`` after it was issued: a command without a reply by
+then raises ``TimeoutError``, alone. The commands pipelined behind it keep waiting until their own
+deadlines, and the late reply, when it comes, is matched to its (already failed) command and
+dropped, so the reply order stays right. One slow reply is one failed request, not one per
+request in flight. A connection whose oldest reply is a further ``timeout`` late (``2 * timeout``
+unanswered) is taken as dead: it is closed, and the commands still within their deadline fail
+with ``ConnectionError``, so each is retried once on a fresh connection. One timer per connection
+watches the next deadline, rather than a timer per command.
+
+Readiness pings through this same connection (``RedisStore.ping``), so ``/readyz`` checks the path
+the traffic takes. Completion notifications (pub/sub) stay on redis-py: under RESP2 a subscribed
+connection accepts nothing but (un)subscribe commands, so they could not share this connection
+anyway, and redis-py's ``PubSub`` already re-subscribes after a reconnect; a waiter is woken by
+them but never waits on them (it also polls), so they are off the miss path this client serves.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ class _RespProtocol(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.deadlines: deque[float] = deque()
+        self.expired = 0  # how many of the oldest waiters already failed on their deadline
         self.watchdog: asyncio.TimerHandle | None = None
         self.outgoing: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -63,6 +76,8 @@ class _RespProtocol(asyncio.Protocol):
         while (reply := self.reader.gets()) is not False:
             waiter = self.waiters.popleft()
             self.deadlines.popleft()
+            if self.expired:
+                self.expired -= 1
             if waiter.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -79,21 +94,35 @@ class _RespProtocol(asyncio.Protocol):
             self.watchdog.cancel()
             self.watchdog = None
         self.deadlines.clear()
+        self.expired = 0
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
     def _watch(self) -> None:
-        """Fail everything pending once the oldest command is past its deadline."""
+        """Fail the commands past their deadline; drop the connection once it is stalled."""
         self.watchdog = None
         if not self.deadlines:
             return
-        if self.loop.time() < self.deadlines[0]:
-            self.watchdog = self.loop.call_at(self.deadlines[0], self._watch)
+        now = self.loop.time()
+        if now >= self.deadlines[0] + self.timeout:
+            self._fail_all(ConnectionError(f"no reply from redis within {2 * self.timeout:g}s"))
+            self.close()
             return
-        self._fail_all(TimeoutError(f"no reply from redis within {self.timeout:g}s"))
-        self.close()
+        while self.expired < len(self.deadlines) and self.deadlines[self.expired] <= now:
+            waiter = self.waiters[self.expired]
+            if not waiter.done():
+                waiter.set_exception(TimeoutError(f"no reply from redis within {self.timeout:g}s"))
+            self.expired += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        """Wake at the next deadline: an unexpired command's, or the oldest reply's stall."""
+        wake = self.deadlines[0] + self.timeout
+        if self.expired < len(self.deadlines):
+            wake = min(wake, self.deadlines[self.expired])
+        self.watchdog = self.loop.call_at(wake, self._watch)
 
     def call(self, payload: bytes) -> asyncio.Future[Any]:
         """Queue ``payload`` (one encoded command) for this iteration's write; its reply."""
@@ -106,7 +135,7 @@ class _RespProtocol(asyncio.Protocol):
         self.waiters.append(waiter)
         self.deadlines.append(self.loop.time() + self.timeout)
         if self.watchdog is None:
-            self.watchdog = self.loop.call_at(self.deadlines[0], self._watch)
+            self._arm()
         return waiter
 
     def _flush(self) -> None:

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.errors import RespError
+from proxy.errors import RespError, StoreUnavailable
+from proxy.idempotency.redis_store import RedisStore
 from proxy.idempotency.resp import PipelinedRedis
 
 
@@ -109,8 +110,9 @@ class Silent(asyncio.Protocol):
             self.transport.write(b"+OK\r\n")
 
 
-async def test_a_command_without_reply_times_out_and_drops_the_connection() -> None:
+async def test_a_command_without_reply_times_out_and_a_stalled_connection_is_replaced() -> None:
     loop = asyncio.get_running_loop()
+    Silent.opened = []
     server = await loop.create_server(Silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     redis = PipelinedRedis("127.0.0.1", port, connect_timeout=3.0, timeout=0.2)
@@ -120,8 +122,14 @@ async def test_a_command_without_reply_times_out_and_drops_the_connection() -> N
         with pytest.raises(TimeoutError):
             await redis.execute("PING")
         assert loop.time() - started < 2.5  # the reply timeout, not the connect timeout
-        await asyncio.sleep(0.01)
-        assert redis._protocol is not None and redis._protocol.closed
+        first = redis._protocol
+        assert first is not None and not first.closed  # one late reply is not a dead connection
+        later = asyncio.ensure_future(redis.execute("PING"))  # issued before the stall is seen
+        await asyncio.sleep(0.25)  # the first reply is now more than twice the timeout late
+        assert first.closed
+        with pytest.raises(TimeoutError):
+            await later  # failed over to a fresh connection, which does not answer either
+        assert len(Silent.opened) == 2
     finally:
         await redis.close()
         for transport in Silent.opened:
@@ -135,3 +143,53 @@ async def test_nothing_listening_fails_fast_with_an_os_error(free_port: Any) -> 
     redis = PipelinedRedis("127.0.0.1", free_port(), connect_timeout=0.5)
     with pytest.raises(OSError):
         await redis.execute("PING")
+
+
+async def test_a_slow_reply_fails_only_its_own_command_not_those_pipelined_behind_it(
+    client: PipelinedRedis,
+) -> None:
+    """BLPOP holds this connection's replies (not the server) until another client pushes."""
+    client.timeout = 0.5
+    key = f"resp-test:{uuid.uuid4()}"
+    pusher = PipelinedRedis(client.host, client.port, db=client.db, password=client.password)
+    try:
+        await client.execute("PING")
+        slow = asyncio.ensure_future(client.execute("BLPOP", key, 0))
+        await asyncio.sleep(0.3)
+        fast = asyncio.ensure_future(
+            asyncio.gather(*(client.execute("ECHO", f"v{i}") for i in range(5)))
+        )
+        with pytest.raises(TimeoutError):
+            await slow
+        await asyncio.sleep(0.05)
+        assert not fast.done(), "the commands behind the slow one still have time left"
+        await pusher.execute("LPUSH", key, "wake")
+        assert await fast == [f"v{i}".encode() for i in range(5)]
+        assert await client.execute("ECHO", "after") == b"after"
+    finally:
+        await pusher.execute("DEL", key)
+        await pusher.close()
+
+
+async def test_readiness_pings_over_the_connection_the_scripts_use(redis_store_url: str) -> None:
+    """While the scripts' connection cannot answer, the store is not ready."""
+    store = RedisStore.from_url(redis_store_url)
+    fast = store._fast
+    assert fast is not None
+    fast.timeout = 0.3
+    key = f"{store.prefix}:blocked"
+    pusher = PipelinedRedis(fast.host, fast.port, db=fast.db, password=fast.password)
+    try:
+        await store.ping()
+        blocked = asyncio.ensure_future(fast.execute("BLPOP", key, 0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable, match="ping"):
+            await store.ping()
+        await pusher.execute("LPUSH", key, "wake")
+        with pytest.raises(TimeoutError):
+            await blocked
+        await store.ping()
+    finally:
+        await pusher.execute("DEL", key)
+        await pusher.close()
+        await store.close()
