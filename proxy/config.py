@@ -108,15 +108,24 @@ class AdminConfig(Model):
 
 
 class UpstreamConfig(Model):
-    """The app this sidecar fronts."""
+    """The app this sidecar fronts, and the pool of keep-alive connections to it."""
 
     url: str
     timeout: Duration = 30.0
+    keepalive: Duration = 4.0
+    max_connections: int = Field(default=1000, ge=1)
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("keepalive")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 UnknownOutcome = Literal["hold", "release"]

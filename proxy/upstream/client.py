@@ -2,13 +2,17 @@
 
 What a reverse proxy needs and nothing more: the request head is serialised once into ``bytes``
 (a small body goes in the same write), the answer is parsed by llhttp, and connections are
-reused LIFO while they stay healthy. No cookies, redirects, decompression or retries: the
-caller decides what may be sent again.
+reused LIFO while they stay healthy: not past ``keepalive`` seconds idle, and not closed by the
+app while in the pool. No cookies, redirects or decompression, and one retry only: a request
+the app provably never got (it closed a pooled connection as the request went out, and its
+kernel acknowledged no byte of the request) is sent once more on a new connection, unless its
+body was a stream. Every other failure goes to the caller, who decides what may be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -22,7 +26,12 @@ from proxy.errors import (
 from proxy.upstream.connection import ResponseHead, UpstreamConnection
 from proxy.upstream.response import UpstreamResponse
 
+log = logging.getLogger("saga_sidecar.upstream")
+
 RequestBody = bytes | AsyncIterator[bytes] | None
+# Seconds a pooled connection may stay idle before it is closed rather than reused: below the
+# 5 s after which Node and uvicorn close an idle connection, so the app rarely closes one first.
+DEFAULT_KEEPALIVE = 4.0
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -40,7 +49,7 @@ class UpstreamClient:
         *,
         timeout: float | None,
         limit: int = 1000,
-        keepalive: float = 30.0,
+        keepalive: float = DEFAULT_KEEPALIVE,
         max_field_size: int = 64 * 1024,
     ) -> None:
         parts = urlsplit(url)
@@ -80,12 +89,7 @@ class UpstreamClient:
                 or the app took no more of a streamed body for ``timeout``.
             Whatever iterating ``body`` raises (the client's body failed), after aborting.
         """
-        await self._slots.acquire()
-        try:
-            connection = self._idle_connection() or await self._connect()
-        except BaseException:
-            self._slots.release()
-            raise
+        connection, reused = await self._checkout()
         head = b"%s %s%s HTTP/1.1\r\n%s%s" % (
             method.encode("ascii"),
             self._prefix,
@@ -93,18 +97,18 @@ class UpstreamClient:
             self._host_line,
             header_lines,
         )
-        answer = connection.start(head_request=method == "HEAD")
         try:
-            if body is None or isinstance(body, bytes):
-                framing = _length_line(len(body)) if body else _empty_length(method)
-                connection.write(head + framing + b"\r\n" + (body or b""))
-            else:
-                await _send_streamed(connection, head, body, content_length, answer)
-            async with asyncio.timeout(self.timeout):
-                response_head: ResponseHead = await answer
-        except TimeoutError:
-            self._discard(connection)
-            raise UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s") from None
+            try:
+                response_head = await self._exchange(connection, method, head, body, content_length)
+            except UpstreamConnectionError as exc:
+                if not (reused and connection.unread) or _streamed(body):
+                    raise
+                # The app closed a pooled connection before any byte of the request reached
+                # it (it closed the idle connection as the request went out): never delivered.
+                log.debug("resending %s on a new connection: %s", method, exc)
+                connection.abort()
+                connection = await self._connect()
+                response_head = await self._exchange(connection, method, head, body, content_length)
         except UpstreamConnectionError as exc:
             self._discard(connection)
             raise UpstreamReset(f"upstream connection failed: {exc}") from exc
@@ -113,6 +117,44 @@ class UpstreamClient:
             raise
         return UpstreamResponse(response_head, connection, self.timeout, self._release)
 
+    async def _checkout(self) -> tuple[UpstreamConnection, bool]:
+        """A slot and a connection for it: a pooled one (True) or a new one (False)."""
+        await self._slots.acquire()
+        try:
+            connection = self._idle_connection()
+            return (connection, True) if connection else (await self._connect(), False)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _exchange(
+        self,
+        connection: UpstreamConnection,
+        method: str,
+        head: bytes,
+        body: RequestBody,
+        content_length: int | None,
+    ) -> ResponseHead:
+        """Write the request on ``connection`` and wait for the answer's head.
+
+        Raises:
+            UpstreamConnectionError: the connection broke (``connection.answered`` tells
+                whether any byte of an answer came first).
+            UpstreamTimeout: see ``send``.
+        """
+        answer = connection.start(head_request=method == "HEAD")
+        try:
+            if body is None or isinstance(body, bytes):
+                framing = _length_line(len(body)) if body else _empty_length(method)
+                connection.write(head + framing + b"\r\n" + (body or b""))
+            else:
+                await _send_streamed(connection, head, body, content_length, answer)
+            async with asyncio.timeout(self.timeout):
+                return await answer
+        except TimeoutError:
+            connection.abort()
+            raise UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s") from None
+
     async def close(self) -> None:
         """Close the idle connections; the busy ones close when released."""
         self._closed = True
@@ -120,10 +162,18 @@ class UpstreamClient:
             self._idle.pop().close()
 
     def _idle_connection(self) -> UpstreamConnection | None:
+        """The most recently pooled connection that is still fit to carry a request.
+
+        One idle for ``keepalive`` or longer is closed (the app may be closing it right now),
+        and so is one the app closed while it sat in the pool.
+        """
         idle = self._idle
+        if not idle:
+            return None
+        oldest_kept = asyncio.get_running_loop().time() - self._keepalive
         while idle:
             connection = idle.pop()
-            if connection.reusable:
+            if connection.idle_since > oldest_kept and not connection.stale():
                 return connection
             connection.close()
         return None
@@ -174,6 +224,11 @@ class UpstreamClient:
             else:
                 connection.close()
         self._idle = keep
+
+
+def _streamed(body: RequestBody) -> bool:
+    """Whether ``body`` is a stream (it cannot be sent a second time)."""
+    return not (body is None or isinstance(body, bytes))
 
 
 def _length_line(length: int) -> bytes:
