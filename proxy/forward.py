@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.bodies import BodyReader
-from proxy.errors import UpstreamReset
+from proxy.errors import UpstreamReset, UpstreamUpgrade
 from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
 from proxy.paths import resolved_target
@@ -94,7 +94,9 @@ class Forwarder:
             UpstreamUnreachable: nothing was sent (connection refused, DNS, pool).
             UpstreamReset: the connection broke after sending.
             UpstreamTimeout: no response headers within the timeout.
-            RequestBodyError: reading the client's streamed body failed (too large, too slow).
+            UpstreamUpgrade: the app answered 101 (its connection is closed).
+            RequestBodyError: reading the client's streamed body failed (too large, too slow,
+                the client left).
         """
         started = time.perf_counter()
         try:
@@ -105,6 +107,18 @@ class Forwarder:
             log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
             response = await self._send(request, body)
         request[UPSTREAM_SECONDS] = time.perf_counter() - started
+        if response.status == 101:
+            response.release()  # closes it: the app switched protocols on this connection
+            log.warning(
+                "the upstream answered %s %s with 101 Switching Protocols; the sidecar relays "
+                "no protocol upgrade, so the client gets a 502",
+                request.method,
+                request.path,
+            )
+            raise UpstreamUpgrade(
+                "the upstream answered 101 Switching Protocols; this sidecar does not relay "
+                "protocol upgrades (WebSocket, h2c)"
+            )
         return response
 
     async def _send(self, request: web.Request, body: RequestBody) -> UpstreamResponse:

@@ -100,6 +100,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 (or an answer to CONNECT): its head was handed over, and what follows is
+            # another protocol's bytes, never an HTTP answer. The connection is done.
+            self.reusable = False
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, UpstreamConnectionError):
