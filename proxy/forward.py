@@ -11,6 +11,7 @@ once, when its (pooled) connection drops before any answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -65,11 +66,13 @@ class Forwarder:
         max_request_body: int,
         read_timeout: float | None = None,
         trust_forwarded: bool = False,
+        write_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.trust_forwarded = trust_forwarded
         self.timeout = client.timeout
         self.bodies = BodyReader(max_request_body, read_timeout)
+        self.write_timeout = write_timeout
 
     def upstream_header_lines(self, request: web.Request) -> bytes:
         """End-to-end request header lines plus X-Forwarded-* (``trust_forwarded``) and the
@@ -128,6 +131,7 @@ class Forwarder:
             self.upstream_header_lines(request),
             body,
             request.content_length,
+            client=request.remote,
         )
 
     async def request_body(self, request: web.Request) -> RequestBody:
@@ -143,7 +147,7 @@ class Forwarder:
         async with upstream:
             if is_small_whole(request, upstream):
                 return await buffered_relay(upstream)
-            return await relay(request, upstream)
+            return await relay(request, upstream, self.write_timeout)
 
 
 def is_small_whole(request: web.Request, upstream: UpstreamResponse) -> bool:
@@ -178,12 +182,16 @@ def response_headers(upstream: UpstreamResponse) -> CIMultiDict[str]:
     return end_to_end(upstream.headers)
 
 
-async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+async def relay(
+    request: web.Request, upstream: UpstreamResponse, write_timeout: float | None = None
+) -> web.StreamResponse:
     """Stream ``upstream`` to the client.
 
     A failure after the response headers went out cannot become an error response any more:
     the client connection is aborted so a truncated body is never mistaken for a complete one.
-    Unexpected exceptions (and cancellation) abort it too, then propagate.
+    So is a client that takes nothing for ``write_timeout`` seconds (the status went out, so no
+    504 can follow): that frees the upstream connection its answer holds. Unexpected
+    exceptions (and cancellation) abort it too, then propagate.
     """
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     # Without a Content-Length aiohttp frames the body itself: chunked for HTTP/1.1 clients,
@@ -192,7 +200,18 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
     await response.prepare(request)
     try:
         async for chunk in upstream.iter_chunks():
-            await response.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await response.write(chunk)
+            except TimeoutError:
+                log.warning(
+                    "client took none of the answer to %s %s for %gs: dropped",
+                    request.method,
+                    request.path,
+                    write_timeout,
+                )
+                abort_client(request)
+                return response
         await response.write_eof()
     except (TimeoutError, ConnectionError) as exc:
         log.warning("response to %s %s cut short: %r", request.method, request.path, exc)

@@ -25,12 +25,15 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
         limit=config.upstream.max_connections,
         keepalive=config.upstream.keepalive,
         max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
+        pool_timeout=config.upstream.pool_timeout,
+        max_per_client=config.upstream.max_connections_per_client,
     )
     app[FORWARDER] = Forwarder(
         client,
         config.limits.max_request_body,
         config.limits.read_timeout,
         trust_forwarded=config.trust_forwarded,
+        write_timeout=config.limits.write_timeout,
     )
     yield
     await client.close()

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from proxy.errors import (
+    UpstreamBusy,
     UpstreamConnectionError,
     UpstreamReset,
     UpstreamTimeout,
@@ -41,6 +42,10 @@ class UpstreamClient:
     ``timeout`` bounds each wait (connecting, the answer's headers, each body chunk, room to
     write); None leaves them unbounded, for a caller that puts one deadline on the whole
     exchange (cancelling ``send`` or a body read drops the connection).
+
+    At most ``limit`` connections are open at once; a request waits up to ``pool_timeout`` for
+    one (None: without end), and a ``client`` named in ``send`` may hold at most
+    ``max_per_client`` of them (0: no cap). Past either, ``UpstreamBusy``: nothing was sent.
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class UpstreamClient:
         limit: int = 1000,
         keepalive: float = DEFAULT_KEEPALIVE,
         max_field_size: int = 64 * 1024,
+        pool_timeout: float | None = None,
+        max_per_client: int = 0,
     ) -> None:
         parts = urlsplit(url)
         if parts.hostname is None:
@@ -65,6 +72,9 @@ class UpstreamClient:
         self._keepalive = keepalive
         self._max_field_size = max_field_size
         self._slots = asyncio.Semaphore(limit)
+        self._pool_timeout = pool_timeout
+        self._max_per_client = max_per_client
+        self._held: dict[str, int] = {}
         self._idle: list[UpstreamConnection] = []
         self._swept = 0.0
         self._closed = False
@@ -76,20 +86,24 @@ class UpstreamClient:
         header_lines: bytes,
         body: RequestBody,
         content_length: int | None = None,
+        client: str | None = None,
     ) -> UpstreamResponse:
         """Send one request and return the answer once its headers arrived.
 
         ``header_lines`` are complete ``Name: value\\r\\n`` lines without Host and framing;
-        ``content_length`` frames a streamed body (chunked when None).
+        ``content_length`` frames a streamed body (chunked when None); ``client`` names who
+        asks (an address), for ``max_per_client``.
 
         Raises:
+            UpstreamBusy: no connection free within ``pool_timeout``, or ``client`` holds
+                ``max_per_client`` already; nothing was sent.
             UpstreamUnreachable: no connection could be made; nothing was sent.
             UpstreamReset: the connection broke, or the answer was not valid HTTP.
             UpstreamTimeout: no answer headers within ``timeout`` after the request was sent,
                 or the app took no more of a streamed body for ``timeout``.
             Whatever iterating ``body`` raises (the client's body failed), after aborting.
         """
-        connection, reused = await self._checkout()
+        connection, reused = await self._checkout(client)
         head = b"%s %s%s HTTP/1.1\r\n%s%s" % (
             method.encode("ascii"),
             self._prefix,
@@ -107,7 +121,9 @@ class UpstreamClient:
                 # it (it closed the idle connection as the request went out): never delivered.
                 log.debug("resending %s on a new connection: %s", method, exc)
                 connection.abort()
+                holder, connection.holder = connection.holder, None
                 connection = await self._connect()
+                connection.holder = holder
                 response_head = await self._exchange(connection, method, head, body, content_length)
         except UpstreamConnectionError as exc:
             self._discard(connection)
@@ -117,15 +133,56 @@ class UpstreamClient:
             raise
         return UpstreamResponse(response_head, connection, self.timeout, self._release)
 
-    async def _checkout(self) -> tuple[UpstreamConnection, bool]:
+    async def _checkout(self, client: str | None) -> tuple[UpstreamConnection, bool]:
         """A slot and a connection for it: a pooled one (True) or a new one (False)."""
-        await self._slots.acquire()
+        holder = self._take_share(client)
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._give_share(holder)
+            raise UpstreamBusy(
+                f"no connection to the upstream became free within {self._pool_timeout:g}s "
+                "(all of upstream.max_connections are busy)"
+            ) from None
+        except BaseException:
+            self._give_share(holder)
+            raise
         try:
             connection = self._idle_connection()
-            return (connection, True) if connection else (await self._connect(), False)
+            reused = connection is not None
+            connection = connection or await self._connect()
         except BaseException:
-            self._slots.release()
+            self._free_slot(holder)
             raise
+        connection.holder = holder
+        return connection, reused
+
+    def _take_share(self, client: str | None) -> str | None:
+        """Count one more connection for ``client``; the key to give back (None: not counted)."""
+        if client is None or not self._max_per_client:
+            return None
+        held = self._held.get(client, 0)
+        if held >= self._max_per_client:
+            raise UpstreamBusy(
+                f"this client already holds {held} connections to the upstream "
+                "(upstream.max_connections_per_client)"
+            )
+        self._held[client] = held + 1
+        return client
+
+    def _give_share(self, holder: str | None) -> None:
+        if holder is None:
+            return
+        held = self._held[holder] - 1
+        if held:
+            self._held[holder] = held
+        else:
+            del self._held[holder]
+
+    def _free_slot(self, holder: str | None) -> None:
+        self._slots.release()
+        self._give_share(holder)
 
     async def _exchange(
         self,
@@ -200,7 +257,8 @@ class UpstreamClient:
         return connection
 
     def _release(self, connection: UpstreamConnection) -> None:
-        self._slots.release()
+        holder, connection.holder = connection.holder, None
+        self._free_slot(holder)
         if self._closed or not (connection.finished and connection.reusable):
             connection.close()
             return
@@ -211,7 +269,8 @@ class UpstreamClient:
             self._sweep(now)
 
     def _discard(self, connection: UpstreamConnection) -> None:
-        self._slots.release()
+        holder, connection.holder = connection.holder, None
+        self._free_slot(holder)
         connection.abort()
 
     def _sweep(self, now: float) -> None:

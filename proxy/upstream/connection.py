@@ -54,6 +54,7 @@ class UpstreamConnection(asyncio.Protocol):
     ``answered`` tells whether any byte of the current exchange's answer arrived; ``unread``
     that the app closed the connection before its kernel took a single byte of the current
     request (Linux's TCP_INFO shows none of them acknowledged), so the app cannot have read it.
+    ``holder`` is the client its pool counts it against while it is busy.
     """
 
     def __init__(self, max_field_size: int, write_timeout: float | None = None) -> None:
@@ -64,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.answered = False
         self.unread = False
+        self.holder: str | None = None
         self._sock: socket.socket | None = None
         self._acked_base: int | None = None
         self._sent = 0

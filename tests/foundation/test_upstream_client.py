@@ -23,6 +23,7 @@ from conftest import Upstream
 
 from foundation.rawserver import WAIT, Handler, Peer, StartServer, response
 from proxy.errors import (
+    UpstreamBusy,
     UpstreamConnectionError,
     UpstreamReset,
     UpstreamTimeout,
@@ -822,3 +823,36 @@ async def test_a_request_the_app_read_before_closing_is_not_sent_again(
     with pytest.raises(UpstreamReset):
         await fetch(client, "POST", b"/charge", b"{}")
     assert [len(peer.requests) for peer in server.peers] == [2]
+
+
+# -- pool bounds ---------------------------------------------------------------------------------
+
+
+async def test_no_free_connection_within_the_pool_timeout_is_busy_and_sends_nothing(
+    raw_server: StartServer, make_client: MakeClient
+) -> None:
+    server = await raw_server(answering(OK))
+    client = make_client(server.url, limit=1, pool_timeout=SHORT)
+    held = await client.send("GET", b"/", b"", None)
+    with pytest.raises(UpstreamBusy) as caught:
+        await fetch(client)
+    assert caught.value.status == 503 and not caught.value.sent
+    held.release()
+    assert await fetch(client) == (200, b"ok")
+
+
+async def test_one_client_holds_at_most_its_share_of_the_pool(
+    raw_server: StartServer, make_client: MakeClient
+) -> None:
+    server = await raw_server(answering(OK))
+    client = make_client(server.url, max_per_client=2)
+    held = [await client.send("GET", b"/", b"", None, client="10.0.0.1") for _ in range(2)]
+    with pytest.raises(UpstreamBusy):
+        await client.send("GET", b"/", b"", None, client="10.0.0.1")
+    async with await client.send("GET", b"/", b"", None, client="10.0.0.2") as other:
+        assert other.status == 200
+    held[0].release()
+    async with await client.send("GET", b"/", b"", None, client="10.0.0.1") as again:
+        assert again.status == 200
+    held[1].release()
+    assert client._held == {}
