@@ -170,6 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send ``data``; raises when the connection is already gone."""
         if self.transport is None or self.transport.is_closing():
+            self.unread = self.unread or self._sent == self._sent_before  # nothing went out
             raise UpstreamConnectionError(self._error_text("the upstream connection is closed"))
         self._sent += len(data)
         self.transport.write(data)

@@ -152,3 +152,27 @@ async def test_slow_clients_do_not_starve_normal_traffic(
     assert statuses == Counter({200: len(latencies)}), statuses
     assert worst < P99_BOUND, f"p99 {worst:.2f}s"
     assert sidecar.process.poll() is None
+
+
+async def test_a_client_taking_nothing_is_dropped_and_frees_its_connection(
+    sidecar_process: Callable[..., Sidecar], app_url: str
+) -> None:
+    sidecar = sidecar_process(
+        {
+            "upstream": {"url": app_url, "max_connections": 1, "pool_timeout": "5s"},
+            "limits": {"write_timeout": "1s"},
+        }
+    )
+    host, port = sidecar.url.removeprefix("http://").rsplit(":", 1)
+    stop = asyncio.Event()
+    reader = asyncio.create_task(stalled_reader(host, int(port), stop))
+    try:
+        await asyncio.sleep(0.5)  # the reader holds the only connection to the app
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http, http.get(f"{sidecar.url}/ping") as response:
+            assert (response.status, await response.text()) == (200, "pong")
+        assert time.monotonic() - started < 3.0
+    finally:
+        stop.set()
+        await reader
+    assert "took none of the answer" in sidecar.log_text()
