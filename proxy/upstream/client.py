@@ -121,9 +121,9 @@ class UpstreamClient:
                 # it (it closed the idle connection as the request went out): never delivered.
                 log.debug("resending %s on a new connection: %s", method, exc)
                 connection.abort()
-                holder, connection.holder = connection.holder, None
-                connection = await self._connect()
-                connection.holder = holder
+                fresh = await self._connect()  # on failure the old one gives its slot back
+                fresh.holder, connection.holder = connection.holder, None
+                connection = fresh
                 response_head = await self._exchange(connection, method, head, body, content_length)
         except UpstreamConnectionError as exc:
             self._discard(connection)

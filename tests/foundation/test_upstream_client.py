@@ -791,6 +791,8 @@ class IdleClosingApp:
                     conn.sendall(OK)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept
         self.listener.close()
         self.thread.join(timeout=WAIT)
 
@@ -855,4 +857,19 @@ async def test_one_client_holds_at_most_its_share_of_the_pool(
     async with await client.send("GET", b"/", b"", None, client="10.0.0.1") as again:
         assert again.status == 200
     held[1].release()
+    assert client._held == {}
+
+
+async def test_a_resend_that_cannot_connect_gives_its_share_back(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = IdleClosingApp()
+    client = make_client(app.url, max_per_client=1)
+    async with await client.send("GET", b"/", b"", None, client="a") as answer:
+        await answer.read()
+    app.close()  # nothing listens any more: the resend cannot connect
+    time.sleep(0.2)  # noqa: ASYNC251  (the loop must not see the app's close)
+    monkeypatch.setattr(type(client._idle[0]), "stale", lambda self: False)
+    with pytest.raises(UpstreamUnreachable):
+        await client.send("POST", b"/charge", b"", b"{}", client="a")
     assert client._held == {}
