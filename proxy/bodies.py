@@ -3,9 +3,10 @@
 A ``BodyReader`` holds a size limit and the ``limits.read_timeout`` between body chunks. It
 refuses a body over the limit as soon as its declared ``Content-Length`` or the bytes received
 say so (``RequestBodyTooLarge`` → 413) and one the client stops sending (``RequestBodyTimeout``
-→ 408), both answered as problem+json on a connection that is then closed. The idempotency
-guard reads a covered body whole (to fingerprint it), the forwarder streams an uncovered one,
-and a saga trigger reads its input whole; each with its own limit.
+→ 408), both answered as problem+json on a connection that is then closed; a client that
+closes its connection mid-body is ``ClientAborted`` (499 in the access line, nothing to answer).
+The idempotency guard reads a covered body whole (to fingerprint it), the forwarder streams an
+uncovered one, and a saga trigger reads its input whole; each with its own limit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.errors import RequestBodyTimeout, RequestBodyTooLarge
+from proxy.errors import ClientAborted, RequestBodyTimeout, RequestBodyTooLarge
 from proxy.upstream import RequestBody
 
 
@@ -43,6 +44,7 @@ class BodyReader:
         Raises:
             RequestBodyTooLarge: past the limit.
             RequestBodyTimeout: the client sent nothing for ``read_timeout`` seconds.
+            ClientAborted: the client closed its connection before the body ended.
         """
         stream = request.content
         received = 0
@@ -56,6 +58,8 @@ class BodyReader:
                         chunk = await stream.readany()
                 except TimeoutError:
                     raise RequestBodyTimeout(self.read_timeout or 0) from None
+                except ConnectionResetError:
+                    raise ClientAborted from None
                 if not chunk:
                     return
             received += len(chunk)

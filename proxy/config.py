@@ -48,11 +48,20 @@ def _http_url(value: str) -> str:
 
 
 class Limits(Model):
-    """Limits the public listener enforces on every request (413 / 431 / 408)."""
+    """Limits the public listener enforces on every request (413 / 431 / 408), and how long a
+    client may take nothing of an answer before it is dropped (``write_timeout``)."""
 
     max_request_body: ByteSize = 100 * 1024**2
     max_header_size: ByteSize = 16 * 1024
     read_timeout: Duration = 60.0
+    write_timeout: Duration = 60.0
+
+    @field_validator("write_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 def is_loopback(host: str) -> bool:
@@ -108,15 +117,26 @@ class AdminConfig(Model):
 
 
 class UpstreamConfig(Model):
-    """The app this sidecar fronts."""
+    """The app this sidecar fronts, and the pool of keep-alive connections to it."""
 
     url: str
     timeout: Duration = 30.0
+    keepalive: Duration = 4.0
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_client: int = Field(default=500, ge=0)
+    pool_timeout: Duration = 5.0
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("keepalive", "pool_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 UnknownOutcome = Literal["hold", "release"]

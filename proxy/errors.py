@@ -8,6 +8,9 @@ Exception tree::
     │   │                            went out
     │   ├── UpstreamUnreachable      connection refused / DNS / pool: nothing was sent (→ 502)
     │   ├── UpstreamReset            connection dropped after the request was sent (→ 502)
+    │   ├── UpstreamUpgrade          the app answered 101 Switching Protocols: not relayed (→ 502)
+    │   ├── UpstreamBusy             no connection to the app free within ``upstream.pool_timeout``,
+    │   │                            or the client holds ``max_connections_per_client`` (→ 503)
     │   └── UpstreamTimeout          no answer (or no next chunk) in ``upstream.timeout`` (→ 504)
     ├── UpstreamConnectionError      one pooled connection broke or its answer was not valid
     │                                HTTP/1.1 (also a ``ConnectionError``; the client reports it
@@ -15,7 +18,8 @@ Exception tree::
     ├── RequestHeadTimeout           the request head did not arrive in the read timeout (→ 408)
     ├── RequestBodyError             the client's request body cannot be accepted
     │   ├── RequestBodyTooLarge      the request body exceeds a configured limit (→ 413)
-    │   └── RequestBodyTimeout       the client paused longer than ``limits.read_timeout`` (→ 408)
+    │   ├── RequestBodyTimeout       the client paused longer than ``limits.read_timeout`` (→ 408)
+    │   └── ClientAborted            the client closed its connection mid-body (499, access log)
     ├── PathEscape                   the request path climbs above the root with a dot segment in
     │                                some spelling (``/../x``, ``/%2e%2e/x``) (→ 400)
     ├── InvalidKey                   a malformed, repeated or oversized Idempotency-Key (→ 400;
@@ -64,6 +68,23 @@ class UpstreamReset(UpstreamError):
         super().__init__(detail, sent=True)
 
 
+class UpstreamUpgrade(UpstreamError):
+    """The app answered 101 Switching Protocols; the sidecar relays no protocol upgrade."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, sent=True)
+
+
+class UpstreamBusy(UpstreamError):
+    """No connection to the app could be had in time; the request was not sent."""
+
+    status = 503
+    title = "Service Unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, sent=False)
+
+
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer within the configured timeout."""
 
@@ -86,6 +107,7 @@ class RequestBodyError(SidecarError):
     """The client's request body cannot be accepted; ``status`` is the answer to give."""
 
     status = 400
+    title: str | None = None
 
 
 class RequestBodyTooLarge(RequestBodyError):
@@ -106,6 +128,16 @@ class RequestBodyTimeout(RequestBodyError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"no request body data received for {timeout:g}s")
         self.timeout = timeout
+
+
+class ClientAborted(RequestBodyError):
+    """The client closed its connection before sending its whole body (nginx's 499)."""
+
+    status = 499
+    title = "Client Closed Request"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before sending its whole body")
 
 
 class PathEscape(SidecarError):

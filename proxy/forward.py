@@ -11,6 +11,7 @@ once, when its (pooled) connection drops before any answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -19,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.bodies import BodyReader
-from proxy.errors import UpstreamReset
+from proxy.errors import UpstreamReset, UpstreamUpgrade
 from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
 from proxy.paths import resolved_target
@@ -65,11 +66,13 @@ class Forwarder:
         max_request_body: int,
         read_timeout: float | None = None,
         trust_forwarded: bool = False,
+        write_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.trust_forwarded = trust_forwarded
         self.timeout = client.timeout
         self.bodies = BodyReader(max_request_body, read_timeout)
+        self.write_timeout = write_timeout
 
     def upstream_header_lines(self, request: web.Request) -> bytes:
         """End-to-end request header lines plus X-Forwarded-* (``trust_forwarded``) and the
@@ -94,7 +97,9 @@ class Forwarder:
             UpstreamUnreachable: nothing was sent (connection refused, DNS, pool).
             UpstreamReset: the connection broke after sending.
             UpstreamTimeout: no response headers within the timeout.
-            RequestBodyError: reading the client's streamed body failed (too large, too slow).
+            UpstreamUpgrade: the app answered 101 (its connection is closed).
+            RequestBodyError: reading the client's streamed body failed (too large, too slow,
+                the client left).
         """
         started = time.perf_counter()
         try:
@@ -105,6 +110,18 @@ class Forwarder:
             log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
             response = await self._send(request, body)
         request[UPSTREAM_SECONDS] = time.perf_counter() - started
+        if response.status == 101:
+            response.release()  # closes it: the app switched protocols on this connection
+            log.warning(
+                "the upstream answered %s %s with 101 Switching Protocols; the sidecar relays "
+                "no protocol upgrade, so the client gets a 502",
+                request.method,
+                request.path,
+            )
+            raise UpstreamUpgrade(
+                "the upstream answered 101 Switching Protocols; this sidecar does not relay "
+                "protocol upgrades (WebSocket, h2c)"
+            )
         return response
 
     async def _send(self, request: web.Request, body: RequestBody) -> UpstreamResponse:
@@ -114,6 +131,7 @@ class Forwarder:
             self.upstream_header_lines(request),
             body,
             request.content_length,
+            client=request.remote,
         )
 
     async def request_body(self, request: web.Request) -> RequestBody:
@@ -129,7 +147,7 @@ class Forwarder:
         async with upstream:
             if is_small_whole(request, upstream):
                 return await buffered_relay(upstream)
-            return await relay(request, upstream)
+            return await relay(request, upstream, self.write_timeout)
 
 
 def is_small_whole(request: web.Request, upstream: UpstreamResponse) -> bool:
@@ -164,12 +182,16 @@ def response_headers(upstream: UpstreamResponse) -> CIMultiDict[str]:
     return end_to_end(upstream.headers)
 
 
-async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+async def relay(
+    request: web.Request, upstream: UpstreamResponse, write_timeout: float | None = None
+) -> web.StreamResponse:
     """Stream ``upstream`` to the client.
 
     A failure after the response headers went out cannot become an error response any more:
     the client connection is aborted so a truncated body is never mistaken for a complete one.
-    Unexpected exceptions (and cancellation) abort it too, then propagate.
+    So is a client that takes nothing for ``write_timeout`` seconds (the status went out, so no
+    504 can follow): that frees the upstream connection its answer holds. Unexpected
+    exceptions (and cancellation) abort it too, then propagate.
     """
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     # Without a Content-Length aiohttp frames the body itself: chunked for HTTP/1.1 clients,
@@ -178,7 +200,18 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
     await response.prepare(request)
     try:
         async for chunk in upstream.iter_chunks():
-            await response.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await response.write(chunk)
+            except TimeoutError:
+                log.warning(
+                    "client took none of the answer to %s %s for %gs: dropped",
+                    request.method,
+                    request.path,
+                    write_timeout,
+                )
+                abort_client(request)
+                return response
         await response.write_eof()
     except (TimeoutError, ConnectionError) as exc:
         log.warning("response to %s %s cut short: %r", request.method, request.path, exc)

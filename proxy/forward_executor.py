@@ -141,6 +141,7 @@ class ForwardExecutor:
 
     async def run_unprotected(self, call: CoveredRequest) -> web.StreamResponse:
         """Forward ``call`` and stream its answer back."""
-        upstream = await call.request.app[FORWARDER].open(call.request, upstream_body(call))
+        forwarder = call.request.app[FORWARDER]
+        upstream = await forwarder.open(call.request, upstream_body(call))
         async with upstream:
-            return await relay(call.request, upstream)
+            return await relay(call.request, upstream, forwarder.write_timeout)

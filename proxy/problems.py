@@ -53,7 +53,7 @@ def problem_for_exception(exc: BaseException) -> web.Response:
         return problem_response(exc.status, exc.detail, title=exc.title)
     if isinstance(exc, RequestBodyError):
         # The rest of the body is unread: the connection cannot carry another request.
-        response = problem_response(exc.status, str(exc))
+        response = problem_response(exc.status, str(exc), title=exc.title)
         response.force_close()
         return response
     if isinstance(exc, PathEscape):

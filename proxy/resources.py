@@ -11,8 +11,6 @@ from proxy.forward import Forwarder
 from proxy.keys import CONFIG, FORWARDER, TASKS
 from proxy.upstream import UpstreamClient
 
-_POOL_SIZE = 1000
-_KEEPALIVE_SECONDS = 30.0
 # Response header lines the app may send (aiohttp's default, 8190 bytes, turns a large
 # Content-Security-Policy or Set-Cookie into a 502); Envoy's default limit is of this order.
 _MAX_UPSTREAM_HEADER_FIELD = 64 * 1024
@@ -24,15 +22,18 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     client = UpstreamClient(
         config.upstream.url,
         timeout=config.upstream.timeout,
-        limit=_POOL_SIZE,
-        keepalive=_KEEPALIVE_SECONDS,
+        limit=config.upstream.max_connections,
+        keepalive=config.upstream.keepalive,
         max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
+        pool_timeout=config.upstream.pool_timeout,
+        max_per_client=config.upstream.max_connections_per_client,
     )
     app[FORWARDER] = Forwarder(
         client,
         config.limits.max_request_body,
         config.limits.read_timeout,
         trust_forwarded=config.trust_forwarded,
+        write_timeout=config.limits.write_timeout,
     )
     yield
     await client.close()

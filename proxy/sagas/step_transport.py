@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.upstream import UpstreamClient, UpstreamResponse
+from proxy.upstream.client import DEFAULT_KEEPALIVE
 from saga_runner.errors import SendFailure
 from saga_runner.transport import RawAnswer
 
@@ -67,7 +68,7 @@ class _Origin:
 class UpstreamStepTransport:
     """Step calls over pooled keep-alive connections, ``limit`` at most per origin."""
 
-    def __init__(self, *, limit: int = 200, keepalive: float = 30.0) -> None:
+    def __init__(self, *, limit: int = 200, keepalive: float = DEFAULT_KEEPALIVE) -> None:
         self._limit = limit
         self._keepalive = keepalive
         self._origins: dict[tuple[str, str], _Origin] = {}

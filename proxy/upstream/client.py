@@ -2,18 +2,23 @@
 
 What a reverse proxy needs and nothing more: the request head is serialised once into ``bytes``
 (a small body goes in the same write), the answer is parsed by llhttp, and connections are
-reused LIFO while they stay healthy. No cookies, redirects, decompression or retries: the
-caller decides what may be sent again.
+reused LIFO while they stay healthy: not past ``keepalive`` seconds idle, and not closed by the
+app while in the pool. No cookies, redirects or decompression, and one retry only: a request
+the app provably never got (it closed a pooled connection as the request went out, and its
+kernel acknowledged no byte of the request) is sent once more on a new connection, unless its
+body was a stream. Every other failure goes to the caller, who decides what may be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from proxy.errors import (
+    UpstreamBusy,
     UpstreamConnectionError,
     UpstreamReset,
     UpstreamTimeout,
@@ -22,7 +27,12 @@ from proxy.errors import (
 from proxy.upstream.connection import ResponseHead, UpstreamConnection
 from proxy.upstream.response import UpstreamResponse
 
+log = logging.getLogger("saga_sidecar.upstream")
+
 RequestBody = bytes | AsyncIterator[bytes] | None
+# Seconds a pooled connection may stay idle before it is closed rather than reused: below the
+# 5 s after which Node and uvicorn close an idle connection, so the app rarely closes one first.
+DEFAULT_KEEPALIVE = 4.0
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -32,6 +42,10 @@ class UpstreamClient:
     ``timeout`` bounds each wait (connecting, the answer's headers, each body chunk, room to
     write); None leaves them unbounded, for a caller that puts one deadline on the whole
     exchange (cancelling ``send`` or a body read drops the connection).
+
+    At most ``limit`` connections are open at once; a request waits up to ``pool_timeout`` for
+    one (None: without end), and a ``client`` named in ``send`` may hold at most
+    ``max_per_client`` of them (0: no cap). Past either, ``UpstreamBusy``: nothing was sent.
     """
 
     def __init__(
@@ -40,8 +54,10 @@ class UpstreamClient:
         *,
         timeout: float | None,
         limit: int = 1000,
-        keepalive: float = 30.0,
+        keepalive: float = DEFAULT_KEEPALIVE,
         max_field_size: int = 64 * 1024,
+        pool_timeout: float | None = None,
+        max_per_client: int = 0,
     ) -> None:
         parts = urlsplit(url)
         if parts.hostname is None:
@@ -56,6 +72,9 @@ class UpstreamClient:
         self._keepalive = keepalive
         self._max_field_size = max_field_size
         self._slots = asyncio.Semaphore(limit)
+        self._pool_timeout = pool_timeout
+        self._max_per_client = max_per_client
+        self._held: dict[str, int] = {}
         self._idle: list[UpstreamConnection] = []
         self._swept = 0.0
         self._closed = False
@@ -67,25 +86,24 @@ class UpstreamClient:
         header_lines: bytes,
         body: RequestBody,
         content_length: int | None = None,
+        client: str | None = None,
     ) -> UpstreamResponse:
         """Send one request and return the answer once its headers arrived.
 
         ``header_lines`` are complete ``Name: value\\r\\n`` lines without Host and framing;
-        ``content_length`` frames a streamed body (chunked when None).
+        ``content_length`` frames a streamed body (chunked when None); ``client`` names who
+        asks (an address), for ``max_per_client``.
 
         Raises:
+            UpstreamBusy: no connection free within ``pool_timeout``, or ``client`` holds
+                ``max_per_client`` already; nothing was sent.
             UpstreamUnreachable: no connection could be made; nothing was sent.
             UpstreamReset: the connection broke, or the answer was not valid HTTP.
             UpstreamTimeout: no answer headers within ``timeout`` after the request was sent,
                 or the app took no more of a streamed body for ``timeout``.
             Whatever iterating ``body`` raises (the client's body failed), after aborting.
         """
-        await self._slots.acquire()
-        try:
-            connection = self._idle_connection() or await self._connect()
-        except BaseException:
-            self._slots.release()
-            raise
+        connection, reused = await self._checkout(client)
         head = b"%s %s%s HTTP/1.1\r\n%s%s" % (
             method.encode("ascii"),
             self._prefix,
@@ -93,18 +111,20 @@ class UpstreamClient:
             self._host_line,
             header_lines,
         )
-        answer = connection.start(head_request=method == "HEAD")
         try:
-            if body is None or isinstance(body, bytes):
-                framing = _length_line(len(body)) if body else _empty_length(method)
-                connection.write(head + framing + b"\r\n" + (body or b""))
-            else:
-                await _send_streamed(connection, head, body, content_length, answer)
-            async with asyncio.timeout(self.timeout):
-                response_head: ResponseHead = await answer
-        except TimeoutError:
-            self._discard(connection)
-            raise UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s") from None
+            try:
+                response_head = await self._exchange(connection, method, head, body, content_length)
+            except UpstreamConnectionError as exc:
+                if not (reused and connection.unread) or _streamed(body):
+                    raise
+                # The app closed a pooled connection before any byte of the request reached
+                # it (it closed the idle connection as the request went out): never delivered.
+                log.debug("resending %s on a new connection: %s", method, exc)
+                connection.abort()
+                fresh = await self._connect()  # on failure the old one gives its slot back
+                fresh.holder, connection.holder = connection.holder, None
+                connection = fresh
+                response_head = await self._exchange(connection, method, head, body, content_length)
         except UpstreamConnectionError as exc:
             self._discard(connection)
             raise UpstreamReset(f"upstream connection failed: {exc}") from exc
@@ -113,6 +133,85 @@ class UpstreamClient:
             raise
         return UpstreamResponse(response_head, connection, self.timeout, self._release)
 
+    async def _checkout(self, client: str | None) -> tuple[UpstreamConnection, bool]:
+        """A slot and a connection for it: a pooled one (True) or a new one (False)."""
+        holder = self._take_share(client)
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._give_share(holder)
+            raise UpstreamBusy(
+                f"no connection to the upstream became free within {self._pool_timeout:g}s "
+                "(all of upstream.max_connections are busy)"
+            ) from None
+        except BaseException:
+            self._give_share(holder)
+            raise
+        try:
+            connection = self._idle_connection()
+            reused = connection is not None
+            connection = connection or await self._connect()
+        except BaseException:
+            self._free_slot(holder)
+            raise
+        connection.holder = holder
+        return connection, reused
+
+    def _take_share(self, client: str | None) -> str | None:
+        """Count one more connection for ``client``; the key to give back (None: not counted)."""
+        if client is None or not self._max_per_client:
+            return None
+        held = self._held.get(client, 0)
+        if held >= self._max_per_client:
+            raise UpstreamBusy(
+                f"this client already holds {held} connections to the upstream "
+                "(upstream.max_connections_per_client)"
+            )
+        self._held[client] = held + 1
+        return client
+
+    def _give_share(self, holder: str | None) -> None:
+        if holder is None:
+            return
+        held = self._held[holder] - 1
+        if held:
+            self._held[holder] = held
+        else:
+            del self._held[holder]
+
+    def _free_slot(self, holder: str | None) -> None:
+        self._slots.release()
+        self._give_share(holder)
+
+    async def _exchange(
+        self,
+        connection: UpstreamConnection,
+        method: str,
+        head: bytes,
+        body: RequestBody,
+        content_length: int | None,
+    ) -> ResponseHead:
+        """Write the request on ``connection`` and wait for the answer's head.
+
+        Raises:
+            UpstreamConnectionError: the connection broke (``connection.answered`` tells
+                whether any byte of an answer came first).
+            UpstreamTimeout: see ``send``.
+        """
+        answer = connection.start(head_request=method == "HEAD")
+        try:
+            if body is None or isinstance(body, bytes):
+                framing = _length_line(len(body)) if body else _empty_length(method)
+                connection.write(head + framing + b"\r\n" + (body or b""))
+            else:
+                await _send_streamed(connection, head, body, content_length, answer)
+            async with asyncio.timeout(self.timeout):
+                return await answer
+        except TimeoutError:
+            connection.abort()
+            raise UpstreamTimeout(f"upstream did not answer within {self.timeout:g}s") from None
+
     async def close(self) -> None:
         """Close the idle connections; the busy ones close when released."""
         self._closed = True
@@ -120,10 +219,18 @@ class UpstreamClient:
             self._idle.pop().close()
 
     def _idle_connection(self) -> UpstreamConnection | None:
+        """The most recently pooled connection that is still fit to carry a request.
+
+        One idle for ``keepalive`` or longer is closed (the app may be closing it right now),
+        and so is one the app closed while it sat in the pool.
+        """
         idle = self._idle
+        if not idle:
+            return None
+        oldest_kept = asyncio.get_running_loop().time() - self._keepalive
         while idle:
             connection = idle.pop()
-            if connection.reusable:
+            if connection.idle_since > oldest_kept and not connection.stale():
                 return connection
             connection.close()
         return None
@@ -150,7 +257,8 @@ class UpstreamClient:
         return connection
 
     def _release(self, connection: UpstreamConnection) -> None:
-        self._slots.release()
+        holder, connection.holder = connection.holder, None
+        self._free_slot(holder)
         if self._closed or not (connection.finished and connection.reusable):
             connection.close()
             return
@@ -161,7 +269,8 @@ class UpstreamClient:
             self._sweep(now)
 
     def _discard(self, connection: UpstreamConnection) -> None:
-        self._slots.release()
+        holder, connection.holder = connection.holder, None
+        self._free_slot(holder)
         connection.abort()
 
     def _sweep(self, now: float) -> None:
@@ -174,6 +283,11 @@ class UpstreamClient:
             else:
                 connection.close()
         self._idle = keep
+
+
+def _streamed(body: RequestBody) -> bool:
+    """Whether ``body`` is a stream (it cannot be sent a second time)."""
+    return not (body is None or isinstance(body, bytes))
 
 
 def _length_line(length: int) -> bytes:

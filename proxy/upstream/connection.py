@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
+import socket
+import struct
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,6 +31,10 @@ from proxy.errors import UpstreamConnectionError
 _HIGH_WATER = 256 * 1024
 # A response head larger than this is refused (a field line alone may be up to the field limit).
 _MAX_HEAD = 1024 * 1024
+# Linux's ``struct tcp_info``: ``tcpi_bytes_acked`` (u64) sits at this offset.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class UpstreamConnection(asyncio.Protocol):
     """One pooled connection; ``idle_since`` is when it last went back to its pool.
 
     ``write_timeout`` is how long ``drain`` waits for the app to take more of a request.
+    ``answered`` tells whether any byte of the current exchange's answer arrived; ``unread``
+    that the app closed the connection before its kernel took a single byte of the current
+    request (Linux's TCP_INFO shows none of them acknowledged), so the app cannot have read it.
+    ``holder`` is the client its pool counts it against while it is busy.
     """
 
     def __init__(self, max_field_size: int, write_timeout: float | None = None) -> None:
@@ -52,6 +63,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.reusable = False
+        self.answered = False
+        self.unread = False
+        self.holder: str | None = None
+        self._sock: socket.socket | None = None
+        self._acked_base: int | None = None
+        self._sent = 0
+        self._sent_before = 0
         self._loop = asyncio.get_running_loop()
         self._parser: httptools.HttpResponseParser | None = None
         self._head_request = False
@@ -73,14 +91,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._sock = transport.get_extra_info("socket")
+        self._acked_base = self._bytes_acked()  # the SYN counts as one
         self.reusable = True
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         if self._parser is None or self._done:
             self._fail("the upstream sent data nobody asked for")
             return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 (or an answer to CONNECT): its head was handed over, and what follows is
+            # another protocol's bytes, never an HTTP answer. The connection is done.
+            self.reusable = False
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, UpstreamConnectionError):
@@ -89,9 +114,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(f"the upstream sent an invalid response: {exc}")
 
     def eof_received(self) -> bool | None:
+        self._note_unread()
         return None  # close the transport; connection_lost settles the exchange
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._note_unread()
         self.reusable = False
         self.transport = None
         if self._parser is not None and not self._done:
@@ -111,8 +138,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange --------------------------------------------------------------------------
 
+    def stale(self) -> bool:
+        """Whether this idle connection can no longer carry a request: it was dropped, or the
+        app closed it (or sent something) while it sat in the pool and the event loop has not
+        handled that yet. One ``poll`` without waiting: an idle socket is readable only then.
+        """
+        if not self.reusable or self.transport is None or self.transport.is_closing():
+            return True
+        if self._sock is None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLRDHUP)
+        return bool(poller.poll(0))
+
     def start(self, head_request: bool) -> asyncio.Future[ResponseHead]:
         """Arm the connection for the answer to the request about to be written."""
+        self.answered = self.unread = False
+        self._sent_before = self._sent
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
         self._raw_headers = []
@@ -128,7 +170,9 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send ``data``; raises when the connection is already gone."""
         if self.transport is None or self.transport.is_closing():
+            self.unread = self.unread or self._sent == self._sent_before  # nothing went out
             raise UpstreamConnectionError(self._error_text("the upstream connection is closed"))
+        self._sent += len(data)
         self.transport.write(data)
 
     async def drain(self) -> None:
@@ -197,6 +241,27 @@ class UpstreamConnection(asyncio.Protocol):
         self._abandon()
         if self.transport is not None:
             self.transport.abort()
+
+    def _bytes_acked(self) -> int | None:
+        """How many bytes the peer's kernel acknowledged (Linux), or None when unknown."""
+        if self._sock is None or _TCP_INFO is None:
+            return None
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+        except OSError:
+            return None
+        if len(info) < _BYTES_ACKED_OFFSET + _BYTES_ACKED.size:
+            return None
+        acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0]
+        return acked
+
+    def _note_unread(self) -> None:
+        """On a close during an exchange: remember whether no byte of the request got there."""
+        if self._parser is None or self._done or self.answered or self.unread:
+            return
+        acked = self._bytes_acked()
+        if acked is not None and self._acked_base is not None:
+            self.unread = acked - self._acked_base <= self._sent_before
 
     def _abandon(self) -> None:
         """Nobody waits for this exchange any more."""
