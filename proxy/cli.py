@@ -10,10 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy.check import missing_file
+from proxy.check import run as run_check
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
 from proxy.sagas.cli import add_sagas_parser, cmd_sagas
-from saga_runner.catalog import load_definitions
 from saga_runner.errors import SagaError, StoreError
 from saga_runner.store import SagaStore
 from yamlconfig.errors import ConfigError
@@ -57,9 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(serve_cmd)
     check_cmd = commands.add_parser(
-        "check", help="validate the config and every saga file it names (exit 0, or 2 with errors)"
+        "check",
+        help="validate the config and every saga file it names (exit 0, or 2 with errors); "
+        "--connect also reaches the stores (exit 3 when one cannot be reached)",
     )
     _config_arg(check_cmd)
+    check_cmd.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the Redis and saga store the config names",
+    )
+    check_cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each store with --connect (default: 5)",
+    )
     migrate_cmd = commands.add_parser(
         "migrate", help="create or upgrade the saga tables in sagas.store"
     )
@@ -70,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_or_report(path: Path) -> LoadedConfig | None:
     """Load the config, printing every ``FILE:LINE: message`` to stderr when it is invalid."""
+    sentence = missing_file(path)
+    if sentence is not None:
+        print(f"saga-sidecar: {sentence}", file=sys.stderr)
+        return None
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -83,22 +101,8 @@ def _report(exc: ConfigError) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config file and every saga file it names; exit 2 listing every problem."""
-    loaded = load_or_report(args.config)
-    if loaded is None:
-        return EXIT_INVALID
-    sagas = loaded.config.sagas
-    count = 0
-    if sagas is not None:
-        try:
-            count = len(
-                load_definitions(loaded.base_dir, sagas.definitions, loaded.config.services)
-            )
-        except ConfigError as exc:
-            _report(exc)
-            return EXIT_INVALID
-    print(f"{args.config}: ok ({count} saga definition{'s' if count != 1 else ''})")
-    return EXIT_OK
+    """Validate the config and every saga file it names; with ``--connect``, reach the stores."""
+    return run_check(args.config, connect=args.connect, timeout=args.timeout)
 
 
 async def _migrate(loaded: LoadedConfig) -> list[int]:
