@@ -321,3 +321,31 @@ def test_connect_is_not_tried_when_the_files_are_invalid(tmp_path: Path) -> None
     assert result.stderr.splitlines() == [
         f"{config}:5: log.format: 'xml' is not one of 'json', 'text'"
     ]
+
+
+def test_serve_refuses_a_definitions_glob_that_matches_no_file_as_check_does(
+    tmp_path: Path,
+) -> None:
+    config = config_with(
+        tmp_path,
+        """
+        listen: "127.0.0.1:0"
+        admin: {listen: "127.0.0.1:0"}
+        upstream: {url: "http://127.0.0.1:3000"}
+        sagas: {store: "sqlite:///sagas.db", definitions: ["sgas/*.yaml"]}
+        """,
+    )
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+
+    served = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert served.returncode == 2
+    assert served.stderr.splitlines() == run_check(config).stderr.splitlines()
+    assert served.stderr.startswith(f"{config}:4: sagas.definitions[0]: no file matches")
