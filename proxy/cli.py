@@ -1,4 +1,5 @@
-"""The ``saga-sidecar`` command line: serve, check, migrate, and operator commands over sagas."""
+"""The ``saga-sidecar`` command line: serve, check, migrate, schema, and operator commands over
+sagas."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from proxy.check import run as run_check
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
 from proxy.sagas.cli import add_sagas_parser, cmd_sagas
+from proxy.schemas import SCHEMAS
+from proxy.schemas import render as render_schema
 from saga_runner.errors import SagaError, StoreError
 from saga_runner.store import SagaStore
 from yamlconfig.errors import ConfigError
@@ -78,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create or upgrade the saga tables in sagas.store"
     )
     _config_arg(migrate_cmd)
+    schema_cmd = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file or of a saga file (for editors)",
+    )
+    schema_cmd.add_argument("kind", choices=sorted(SCHEMAS), help="which file's schema")
     add_sagas_parser(commands, _config_arg)
     return parser
 
@@ -163,6 +171,12 @@ def _serve(loaded: LoadedConfig, worker: WorkerSlot | None = None) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the config or of a saga file (``docs/schema/KIND.json``)."""
+    sys.stdout.write(render_schema(args.kind))
+    return EXIT_OK
+
+
 def cmd_sagas_entry(args: argparse.Namespace) -> int:
     """Operator commands over the saga store (see ``proxy.sagas.cli``)."""
     loaded = load_or_report(args.config)
@@ -176,6 +190,7 @@ COMMANDS = {
     "check": cmd_check,
     "migrate": cmd_migrate,
     "sagas": cmd_sagas_entry,
+    "schema": cmd_schema,
 }
 
 
