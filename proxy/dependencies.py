@@ -18,7 +18,7 @@ from proxy.config import LoadedConfig
 from proxy.errors import StoreUnavailable
 from proxy.idempotency.store import store_from_url
 from saga_runner.errors import StoreError
-from saga_runner.store.base import open_store
+from saga_runner.store import SagaStore
 from saga_runner.store.postgres import redact_url
 
 
@@ -100,7 +100,7 @@ async def _redis(url: str) -> None:
 
 
 async def _saga_store(url: str, loaded: LoadedConfig) -> None:
-    store = await open_store(url, loaded.base_dir)
+    store = await SagaStore.from_url(url, loaded.base_dir)
     try:
         await store.ping()
     finally:
