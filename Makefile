@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv run test lint format clean bench profile soak chaos verify
+.PHONY: all venv run test lint format clean bench profile soak chaos verify schema
 all: lint test
 
 $(STAMP): pyproject.toml
@@ -38,6 +38,11 @@ profile: venv  ## py-spy flame graph of the sidecar under load (PROFILE_SCENARIO
 
 verify:  ## model-check the idempotency and saga-lease protocols (models/*.pml) with spin
 	@scripts/verify-models.sh
+
+schema: venv  ## regenerate docs/schema/config.json and saga.json from the models (commit them)
+	@mkdir -p docs/schema
+	$(BIN)/saga-sidecar schema config > docs/schema/config.json
+	$(BIN)/saga-sidecar schema saga > docs/schema/saga.json
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""The ``saga-sidecar`` command line: serve, check, migrate, and operator commands over sagas."""
+"""The ``saga-sidecar`` command line: serve, check, migrate, schema, and operator commands over
+sagas."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy.check import missing_file
+from proxy.check import run as run_check
 from proxy.config import LoadedConfig, load_config
 from proxy.logs import setup_logging
 from proxy.sagas.cli import add_sagas_parser, cmd_sagas
-from saga_runner.catalog import load_definitions
+from proxy.schemas import SCHEMAS
+from proxy.schemas import render as render_schema
 from saga_runner.errors import SagaError, StoreError
 from saga_runner.store import SagaStore
 from yamlconfig.errors import ConfigError
@@ -57,19 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(serve_cmd)
     check_cmd = commands.add_parser(
-        "check", help="validate the config and every saga file it names (exit 0, or 2 with errors)"
+        "check",
+        help="validate the config and every saga file it names (exit 0, or 2 with errors); "
+        "--connect also reaches the stores (exit 3 when one cannot be reached)",
     )
     _config_arg(check_cmd)
+    check_cmd.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the Redis and saga store the config names",
+    )
+    check_cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each store with --connect (default: 5)",
+    )
     migrate_cmd = commands.add_parser(
         "migrate", help="create or upgrade the saga tables in sagas.store"
     )
     _config_arg(migrate_cmd)
+    schema_cmd = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file or of a saga file (for editors)",
+    )
+    schema_cmd.add_argument("kind", choices=sorted(SCHEMAS), help="which file's schema")
     add_sagas_parser(commands, _config_arg)
     return parser
 
 
 def load_or_report(path: Path) -> LoadedConfig | None:
     """Load the config, printing every ``FILE:LINE: message`` to stderr when it is invalid."""
+    sentence = missing_file(path)
+    if sentence is not None:
+        print(f"saga-sidecar: {sentence}", file=sys.stderr)
+        return None
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -83,22 +109,8 @@ def _report(exc: ConfigError) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config file and every saga file it names; exit 2 listing every problem."""
-    loaded = load_or_report(args.config)
-    if loaded is None:
-        return EXIT_INVALID
-    sagas = loaded.config.sagas
-    count = 0
-    if sagas is not None:
-        try:
-            count = len(
-                load_definitions(loaded.base_dir, sagas.definitions, loaded.config.services)
-            )
-        except ConfigError as exc:
-            _report(exc)
-            return EXIT_INVALID
-    print(f"{args.config}: ok ({count} saga definition{'s' if count != 1 else ''})")
-    return EXIT_OK
+    """Validate the config and every saga file it names; with ``--connect``, reach the stores."""
+    return run_check(args.config, connect=args.connect, timeout=args.timeout)
 
 
 async def _migrate(loaded: LoadedConfig) -> list[int]:
@@ -159,6 +171,12 @@ def _serve(loaded: LoadedConfig, worker: WorkerSlot | None = None) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the config or of a saga file (``docs/schema/KIND.json``)."""
+    sys.stdout.write(render_schema(args.kind))
+    return EXIT_OK
+
+
 def cmd_sagas_entry(args: argparse.Namespace) -> int:
     """Operator commands over the saga store (see ``proxy.sagas.cli``)."""
     loaded = load_or_report(args.config)
@@ -172,6 +190,7 @@ COMMANDS = {
     "check": cmd_check,
     "migrate": cmd_migrate,
     "sagas": cmd_sagas_entry,
+    "schema": cmd_schema,
 }
 
 

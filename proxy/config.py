@@ -10,13 +10,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from yamlconfig.errors import ConfigIssue, KeyValueError
 from yamlconfig.loader import LocatedDocument, load_yaml, validate
 from yamlconfig.units import ByteSize, Duration
 
@@ -45,6 +54,20 @@ def _http_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _http_method(value: str) -> str:
+    upper = value.upper()
+    if not _TOKEN_RE.match(upper):
+        raise ValueError(f"not a valid HTTP method: {upper!r}")
+    return upper
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""An ``http://`` or ``https://`` URL, stored without a trailing slash."""
+
+HttpMethod = Annotated[str, AfterValidator(_http_method)]
+"""An HTTP method name, stored upper-case."""
 
 
 class Limits(Model):
@@ -108,10 +131,11 @@ class AdminConfig(Model):
     def _public_needs_token(self) -> AdminConfig:
         host, _ = split_hostport(self.listen)
         if not (self.token or self.allow_public_without_token or is_loopback(host)):
-            raise ValueError(
+            raise KeyValueError(
+                ("listen",),
                 f"listen {self.listen!r} is not a loopback address, so the admin API would be "
                 "open to the network: set admin.token (or admin.allow_public_without_token: "
-                "true on a trusted network), or listen on 127.0.0.1"
+                "true on a trusted network), or listen on 127.0.0.1",
             )
         return self
 
@@ -162,7 +186,7 @@ class IdempotencyConfig(Model):
 
     store: str = "memory://"
     header: str = "Idempotency-Key"
-    methods: tuple[str, ...] = ("POST", "PUT", "PATCH")
+    methods: tuple[HttpMethod, ...] = ("POST", "PUT", "PATCH")
     ttl: Duration = 86400.0
     lock_timeout: Duration = 60.0
     require_key: bool = False
@@ -190,15 +214,6 @@ class IdempotencyConfig(Model):
         if not _TOKEN_RE.match(value):
             raise ValueError(f"not a valid header name: {value!r}")
         return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        upper = tuple(m.upper() for m in value)
-        for method in upper:
-            if not _TOKEN_RE.match(method):
-                raise ValueError(f"not a valid HTTP method: {method!r}")
-        return upper
 
     @field_validator("ttl", "lock_timeout")
     @classmethod
@@ -253,7 +268,7 @@ class SidecarConfig(Model):
     limits: Limits = Limits()
     admin: AdminConfig = AdminConfig()
     upstream: UpstreamConfig
-    services: dict[str, str] = Field(default_factory=dict)
+    services: dict[str, HttpUrl] = Field(default_factory=dict)
     idempotency: IdempotencyConfig = IdempotencyConfig()
     # Declared after ``idempotency``: its validator checks the store is shared between workers.
     workers: int | Literal["auto"] = Field(default=1)
@@ -295,11 +310,6 @@ class SidecarConfig(Model):
             )
         return value
 
-    @field_validator("services")
-    @classmethod
-    def _services(cls, value: dict[str, str]) -> dict[str, str]:
-        return {name: _http_url(url) for name, url in value.items()}
-
     def worker_count(self) -> int:
         """The number of worker processes (``auto``: the CPU count)."""
         return _worker_count(self.workers)
@@ -312,10 +322,15 @@ def _worker_count(workers: int | str) -> int:
 
 
 class LoadedConfig(Model):
-    """A validated config together with where it was read from."""
+    """A validated config together with where it was read from (the file and its lines)."""
 
     path: Path
     config: SidecarConfig
+    lines: dict[tuple[str | int, ...], int] = Field(default_factory=dict, repr=False)
+
+    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
+        """A problem of the setting at ``loc``, located at its line in the config file."""
+        return LocatedDocument(str(self.path), None, self.lines).issue(loc, message)
 
     @property
     def base_dir(self) -> Path:
@@ -331,4 +346,4 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Loade
     """
     doc: LocatedDocument = load_yaml(path, env, defer_issues=True)
     config = validate(doc, SidecarConfig)
-    return LoadedConfig(path=Path(path).resolve(), config=config)
+    return LoadedConfig(path=Path(path).resolve(), config=config, lines=doc.lines)

@@ -2,9 +2,9 @@
 
 ``load_definitions`` reads each matched file, validates it, and then checks the files against each
 other: saga names are unique, no two sagas share a trigger (method and path), and no trigger
-takes a reserved route. Problems from all files are raised as one ``ConfigError``. A glob that
-matches nothing is fine (an empty directory means no sagas); a plain file name that does not exist
-is an error.
+takes a reserved route. Problems from all files are raised as one ``ConfigError``. A pattern that
+matches no file (a glob over an empty directory, a plain name that does not exist) is an error,
+located at that pattern in the config file: a mistyped path must not start a sidecar without sagas.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import glob
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from saga_runner.definition import SagaDefinition, parse_definition
 from yamlconfig.errors import ConfigError, ConfigIssue
@@ -63,29 +64,54 @@ class SagaCatalog:
         return len(self.by_name)
 
 
+class Origin(Protocol):
+    """Where the ``sagas.definitions`` setting was written (a config file with its lines)."""
+
+    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
+        """A problem of the setting at ``loc`` (``("sagas", "definitions", 0)``)."""
+        ...
+
+
+DEFINITIONS_LOC = ("sagas", "definitions")
+"""Where the globs are in the config file."""
+
+
 def load_definitions(
     base_dir: Path,
     globs: Sequence[str],
-    services: Collection[str],
+    services: Collection[str] | None,
     reserved_routes: Iterable[Route] = (),
     env: Mapping[str, str] | None = None,
+    *,
+    origin: Origin | None = None,
 ) -> SagaCatalog:
     """Load, validate and cross-check every saga file matched by ``globs``.
 
     Args:
         base_dir: directory relative globs resolve against (the config file's directory).
-        globs: patterns like ``sagas/*.yaml`` (``**`` recurses); a plain name must exist.
-        services: the config's ``services`` (only the names are used).
+        globs: patterns like ``sagas/*.yaml`` (``**`` recurses); each must match a file.
+        services: the config's ``services`` (only the names are used); None skips that check.
         reserved_routes: (method, path pattern) pairs no trigger may take; method ``*`` means
             any method and the path is an ``fnmatch`` pattern (``/admin/*``).
         env: environment for ``${VAR}`` substitution (default: ``os.environ``).
+        origin: the config file, to locate a pattern that matches nothing (default: a
+            document named ``<config>``).
 
     Raises:
         ConfigError: listing every problem in every file.
     """
+    where = origin or LocatedDocument("<config>", None)
     issues: list[ConfigIssue] = []
     loaded: list[tuple[SagaDefinition, LocatedDocument, Path]] = []
-    for path in _matched_files(base_dir, globs):
+    files: dict[Path, None] = {}
+    for index, pattern in enumerate(globs):
+        matched = _matched_files(base_dir, pattern)
+        if not matched:
+            full = Path(base_dir, pattern)
+            message = f"no file matches {pattern!r} (looked for {full})"
+            issues.append(where.issue((*DEFINITIONS_LOC, index), f"{_dotted(index)}: {message}"))
+        files.update(dict.fromkeys(matched))
+    for path in files:
         try:
             doc = load_yaml(path, env)
             loaded.append((parse_definition(doc, services), doc, path))
@@ -97,18 +123,18 @@ def load_definitions(
     return SagaCatalog.of((definition, path) for definition, _, path in loaded)
 
 
-def _matched_files(base_dir: Path, globs: Sequence[str]) -> list[Path]:
-    seen: dict[Path, None] = {}
-    for pattern in globs:
-        full = Path(base_dir, pattern)
-        if _GLOB_CHARS.isdisjoint(pattern):
-            matches = [full]
-        else:
-            matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
-        for path in matches:
-            if not path.is_dir():
-                seen.setdefault(path.resolve() if path.exists() else path, None)
-    return list(seen)
+def _matched_files(base_dir: Path, pattern: str) -> list[Path]:
+    """The files ``pattern`` names under ``base_dir`` (directories are skipped)."""
+    full = Path(base_dir, pattern)
+    if _GLOB_CHARS.isdisjoint(pattern):
+        matches = [full] if full.exists() else []
+    else:
+        matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
+    return [path.resolve() for path in matches if not path.is_dir()]
+
+
+def _dotted(index: int) -> str:
+    return f"{'.'.join(DEFINITIONS_LOC)}[{index}]"
 
 
 def _cross_file_issues(

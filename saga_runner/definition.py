@@ -49,7 +49,7 @@ from saga_runner.template import (
     compile_path,
     parse_template,
 )
-from yamlconfig.errors import ConfigError
+from yamlconfig.errors import ConfigError, KeyValueError
 from yamlconfig.loader import LocatedDocument, load_yaml, validation_issues
 from yamlconfig.units import Duration
 
@@ -130,11 +130,11 @@ def _header_names(value: dict[str, str]) -> dict[str, str]:
     for name in value:
         lower = name.lower()
         if not _TOKEN_RE.match(name):
-            raise ValueError(f"{name!r} is not a valid header name")
+            raise KeyValueError((name,), f"{name!r} is not a valid header name")
         if lower in SIDECAR_HEADERS:
-            raise ValueError(f"header {name!r} cannot be set in a saga file")
+            raise KeyValueError((name,), f"header {name!r} cannot be set in a saga file")
         if lower in seen:
-            raise ValueError(f"header {name!r} is given twice")
+            raise KeyValueError((name,), f"header {name!r} is given twice")
         seen.add(lower)
     return value
 
@@ -426,7 +426,7 @@ def parse_definition(doc: LocatedDocument, services: Collection[str] | None) -> 
     try:
         definition = SagaDefinition.model_validate(data, context={_SKIP_CHECKS: bool(issues)})
     except ValidationError as exc:
-        issues += validation_issues(doc, exc)
+        issues += validation_issues(doc, exc, SagaDefinition)
     if issues:
         raise ConfigError(issues)
     return definition

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from yamlconfig.errors import KeyValueError
 from yamlconfig.units import Duration
 
 
@@ -46,9 +47,10 @@ class RetryPolicy(BaseModel):
     @model_validator(mode="after")
     def _cap_not_below_backoff(self) -> RetryPolicy:
         if self.max_backoff < self.backoff:
-            raise ValueError(
+            raise KeyValueError(
+                ("max_backoff",),
                 f"max_backoff ({self.max_backoff:g}s) must not be less than backoff "
-                f"({self.backoff:g}s)"
+                f"({self.backoff:g}s)",
             )
         return self
 

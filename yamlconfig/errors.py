@@ -1,4 +1,9 @@
-"""The one error a YAML config or saga file raises: every ``FILE:LINE`` problem at once."""
+"""The errors of YAML config and saga files.
+
+``ConfigError`` is the one error a file raises: every ``FILE:LINE`` problem at once.
+``KeyValueError`` is raised by a model's validator to blame a key below the value it validates
+(a dict entry, a list item, one field of a model), so the problem is reported at that key's line.
+"""
 
 from __future__ import annotations
 
@@ -23,3 +28,11 @@ class ConfigError(Exception):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.message))
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class KeyValueError(ValueError):
+    """A validator's ``ValueError`` about ``key``, a path below the value being validated."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key

@@ -3,8 +3,9 @@
 ``load_yaml`` parses a file with the safe loader, rejects duplicate keys, substitutes
 ``${VAR}`` / ``${VAR:-default}`` from the environment in every string, and records the line of
 every mapping key and sequence item. ``validate`` turns the data into a pydantic model and maps
-each validation error back to a line, raising one ``ConfigError`` that lists all of them —
-together with the substitution problems of a document loaded with ``defer_issues=True``.
+each validation error back to a line (worded by ``messages``), raising one ``ConfigError`` that
+lists all of them — together with the substitution problems of a document loaded with
+``defer_issues=True``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from yamlconfig.errors import ConfigError, ConfigIssue
+from yamlconfig.errors import ConfigError, ConfigIssue, KeyValueError
+from yamlconfig.messages import describe
 
 Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -261,33 +263,24 @@ def document_loc(data: Any, loc: Sequence[str | int]) -> Loc:
     return tuple(kept)
 
 
-def _yaml_type(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
+def validation_issues(
+    doc: LocatedDocument, exc: ValidationError, model: type[BaseModel]
+) -> list[ConfigIssue]:
+    """Map every pydantic error in ``exc`` (validating ``model``) to a located ConfigIssue.
 
-
-def validation_issues(doc: LocatedDocument, exc: ValidationError) -> list[ConfigIssue]:
-    """Map every pydantic error in ``exc`` to a located ConfigIssue.
-
-    Errors about a value whose substitution already failed (``doc.bad_locs``) are left out.
+    A validator's ``KeyValueError`` moves the issue down to the key it names. Errors about a
+    value whose substitution already failed (``doc.bad_locs``) are left out.
     """
     issues = []
     for error in exc.errors():
         loc = document_loc(doc.data, error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, KeyValueError):
+            loc = (*loc, *cause.key)
         if loc in doc.bad_locs:
             continue
-        message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] in ("model_type", "model_attributes_type", "dict_type"):
-            message = f"expected a mapping of keys, got {_yaml_type(error['input'])}"
-        elif error["type"] == "missing":
-            message = "required key is missing"
         where = _dotted(loc) or "document"
-        issues.append(doc.issue(loc, f"{where}: {message}"))
+        issues.append(doc.issue(loc, f"{where}: {describe(error, model, loc)}"))
     return issues
 
 
@@ -301,7 +294,7 @@ def validate(doc: LocatedDocument, model: type[ModelT]) -> ModelT:
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([*doc.issues, *validation_issues(doc, exc)]) from exc
+        raise ConfigError([*doc.issues, *validation_issues(doc, exc, model)]) from exc
     if doc.issues:
         raise ConfigError(list(doc.issues))
     return result

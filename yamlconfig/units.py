@@ -2,6 +2,7 @@
 
 ``Duration`` and ``ByteSize`` are pydantic-annotated types: a field declared with them accepts the
 string form (or a plain number: seconds, bytes) and holds a float of seconds or an int of bytes.
+Their JSON Schema (docs/schema/) accepts the same two forms, the string one by the same pattern.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -60,5 +61,20 @@ def parse_size(value: object) -> int:
     return size
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+def _either(number: str, pattern: re.Pattern[str], example: str) -> WithJsonSchema:
+    """The JSON Schema of a value written as a plain number or as text matching ``pattern``."""
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": number, "minimum": 0},
+                {"type": "string", "pattern": pattern.pattern, "examples": [example]},
+            ]
+        },
+        mode="validation",
+    )
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), _either("number", _DURATION_RE, "250ms")
+]
+ByteSize = Annotated[int, BeforeValidator(parse_size), _either("integer", _SIZE_RE, "16KiB")]

@@ -75,7 +75,7 @@ class SagaService:
             redact_fields=config.redact.fields,
         )
         self.catalog: SagaCatalog = load_definitions(
-            loaded.base_dir, config.sagas.definitions, config.services
+            loaded.base_dir, config.sagas.definitions, config.services, origin=loaded
         )
         self.observer = MetricsObserver(metrics)
         self.recovery_settings = RecoverySettings(

@@ -75,11 +75,11 @@ def test_every_problem_is_reported_at_its_line_in_one_run(tmp_path: Path) -> Non
         f"{f}:6: admin.listen: bad environment reference '${{BAD_REF:default}}' "
         "in '${BAD_REF:default}'",
         f"{f}:7: upstream.url: required key is missing",
-        f"{f}:8: upstream.timout: unknown key",
+        f"{f}:8: upstream.timout: unknown key, did you mean 'timeout'?",
         f"{f}:10: idempotency.store: unterminated '${{' in '${{STORE:-memory://'",
         f"{f}:11: idempotency.ttl: a duration must be finite, got inf",
         f"{f}:12: workers: expected a number of processes or 'auto', got 'many'",
-        f"{f}:13: log.format: Input should be 'json' or 'text'",
+        f"{f}:13: log.format: 'xml' is not one of 'json', 'text'",
     ]
 
 
@@ -176,9 +176,11 @@ def test_bundled_config_is_valid() -> None:
 
 
 def test_unreadable_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, errors = check_in_process(tmp_path / "missing.yaml", capsys)
+    path = write(tmp_path, "upstream: {url: 'http://127.0.0.1:3000'}\n")
+    path.write_bytes(b"upstream: \xff\n")
+    code, errors = check_in_process(path, capsys)
     assert code == 2
-    assert errors[0].startswith(f"{tmp_path / 'missing.yaml'}:1: cannot read file")
+    assert errors[0].startswith(f"{path}:1: cannot read file")
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "[1, 2]\n", "just a string\n"])

@@ -154,7 +154,7 @@ def test_validate_reports_deferred_substitution_errors_with_validation_errors() 
     assert [str(issue) for issue in caught.value.issues] == [
         "f.yaml:1: url: environment variable NOPE is not set (write ${NOPE:-default})",
         "f.yaml:2: timeout: expected a duration like 250ms, 30s, 5m or 24h, got 'soon'",
-        "f.yaml:3: extra: unknown key",
+        "f.yaml:3: extra: unknown key (expected one of url, timeout)",
     ]
 
 

@@ -49,7 +49,9 @@ def test_check_refuses_a_public_admin_without_a_token_at_its_line(
     config = write_config(tmp_path, {"listen": listen})
     result = run("check", config)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"{config}:1: admin: listen {listen!r} is not a loopback")
+    assert result.stderr.startswith(
+        f"{config}:2: admin.listen: listen {listen!r} is not a loopback"
+    )
     assert "admin.token" in result.stderr
 
 
@@ -57,7 +59,9 @@ def test_serve_refuses_a_public_admin_without_a_token_before_listening(tmp_path:
     config = write_config(tmp_path, {"listen": "0.0.0.0:9901"})
     result = run("serve", config)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"{config}:1: admin: listen '0.0.0.0:9901' is not a loopback")
+    assert result.stderr.startswith(
+        f"{config}:2: admin.listen: listen '0.0.0.0:9901' is not a loopback"
+    )
     assert "Traceback" not in result.stderr
     assert "listening" not in result.stdout
 

@@ -57,15 +57,18 @@ def test_every_matching_file_is_loaded_once(tmp_path: Path) -> None:
     assert sorted(catalog.by_route) == [("POST", "/a"), ("POST", "/b")]
 
 
-def test_a_glob_matching_nothing_is_an_empty_catalog(tmp_path: Path) -> None:
-    catalog = load_definitions(tmp_path, ["sagas/*.yaml"], SERVICES, env={})
-    assert len(catalog) == 0
-    assert catalog.match("POST", "/api/x") is None
+def test_a_glob_matching_nothing_is_an_error(tmp_path: Path) -> None:
+    assert catalog_errors(tmp_path, ["sagas/*.yaml"]) == [
+        "<config>:1: sagas.definitions[0]: no file matches 'sagas/*.yaml' (looked for sagas/*.yaml)"
+    ]
 
 
 def test_a_named_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
-    [message] = catalog_errors(tmp_path, ["sagas/payment.yaml"])
-    assert message.startswith("sagas/payment.yaml:1: cannot read file: ")
+    write(tmp_path, saga("a"), "sagas/a.yaml")
+    assert catalog_errors(tmp_path, ["sagas/a.yaml", "sagas/payment.yaml"]) == [
+        "<config>:1: sagas.definitions[1]: no file matches 'sagas/payment.yaml' "
+        "(looked for sagas/payment.yaml)"
+    ]
 
 
 def test_absolute_globs_are_used_as_given(tmp_path: Path) -> None:

@@ -172,11 +172,11 @@ def test_bad_retry_and_timeout_values(tmp_path: Path) -> None:
     )
     text = one_step("service: orders\nmethod: POST\npath: /x", extra)
     assert errors(tmp_path, text) == [
-        "saga.yaml:9: steps[0].retry.attempts: Input should be greater than or equal to 1",
+        "saga.yaml:9: steps[0].retry.attempts: Input should be greater than or equal to 1, got 0",
         "saga.yaml:9: steps[0].retry.backoff: "
         "expected a duration like 250ms, 30s, 5m or 24h, got 'soon'",
         "saga.yaml:10: steps[0].timeout: must be greater than 0",
-        "saga.yaml:15: steps[0].compensation.retry: "
+        "saga.yaml:17: steps[0].compensation.retry.max_backoff: "
         "max_backoff (1s) must not be less than backoff (2s)",
     ]
 
@@ -195,8 +195,8 @@ def test_unknown_keys_and_missing_keys(tmp_path: Path) -> None:
     text = one_step("service: orders\nmethod: POST\npth: /x", "    retries: 3\n")
     assert errors(tmp_path, text) == [
         "saga.yaml:5: steps[0].action.path: required key is missing",
-        "saga.yaml:8: steps[0].action.pth: unknown key",
-        "saga.yaml:9: steps[0].retries: unknown key",
+        "saga.yaml:8: steps[0].action.pth: unknown key, did you mean 'path'?",
+        "saga.yaml:9: steps[0].retries: unknown key, did you mean 'retry'?",
     ]
 
 
@@ -204,9 +204,9 @@ def test_reserved_and_invalid_header_names(tmp_path: Path) -> None:
     text = one_step("service: orders\nmethod: POST\npath: /x\nheaders: {Idempotency-Key: k}")
     text += "response:\n  headers:\n    Bad Name: x\n"
     assert errors(tmp_path, text) == [
-        "saga.yaml:9: steps[0].action.headers: "
+        "saga.yaml:9: steps[0].action.headers.Idempotency-Key: "
         "header 'Idempotency-Key' cannot be set in a saga file",
-        "saga.yaml:11: response.headers: 'Bad Name' is not a valid header name",
+        "saga.yaml:12: response.headers.Bad Name: 'Bad Name' is not a valid header name",
     ]
 
 
@@ -240,7 +240,7 @@ def test_schema_and_template_errors_are_reported_together(tmp_path: Path) -> Non
         'second: "{{ steps.second.body }}"', 'second: "{{ steps.second.bdy }}"'
     )
     assert errors(tmp_path, text) == [
-        "saga.yaml:3: mode: Input should be 'sync' or 'async'",
+        "saga.yaml:3: mode: 'later' is not one of 'sync', 'async'",
         "saga.yaml:18: steps[1].action.service: "
         "unknown service 'billing' (services: orders, payments)",
         "saga.yaml:24: response.body.second: template '{{ steps.second.bdy }}': "

@@ -1,0 +1,116 @@
+"""``saga-sidecar check``: every problem of the config and its saga files, and (``--connect``)
+whether the stores they name answer.
+
+The config's problems do not hide the saga files' ones: when the config is invalid, the saga
+files are still found from its ``sagas.definitions`` (and checked against its ``services`` when
+that section is itself valid). Exit codes: ``EXIT_OK`` (0) all valid and, with ``--connect``,
+every store reached; ``EXIT_INVALID`` (2) problems, each printed as ``FILE:LINE: message``;
+``EXIT_UNREACHABLE`` (3) files valid but a store cannot be reached, each named with why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from proxy.config import LoadedConfig, SagasConfig, SidecarConfig
+from proxy.dependencies import dependencies, reach
+from saga_runner.catalog import DEFINITIONS_LOC, load_definitions
+from yamlconfig.errors import ConfigError, ConfigIssue
+from yamlconfig.loader import LocatedDocument, load_yaml, validate
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_UNREACHABLE = 3
+
+_GLOBS = TypeAdapter(tuple[str, ...])
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What checking the files found: the config's problems, then the saga files' ones."""
+
+    issues: list[ConfigIssue]
+    loaded: LoadedConfig | None
+    sagas: int
+
+
+def missing_file(path: Path) -> str | None:
+    """One plain sentence when ``path`` is not a file to read a config from, else None."""
+    if path.is_dir():
+        return f"the config file {path} is a directory"
+    if not path.exists():
+        return f"there is no config file at {path} (give one with --config FILE)"
+    return None
+
+
+def check_files(path: Path, env: Mapping[str, str] | None = None) -> Findings:
+    """Validate the config at ``path`` and every saga file it names; collect every problem."""
+    try:
+        doc = load_yaml(path, env, defer_issues=True)
+    except ConfigError as exc:  # unreadable, or not YAML: nothing more can be known
+        return Findings(exc.issues, None, 0)
+    issues: list[ConfigIssue] = []
+    loaded: LoadedConfig | None = None
+    try:
+        config = validate(doc, SidecarConfig)
+    except ConfigError as exc:
+        issues += exc.issues
+        globs, services = _salvaged(doc)
+    else:
+        loaded = LoadedConfig(path=path.resolve(), config=config, lines=doc.lines)
+        globs = None if config.sagas is None else config.sagas.definitions
+        services = config.services
+    if globs is None:
+        return Findings(issues, loaded, 0)
+    base_dir = path.resolve().parent
+    try:
+        count = len(load_definitions(base_dir, globs, services, env=env, origin=doc))
+    except ConfigError as exc:
+        return Findings(issues + exc.issues, loaded, 0)
+    return Findings(issues, loaded, count)
+
+
+def _salvaged(doc: LocatedDocument) -> tuple[Sequence[str] | None, Collection[str] | None]:
+    """The definitions globs and service names of an invalid config, as far as they are valid.
+
+    No globs (None) when there is no ``sagas`` section or its ``definitions`` is itself invalid
+    (reported already); no service names (None: not checked) when ``services`` is invalid.
+    """
+    data = doc.data if isinstance(doc.data, dict) else {}
+    sagas = data.get("sagas")
+    services = data.get("services", {})
+    names = list(services) if isinstance(services, dict) else None
+    if not isinstance(sagas, dict):
+        return None, names
+    default = SagasConfig.model_fields[DEFINITIONS_LOC[1]].default
+    try:
+        return _GLOBS.validate_python(sagas.get(DEFINITIONS_LOC[1], default)), names
+    except ValidationError:
+        return None, names
+
+
+def run(path: Path, *, connect: bool, timeout: float) -> int:
+    """``saga-sidecar check``: print what was found; return the exit code."""
+    sentence = missing_file(path)
+    if sentence is not None:
+        print(f"saga-sidecar: {sentence}", file=sys.stderr)
+        return EXIT_INVALID
+    found = check_files(path)
+    for issue in found.issues:
+        print(issue, file=sys.stderr)
+    if found.issues or found.loaded is None:
+        return EXIT_INVALID
+    print(f"{path}: ok ({found.sagas} saga definition{'s' if found.sagas != 1 else ''})")
+    if not connect:
+        return EXIT_OK
+    stores = dependencies(found.loaded)
+    problems = asyncio.run(reach(stores, timeout))
+    for store, problem in zip(stores, problems, strict=True):
+        print(store.describe(problem), file=sys.stdout if problem is None else sys.stderr)
+    return EXIT_UNREACHABLE if any(p is not None for p in problems) else EXIT_OK
