@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Sidecar
+
 from idempotency.upstream import CountingUpstream
 
 KEY = "Idempotency-Key"
@@ -37,9 +37,7 @@ async def kill_while_with_the_app(
     """Send a slow request through a sidecar and SIGKILL it while the app holds it."""
     doomed = await asyncio.to_thread(start, config)
     first = asyncio.create_task(post(f"{doomed.url}/slow/5", "crash-1"))
-    async with asyncio.timeout(5):
-        while upstream.executions["/slow/5"] < 1:
-            await asyncio.sleep(0.02)
+    await upstream.wait_started("/slow/5")
     doomed.signal(signal.SIGKILL)
     doomed.process.wait(5)
     with pytest.raises(aiohttp.ClientError):
