@@ -2,6 +2,8 @@
 
 The shared Redis server itself is never stopped: ``cut()`` closes every proxied connection and
 stops accepting new ones (connects are refused), ``restore()`` listens again on the same port.
+``reply_delay`` holds Redis's replies back that many seconds (commands still run at once), so a
+client times out on a command that ran.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class CuttableProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
+        self.reply_delay = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -56,8 +59,8 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink, (writer, up_writer)))
+        for source, sink, delayed in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(source, sink, (writer, up_writer), delayed))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
@@ -66,9 +69,12 @@ class CuttableProxy:
         source: asyncio.StreamReader,
         sink: asyncio.StreamWriter,
         both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        delayed: bool,
     ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await source.read(65536):
+                if delayed and self.reply_delay:
+                    await asyncio.sleep(self.reply_delay)
                 sink.write(data)
                 await sink.drain()
         for writer in both:

@@ -137,3 +137,25 @@ async def test_the_renewer_stops_once_a_large_streamed_answer_is_settled(
         body = await r.read()
     assert r.status == 201 and len(body) == 12 * 1024
     assert "lease lost" not in caplog.text
+
+
+async def test_an_acquire_that_timed_out_but_ran_in_redis_does_not_leave_the_key_locked(
+    sidecar: SidecarFactory,
+    counting_upstream: tuple[CountingUpstream, str],
+    redis_proxy: CuttableProxy,
+    redis_url: str,
+    idem_prefix: str,
+) -> None:
+    upstream, url = counting_upstream
+    store = through(redis_proxy, redis_url, idem_prefix) + "&socket_timeout=0.3"
+    proxy = await sidecar(url, idempotency={"store": store, "lock_timeout": "5s"})
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, f"{proxy.url}/charge", "warm-up"))[0] == 201
+        redis_proxy.reply_delay = 0.6  # the acquire runs in Redis; its reply comes too late
+        status, _ = await post(session, f"{proxy.url}/charge", "late-1")
+        assert status == 503
+        redis_proxy.reply_delay = 0.0
+        await asyncio.sleep(1.0)
+        status, _ = await post(session, f"{proxy.url}/charge", "late-1")
+    assert status == 201, "the retry must not meet the lock its timed-out acquire left"
+    assert upstream.executions["/charge"] == 2
