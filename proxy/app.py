@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from proxy.admin.dashboard import setup_dashboard_routes
 from proxy.admin.guard import admin_guard_middleware
+from proxy.admin.idempotency_api import setup_idempotency_admin_routes
 from proxy.admin.listener import admin_token_middleware, setup_admin_routes
 from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LoadedConfig
@@ -134,6 +135,7 @@ def build_admin_app(
     )
     _shared(app, loaded, metrics, ready, sagas)
     setup_admin_routes(app)
+    setup_idempotency_admin_routes(app)
     if sagas is not None:
         setup_saga_admin_routes(app)
         setup_dashboard_routes(app)

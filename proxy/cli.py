@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema_cmd.add_argument("kind", choices=sorted(SCHEMAS), help="which file's schema")
     add_sagas_parser(commands, _config_arg)
+    idem_cmd = commands.add_parser("idempotency", help="operator commands over idempotency keys")
+    idem_actions = idem_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    release_cmd = idem_actions.add_parser(
+        "release",
+        help="delete one key's lock, may-have-been-sent marker or stored answer, so a retry "
+        "executes again (exit 0; 1 when nothing was held or stored)",
+    )
+    _config_arg(release_cmd)
+    release_cmd.add_argument("key", help="the Idempotency-Key value as the client sends it")
+    release_cmd.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="HEADER=VALUE",
+        help="a scope header's value as the client sends it (repeat for each scope header)",
+    )
     return parser
 
 
@@ -185,12 +201,53 @@ def cmd_sagas_entry(args: argparse.Namespace) -> int:
     return cmd_sagas(loaded, args)
 
 
+async def _release_key(loaded: LoadedConfig, key: str, scope: list[tuple[str, str]]) -> bool:
+    from proxy.idempotency import store_from_url
+    from proxy.idempotency.keys import KeyScoper
+    from proxy.idempotency.operator import forget_key, scope_headers
+
+    section = loaded.config.idempotency
+    store = store_from_url(section.store)
+    try:
+        scoper = KeyScoper(section.scope_headers, section.key_secret, store)
+        return await forget_key(store, scoper, key, scope_headers(scope))
+    finally:
+        await store.close()
+
+
+def cmd_idempotency(args: argparse.Namespace) -> int:
+    """``idempotency release KEY [--scope Header=value]``: release one key in the store."""
+    from proxy.errors import InvalidKey, StoreUnavailable
+    from proxy.idempotency.keys import parse_key
+
+    loaded = load_or_report(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    pairs = [item.partition("=") for item in args.scope]
+    if any(not sep or not name for name, sep, _ in pairs):
+        print("--scope takes HEADER=VALUE", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        key = parse_key([args.key], "key")
+        assert key is not None
+        deleted = asyncio.run(_release_key(loaded, key, [(n, v) for n, _, v in pairs]))
+    except InvalidKey as exc:
+        print(f"invalid key: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except StoreUnavailable as exc:
+        print(f"the idempotency store is unavailable: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("released" if deleted else "nothing is held or stored under this key and scope")
+    return EXIT_OK if deleted else EXIT_FAILURE
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "check": cmd_check,
     "migrate": cmd_migrate,
     "sagas": cmd_sagas_entry,
     "schema": cmd_schema,
+    "idempotency": cmd_idempotency,
 }
 
 

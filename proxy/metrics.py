@@ -46,6 +46,11 @@ class SidecarMetrics:
         self.idem_mismatches = Counter(
             "idempotency_mismatches", "Key reused with a different request", registry=r
         )
+        self.idem_abandoned = Counter(
+            "idempotency_abandoned",
+            "Keys whose holder stopped renewing after the request may have been sent",
+            registry=r,
+        )
         self.idem_store_errors = Counter(
             "idempotency_store_errors", "Idempotency store failures", ["action"], registry=r
         )

@@ -22,11 +22,30 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from proxy.errors import StoreFull
-from proxy.idempotency.store import ChangeSignal, EventSignal, IdempotencyStore
+from proxy.idempotency.store import (
+    ABANDONED_MARK,
+    LEASE_SEPARATOR,
+    LOCK_MARK,
+    TOKEN_LENGTH,
+    ChangeSignal,
+    EventSignal,
+    IdempotencyStore,
+)
 from yamlconfig.units import parse_size
 
 DEFAULT_MAX_BYTES = 256 * 1024**2
 SECRET = b"saga-sidecar memory:// scoping secret"
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _held(lock: bytes) -> bytes:
+    """A lock's value without its ``@expiry`` suffix."""
+    return lock.rpartition(LEASE_SEPARATOR)[0] or lock
+
+
 _ENTRY_OVERHEAD = 200
 
 
@@ -92,18 +111,36 @@ class MemoryStore(IdempotencyStore):
         """Approximate bytes held by live entries."""
         return self._bytes
 
-    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
+    async def _acquire(
+        self, key: str, value: bytes, lease_ms: int, keep_ms: int, on_lapse: str
+    ) -> bytes | None:
         current = self._get(key)
+        if current is not None and self._lapsed(current.value, value):
+            if on_lapse != "release":
+                marker = ABANDONED_MARK + _held(current.value)[1 + TOKEN_LENGTH :]
+                self._rewrite(key, current, marker)
+                return marker
+            self._delete(key)
+            current = None
         if current is not None:
             return current.value
-        self._put(key, value, lease_ms)
+        self._put(key, value + LEASE_SEPARATOR + str(_now_ms() + lease_ms).encode(), keep_ms)
         return None
 
-    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
-        if not self._owned(key, owner):
-            return False
-        self._put(key, value, ttl_ms, replacing=True)
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> int:
+        entry = self._get(key)
+        if entry is not None and entry.value == value:
+            return 1
+        if entry is not None and not entry.value.startswith(owner):
+            return 0
+        self._put(key, value, ttl_ms, replacing=entry is not None)
         self._notify(key)
+        return 1 if entry is not None else 2
+
+    async def _forget(self, key: str) -> bool:
+        if self._get(key) is None:
+            return False
+        self._delete(key)
         return True
 
     async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
@@ -119,8 +156,12 @@ class MemoryStore(IdempotencyStore):
         entry = self._get(key)
         if entry is None or not entry.value.startswith(owner):
             return False
-        entry.expires_at = time.monotonic() + lease_ms / 1000
-        heapq.heappush(self._expiries, (entry.expires_at, key))
+        lease_end = str(_now_ms() + lease_ms).encode()
+        self._rewrite(key, entry, _held(entry.value) + LEASE_SEPARATOR + lease_end)
+        lease_ends = time.monotonic() + lease_ms / 1000
+        if entry.expires_at < lease_ends:
+            entry.expires_at = lease_ends
+            heapq.heappush(self._expiries, (lease_ends, key))
         return True
 
     @asynccontextmanager
@@ -153,6 +194,21 @@ class MemoryStore(IdempotencyStore):
     def _owned(self, key: str, owner: bytes) -> bool:
         entry = self._get(key)
         return entry is not None and entry.value.startswith(owner)
+
+    def _rewrite(self, key: str, entry: _Entry, value: bytes) -> None:
+        """Change an entry's value in place, keeping its expiry and the byte count true."""
+        self._bytes -= entry.size(key)
+        entry.value = value
+        self._bytes += entry.size(key)
+
+    @staticmethod
+    def _lapsed(current: bytes, offered: bytes) -> bool:
+        """Whether ``current`` is another owner's lock whose lease expired (see acquire.lua)."""
+        owner = 1 + TOKEN_LENGTH
+        if not current.startswith(LOCK_MARK) or current[:owner] == offered[:owner]:
+            return False
+        expiry = current.rpartition(LEASE_SEPARATOR)[2]
+        return expiry.isdigit() and int(expiry) <= _now_ms()
 
     def _get(self, key: str) -> _Entry | None:
         self._sweep()

@@ -10,6 +10,7 @@ replay, never a 409. The guard never knows how a request is executed (``executor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -24,16 +25,18 @@ from proxy.idempotency import replies
 from proxy.idempotency.executor import Answer, CoveredRequest, Executor, Handler, LocalHandler
 from proxy.idempotency.fingerprint import fingerprint
 from proxy.idempotency.keys import KeyScoper, parse_key, parse_prefer_wait
-from proxy.idempotency.lease import LeaseRenewer
+from proxy.idempotency.lease import RETRY_INTERVAL, LeaseRenewer
 from proxy.idempotency.policy import IdempotencyPolicy, RoutePolicy, keeps_answer
 from proxy.idempotency.record import StoredResponse, headers_to_store
 from proxy.idempotency.store import (
+    Abandoned,
     Acquired,
     AcquireResult,
     Completed,
     IdempotencyStore,
     InFlight,
     ScopeBudget,
+    Stored,
     new_token,
     store_from_url,
 )
@@ -102,15 +105,64 @@ class IdempotencyGuard:
         self, call: CoveredRequest, executor: Executor, key: str, policy: RoutePolicy
     ) -> web.StreamResponse:
         token = new_token()
-        lease = self.config.lock_timeout
+        lookup = None
         try:
             lookup = await self.scoper.lookup_key(call.request.headers, key)
-            state = await self.store.acquire(lookup, call.fingerprint, token, lease)
+            state = await self._acquire(lookup, call.fingerprint, token, policy)
+            if isinstance(state, InFlight) and state.fingerprint == call.fingerprint:
+                state = await self._wait(call, state, lookup, token, policy)
+            if isinstance(state, Abandoned) and state.fingerprint == call.fingerprint:
+                state = await self._settle_abandoned(state, token, policy)
         except StoreUnavailable as exc:
+            if lookup is not None:
+                # An acquire whose reply was lost (timeout) may still have run in the store.
+                await call.request.app[TASKS].spawn(self._drop(Acquired(lookup, token)))
             return await self._store_unavailable(call, executor, exc)
-        if isinstance(state, InFlight) and state.fingerprint == call.fingerprint:
-            state = await self._wait(call, state, lookup, token, policy)
         return await self._answer(call, executor, state, policy)
+
+    async def _drop(self, lock: Acquired) -> None:
+        """Release ``lock`` if this request holds it, retrying quickly until its lease ends."""
+        deadline = time.monotonic() + self.config.lock_timeout
+        while True:
+            try:
+                await self.store.release(lock)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    self._count_store_error("release", exc)
+                    return
+            await asyncio.sleep(RETRY_INTERVAL)
+
+    async def _acquire(
+        self, lookup: str, fingerprint: str, token: str, policy: RoutePolicy
+    ) -> AcquireResult:
+        """Take the lock, kept as the "may have been sent" marker for the record's TTL."""
+        lease = self.config.lock_timeout
+        return await self.store.acquire(
+            lookup, fingerprint, token, lease, policy.ttl, policy.unknown_outcome
+        )
+
+    async def _settle_abandoned(
+        self, state: Abandoned, token: str, policy: RoutePolicy
+    ) -> AcquireResult:
+        """A holder died after its request may have been sent: store and replay "unknown"."""
+        log.warning(
+            "idempotency key abandoned: its holder stopped renewing after the request may have "
+            "been sent; answering 504 (outcome unknown) to it and every later duplicate"
+        )
+        self.metrics.idem_abandoned.inc()
+        problem = replies.holder_lost(self.config.header)
+        record = StoredResponse(
+            status=problem.status,
+            headers=headers_to_store(problem.headers.items()),
+            body=problem.body if isinstance(problem.body, bytes) else b"",
+            fingerprint=state.fingerprint,
+            created=time.time(),
+            reason=problem.reason,
+        )
+        if await self.store.settle_abandoned(state, record, policy.ttl):
+            return Completed(record)
+        return await self._acquire(state.key, state.fingerprint, token, policy)
 
     def _wait_seconds(self, request: web.Request, policy: RoutePolicy) -> float:
         """``Prefer: wait=N`` is honoured under either ``concurrent`` mode, for at most
@@ -128,7 +180,15 @@ class IdempotencyGuard:
             return state
         lease = self.config.lock_timeout
         try:
-            return await self.store.wait(lookup, call.fingerprint, token, lease, seconds)
+            return await self.store.wait(
+                lookup,
+                call.fingerprint,
+                token,
+                lease,
+                seconds,
+                keep=policy.ttl,
+                on_lapse=policy.unknown_outcome,
+            )
         except StoreUnavailable as exc:
             # A first request is known to be in flight: never pass this one through.
             self._count_store_error("wait", exc)
@@ -146,10 +206,10 @@ class IdempotencyGuard:
             request[IDEMPOTENCY_OUTCOME] = "mismatch"
             self.metrics.idem_mismatches.inc()
             return replies.mismatch(self.config.header)
-        if isinstance(state, InFlight) or not state.record.body_retained:
+        if not isinstance(state, Completed) or not state.record.body_retained:
             request[IDEMPOTENCY_OUTCOME] = "conflict"
             self.metrics.idem_conflicts.inc()
-            if isinstance(state, InFlight):
+            if not isinstance(state, Completed):
                 return replies.in_flight(self.config.header)
             return replies.not_retained(state.record, self.config.max_body)
         request[IDEMPOTENCY_OUTCOME] = "hit"
@@ -161,10 +221,11 @@ class IdempotencyGuard:
     ) -> web.StreamResponse:
         """Run the request once, store or release, then respond (a shielded, tracked task)."""
         on_error = partial(self._count_store_error, "renew")
-        async with LeaseRenewer(self.store, lock, self.config.lock_timeout, on_error):
+        async with LeaseRenewer(self.store, lock, self.config.lock_timeout, on_error) as renewer:
             try:
                 async with executor.run(call, self.config.max_body) as answer:
                     await self._settle(lock, call, answer, policy)
+                    await renewer.stop()  # settled: a large body still streaming needs no lock
                     return await answer.respond(call.request)
             except UpstreamError as exc:
                 return await self._settle_failure(lock, call, exc, policy)
@@ -209,14 +270,22 @@ class IdempotencyGuard:
     ) -> None:
         try:
             budget = await self._budget(request) if record.body_retained else None
-            stored = await self.store.complete_within(lock, record, ttl, budget)
+            kept, stored = await self.store.complete_within(lock, record, ttl, budget)
         except StoreUnavailable as exc:
             # The client still gets its answer; the lock expires after one lease.
             self._count_store_error("complete", exc)
             return
-        if stored is None:
-            log.warning("idempotency lease was lost before completion: answer not stored")
-        elif record.body_retained and not stored.body_retained:
+        if stored is Stored.LOST:
+            log.warning(
+                "idempotency answer not stored: another request holds the key (this request's "
+                "lease lapsed, and a retry took the key over or recorded its outcome as unknown)"
+            )
+        elif stored is Stored.KEY_WAS_GONE:
+            log.warning(
+                "idempotency lock was gone when the answer came (the store lost its data, or an "
+                "operator released the key); nobody else held the key, so the answer was stored"
+            )
+        if stored and record.body_retained and not kept.body_retained:
             self.metrics.idem_not_stored.labels("scope_budget").inc()
 
     async def _budget(self, request: web.Request) -> ScopeBudget | None:

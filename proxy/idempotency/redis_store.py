@@ -30,7 +30,7 @@ from proxy.idempotency.redis_notify import CompletionListener
 from proxy.idempotency.resp import PipelinedRedis
 from proxy.idempotency.store import ChangeSignal, IdempotencyStore
 
-_SCRIPTS = ("acquire", "charge", "complete", "release", "renew", "secret")
+_SCRIPTS = ("acquire", "charge", "complete", "release", "renew", "forget", "secret")
 _REDIS_ERRORS = (RedisError, RedisClusterException, RespError, OSError, TimeoutError)
 
 
@@ -90,14 +90,20 @@ class RedisStore(IdempotencyStore):
                 return await self._fast.evalsha(script.sha, script.script, keys, args)
             return await script(keys=keys, args=list(args))
 
-    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
-        current = await self._script("acquire", self.redis_key(key), value, lease_ms)
+    async def _acquire(
+        self, key: str, value: bytes, lease_ms: int, keep_ms: int, on_lapse: str
+    ) -> bytes | None:
+        redis_key = self.redis_key(key)
+        current = await self._script("acquire", redis_key, value, lease_ms, keep_ms, on_lapse)
         return current if isinstance(current, bytes) else None
 
-    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> int:
         channel = self.channel(key)
         done = await self._script("complete", self.redis_key(key), owner, value, ttl_ms, channel)
-        return bool(done)
+        return int(done)
+
+    async def _forget(self, key: str) -> bool:
+        return bool(await self._script("forget", self.redis_key(key), self.channel(key)))
 
     async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:
         keys = self.budget_keys(scope)

@@ -100,3 +100,17 @@ def unknown_outcome(exc: UpstreamError) -> web.Response:
         title="Outcome unknown",
         type_=PROBLEM_TYPE + "upstream-outcome-unknown",
     )
+
+
+def holder_lost(header: str) -> web.Response:
+    """504: the key's holder was cut off (its sidecar died) after its request may have been sent."""
+    return problem_response(
+        504,
+        f"the request first sent with this {header} was interrupted (its sidecar stopped, or "
+        "lost the idempotency store for longer than its lease) after it may have been sent to "
+        "the app; whether it took effect is unknown. Retries with this key get this answer "
+        "again instead of executing the request twice; an operator who has checked can release "
+        "the key (DELETE /idempotency/{key} on the admin listener)",
+        title="Outcome unknown",
+        type_=PROBLEM_TYPE + "idempotency-outcome-unknown",
+    )

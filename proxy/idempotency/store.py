@@ -1,7 +1,11 @@
 """The idempotency store interface: one lease-based lock-or-record slot per scoped key.
 
-Each key holds nothing, an in-flight lock (``b"L"`` + owner token + request fingerprint, with a
-lease), or a finished record (``record.encode_record``, with the result TTL). The public methods
+Each key holds nothing, an in-flight lock (``b"L"`` + owner token + request fingerprint + ``@`` +
+its lease expiry in milliseconds of the store's own clock), an abandoned marker (``b"U"`` +
+fingerprint: a holder's lease lapsed while its request may have been sent, so its outcome is
+unknown), or a finished record (``record.encode_record``, with the result TTL). A lock taken
+with ``keep`` stays in the store that long after its lease, so a sidecar killed while its request
+was with the app leaves a "may have been sent" marker, not an empty key. The public methods
 here hold the shared policy (tokens, lock values, decoding, waiting, the scoping secret); each
 backend implements the small ``_acquire/_complete/_release/_renew`` primitives atomically and
 owner-checked, so a holder whose lease was taken over can never overwrite or delete the new
@@ -21,6 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 from proxy.errors import RecordFormatError, StoreUnavailable
@@ -28,6 +33,8 @@ from proxy.idempotency.record import StoredResponse, decode_record, encode_recor
 from proxy.ids import UniqueIds
 
 LOCK_MARK = b"L"
+ABANDONED_MARK = b"U"
+LEASE_SEPARATOR = b"@"
 TOKEN_LENGTH = 32
 SECRET_REFRESH_SECONDS = 10.0
 
@@ -54,7 +61,18 @@ class Completed:
     record: StoredResponse
 
 
-AcquireResult = Acquired | InFlight | Completed
+@dataclass(frozen=True)
+class Abandoned:
+    """A holder's lease lapsed after its request may have been sent: the outcome is unknown.
+
+    Only reported under ``hold``; the caller settles the key with ``settle_abandoned``.
+    """
+
+    key: str
+    fingerprint: str
+
+
+AcquireResult = Acquired | InFlight | Completed | Abandoned
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,14 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+class Stored(IntEnum):
+    """What ``complete`` did: ``LOST`` (falsy) when another owner holds the key."""
+
+    LOST = 0
+    OVER_LOCK = 1
+    KEY_WAS_GONE = 2
+
+
 class IdempotencyStore(ABC):
     """Lease-based locks and stored responses under scoped keys (see the module docstring)."""
 
@@ -103,17 +129,40 @@ class IdempotencyStore(ABC):
         self._secret: bytes | None = None
         self._secret_loaded_at = 0.0
 
-    async def acquire(self, key: str, fingerprint: str, token: str, lease: float) -> AcquireResult:
+    async def acquire(
+        self,
+        key: str,
+        fingerprint: str,
+        token: str,
+        lease: float,
+        keep: float | None = None,
+        on_lapse: str = "release",
+    ) -> AcquireResult:
         """Take the lock for ``key`` (one round trip), or report who holds it or what finished.
+
+        ``keep`` is how long the lock stays in the store (default: its lease), so that it marks
+        the key as "may have been sent" after its lease; ``on_lapse`` is what another holder's
+        lapsed lease means: ``release`` takes the lock over, ``hold`` reports ``Abandoned``.
 
         Raises:
             StoreUnavailable: the store could not answer.
         """
-        current = await self._acquire(key, lock_value(token, fingerprint), _ms(lease))
+        lease_ms = _ms(lease)
+        keep_ms = max(lease_ms, _ms(keep)) if keep is not None else lease_ms
+        current = await self._acquire(
+            key, lock_value(token, fingerprint), lease_ms, keep_ms, on_lapse
+        )
         return self._classify(key, token, current)
 
     async def wait(
-        self, key: str, fingerprint: str, token: str, lease: float, seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        token: str,
+        lease: float,
+        seconds: float,
+        keep: float | None = None,
+        on_lapse: str = "release",
     ) -> AcquireResult:
         """Wait up to ``seconds`` for the in-flight request on ``key`` to finish.
 
@@ -124,7 +173,7 @@ class IdempotencyStore(ABC):
         deadline = time.monotonic() + seconds
         async with self._watch(key) as signal:
             while True:
-                state = await self.acquire(key, fingerprint, token, lease)
+                state = await self.acquire(key, fingerprint, token, lease, keep, on_lapse)
                 remaining = deadline - time.monotonic()
                 if not isinstance(state, InFlight) or remaining <= 0:
                     return state
@@ -132,18 +181,22 @@ class IdempotencyStore(ABC):
                     return state
                 await signal.wait(min(remaining, self.poll_interval))
 
-    async def complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> bool:
-        """Replace the lock by ``record`` for ``ttl`` seconds; False when the lock was lost."""
-        return await self.complete_within(lock, record, ttl, None) is not None
+    async def complete(self, lock: Acquired, record: StoredResponse, ttl: float) -> Stored:
+        """Store ``record`` for ``ttl`` seconds in place of the lock, unless another owner took it.
+
+        Falsy (``Stored.LOST``) when another request's lock, record or marker holds the key.
+        """
+        return (await self.complete_within(lock, record, ttl, None))[1]
 
     async def complete_within(
         self, lock: Acquired, record: StoredResponse, ttl: float, budget: ScopeBudget | None
-    ) -> StoredResponse | None:
+    ) -> tuple[StoredResponse, Stored]:
         """Replace the lock by ``record``, or by its "not retained" marker past ``budget``.
 
-        Returns what was stored, or None when the lock was lost. The record's encoded bytes are
-        charged to the budget's scope; when they do not fit, the smaller marker is stored
-        uncharged, so duplicates are refused (409) and never executed again.
+        Returns what was (or would have been) stored, and whether it was (``Stored``). The
+        record's encoded bytes are charged to the budget's scope; when they do not fit, the
+        smaller marker is stored uncharged, so duplicates are refused (409) and never executed
+        again.
         """
         value = encode_record(record)
         if budget is not None and record.body_retained:
@@ -152,7 +205,7 @@ class IdempotencyStore(ABC):
                 record = without_body(record)
                 value = encode_record(record)
         stored = await self._complete(lock.key, owner_prefix(lock.token), value, _ms(ttl))
-        return record if stored else None
+        return record, Stored(stored)
 
     async def charge(self, scope: str, key: str, size: int, ttl: float, budget: int) -> bool:
         """Count ``size`` bytes of ``key``'s answer against ``scope`` for ``ttl`` seconds.
@@ -161,6 +214,20 @@ class IdempotencyStore(ABC):
         charge repeated for the same key and size (a retry whose reply was lost) counts once.
         """
         return await self._charge(scope, f"{size}:{key}", size, _ms(ttl), budget)
+
+    async def settle_abandoned(self, state: Abandoned, record: StoredResponse, ttl: float) -> bool:
+        """Store ``record`` (the unknown-outcome answer) in place of the abandoned marker.
+
+        False when the marker is gone (another duplicate settled it first, or an operator
+        released the key): the caller acquires again to see what the key holds now.
+        """
+        owner = ABANDONED_MARK + state.fingerprint.encode()
+        value = encode_record(record)
+        return await self._complete(state.key, owner, value, _ms(ttl)) == Stored.OVER_LOCK
+
+    async def forget(self, key: str) -> bool:
+        """Delete whatever ``key`` holds (an operator's release); False when it held nothing."""
+        return await self._forget(key)
 
     async def release(self, lock: Acquired) -> bool:
         """Drop the lock so the key may be retried; False when it was no longer ours."""
@@ -190,19 +257,35 @@ class IdempotencyStore(ABC):
             holder = current[1 : 1 + TOKEN_LENGTH].decode("ascii", "replace")
             if holder == token:  # our own earlier attempt, its reply lost and retried
                 return Acquired(key, token)
-            return InFlight(current[1 + TOKEN_LENGTH :].decode("ascii", "replace"))
+            held = current[1 + TOKEN_LENGTH :].rsplit(LEASE_SEPARATOR, 1)[0]
+            return InFlight(held.decode("ascii", "replace"))
+        if current.startswith(ABANDONED_MARK):
+            return Abandoned(key, current[1:].decode("ascii", "replace"))
         try:
             return Completed(decode_record(current))
         except RecordFormatError as exc:
             raise StoreUnavailable(f"unreadable idempotency record: {exc}") from exc
 
     @abstractmethod
-    async def _acquire(self, key: str, value: bytes, lease_ms: int) -> bytes | None:
-        """Set ``key`` to ``value`` for ``lease_ms`` if empty (None), else return its value."""
+    async def _acquire(
+        self, key: str, value: bytes, lease_ms: int, keep_ms: int, on_lapse: str
+    ) -> bytes | None:
+        """Lock ``key`` (None) if empty, or if another owner's lease lapsed and ``on_lapse`` is
+        ``release``; under ``hold`` such a lock becomes ``U`` + fingerprint. Else its value.
+
+        The lock is ``value`` + ``@`` + expiry, kept ``keep_ms``; see ``acquire.lua``.
+        """
 
     @abstractmethod
-    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> bool:
-        """If ``key`` holds a lock starting with ``owner``, replace it; notify waiters."""
+    async def _complete(self, key: str, owner: bytes, value: bytes, ttl_ms: int) -> int:
+        """Replace a value starting with ``owner`` (1) or an empty key (2); notify waiters.
+
+        0 when another owner's lock, a record or a marker holds ``key``.
+        """
+
+    @abstractmethod
+    async def _forget(self, key: str) -> bool:
+        """Delete ``key`` whatever it holds; notify waiters. False when it held nothing."""
 
     @abstractmethod
     async def _charge(self, scope: str, entry: str, size: int, ttl_ms: int, budget: int) -> bool:

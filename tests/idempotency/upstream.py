@@ -49,6 +49,13 @@ class CountingUpstream:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
 
+    async def wait_started(self, path: str, count: int = 1, within: float = 5.0) -> None:
+        """Wait until ``path`` started ``count`` executions."""
+        async with asyncio.timeout(within):
+            while self.executions[path] < count:
+                await self._progress.wait()
+                self._progress.clear()
+
     async def wait_finished(self, path: str, count: int = 1, within: float = 5.0) -> None:
         """Wait until ``path`` finished ``count`` executions."""
         async with asyncio.timeout(within):
@@ -58,6 +65,7 @@ class CountingUpstream:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.executions[request.path] += 1
+        self._progress.set()
         self.keys_seen.append(request.headers.get("Idempotency-Key"))
         body = await request.read()
         try:

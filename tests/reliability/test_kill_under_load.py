@@ -1,5 +1,6 @@
 """``kill -9`` of a sidecar under mixed load (idempotent forwards and saga triggers on Redis and
-PostgreSQL), then a replacement: every key is replayable or cleanly retryable, every saga ends.
+PostgreSQL), then a replacement: every key is replayed, or answered "outcome unknown" when the kill
+cut it after it may have been sent, never executed twice; every saga ends.
 
 Sagas killed mid-step and resumed elsewhere are covered in depth by tests/durability; this test
 is the mix: both features under load at once, and the clients' retries against the replacement.
@@ -176,20 +177,24 @@ async def test_sidecar_killed_under_load_leaves_every_key_replayable_or_retryabl
     second = sidecar_process(config)
     for key, status in traffic.forwards.items():
         again, replayed = await retry_until_settled(lambda k=key: forward(http, second.url, k), key)
-        assert again == 201, key
         if status == 201:  # the client had its answer: the retry is its replay
-            assert replayed and app.count(key) == 1, key
-        else:  # cut by the kill: replayed if it was stored, else executed (at most once more)
-            assert app.count(key) == 1 if replayed else app.count(key) <= 2, key
+            assert again == 201 and replayed and app.count(key) == 1, key
+        else:  # cut by the kill: replayed if stored, "outcome unknown" if it may have been sent
+            assert again in (201, 504), key
+            assert app.count(key) <= 1, f"{key}: executed again after the kill"
     saga_ids = set()
+    answered: set[str] = set()  # trigger keys whose retry named their saga
     for key, (status, saga_id) in traffic.triggers.items():
         again, again_id = await retry_until_settled(
             lambda k=key: start_order(http, second.url, k), key
         )
-        assert again == 202, key
         if status == 202:
-            assert again_id == saga_id, "the retry started a second saga"
-        saga_ids.add(again_id)
+            assert again == 202 and again_id == saga_id, "the retry started a second saga"
+        else:  # cut by the kill: its saga (if any) is resumed; the retry may be "unknown"
+            assert again in (202, 504), key
+        if again == 202:
+            saga_ids.add(again_id)
+            answered.add(key)
 
     async def every_saga_finished() -> bool:
         statuses = await saga_statuses(http, second)
@@ -198,7 +203,8 @@ async def test_sidecar_killed_under_load_leaves_every_key_replayable_or_retryabl
     await eventually(every_saga_finished, "every saga finished", within=phase(30))
     statuses = await saga_statuses(http, second)
     assert {statuses[i] for i in saga_ids} == {"completed"}
-    assert len(statuses) == len(saga_ids), "a saga was started twice"
+    unknown = len(traffic.triggers) - len(answered)  # cut triggers answered "outcome unknown"
+    assert len(saga_ids) <= len(statuses) <= len(saga_ids) + unknown, "a saga was started twice"
     for saga_id in saga_ids:
         assert app.count(f"{saga_id}:reserve:action") in (1, 2)
         assert app.count(f"{saga_id}:charge:action") in (1, 2)
