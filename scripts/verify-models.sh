@@ -16,7 +16,8 @@ trap 'rm -rf "$work"' EXIT
 status=0
 
 check() {  # model, variant flag ('' for the model as written) -> prints "errors: N" line, returns N
-  local model=$1 flag=$2 dir="$work/$(basename "$model" .pml)${flag:+-${flag#-D}}"
+  local model=$1 flag=$2
+  local dir="$work/$(basename "$model" .pml)${flag:+-${flag#-D}}"
   mkdir -p "$dir" && cp "$model" "$dir/model.pml"
   (cd "$dir" && spin -a ${flag:+"$flag"} model.pml >/dev/null \
      && gcc -O2 -DSAFETY -DVECTORSZ=4096 -o pan pan.c 2>/dev/null \
