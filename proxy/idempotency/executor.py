@@ -40,6 +40,8 @@ class Answer:
 
     ``body`` is None when it was not captured whole (too large, cut short, or already sent).
     ``ready`` is the response to return as is; ``stream`` sends a large body still arriving.
+    ``transient``: the answer describes a state that will change (a sync saga still running),
+    so it is never stored; the key is released and a retry gets the real outcome later.
     """
 
     status: int
@@ -48,6 +50,7 @@ class Answer:
     body: bytes | None
     ready: web.StreamResponse | None = None
     stream: Handler | None = None
+    transient: bool = False
 
     async def respond(self, request: web.Request) -> web.StreamResponse:
         """The client's response: the ready one, or the large body streamed now."""
@@ -74,7 +77,7 @@ class Executor(Protocol):
         ...
 
 
-def captured(response: web.StreamResponse, max_body: int) -> Answer:
+def captured(response: web.StreamResponse, max_body: int, *, transient: bool = False) -> Answer:
     """The answer a local handler produced: its body is captured when held in memory."""
     body = response.body if isinstance(response, web.Response) else None
     whole = isinstance(body, bytes) and len(body) <= max_body and not response.prepared
@@ -84,6 +87,7 @@ def captured(response: web.StreamResponse, max_body: int) -> Answer:
         headers=CIMultiDict(response.headers),
         body=body if whole and isinstance(body, bytes) else None,
         ready=response,
+        transient=transient,
     )
 
 

@@ -236,7 +236,7 @@ class IdempotencyGuard:
     async def _settle(
         self, lock: Acquired, call: CoveredRequest, answer: Answer, policy: RoutePolicy
     ) -> None:
-        if not keeps_answer(answer.status, policy.unknown_outcome):
+        if answer.transient or not keeps_answer(answer.status, policy.unknown_outcome):
             await self._release(lock)
             return
         record = StoredResponse(

@@ -134,7 +134,13 @@ class TriggerRoute:
     @asynccontextmanager
     async def run(self, call: CoveredRequest, max_body: int) -> AsyncIterator[Answer]:
         """Start the saga for a covered request and yield its answer."""
-        yield captured(await self.start(call.request, call.body), max_body)
+        response = await self.start(call.request, call.body)
+        yield captured(response, max_body, transient=self.still_running(response))
+
+    def still_running(self, response: web.StreamResponse) -> bool:
+        """Whether a sync saga's answer says it is still running (202 after its run lost the
+        lease, 409 for a saga another request started): true only for now, so never stored."""
+        return self.definition.mode == "sync" and response.status in (202, 409)
 
     async def run_unprotected(self, call: CoveredRequest) -> web.StreamResponse:
         """Start the saga for a covered request while the idempotency store is unavailable."""
