@@ -29,12 +29,29 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _MAX_REQUEST_ID = 200
 
 
+_last_second: list[Any] = [None, ""]
+
+
+def rfc3339(created: float) -> str:
+    """``created`` (epoch seconds) as RFC 3339 UTC with milliseconds: ``2026-12-06T19:55:01.123Z``.
+
+    The date and time up to the second are formatted once per second, not once per line.
+    """
+    second = int(created)
+    if _last_second[0] != second:
+        _last_second[0] = second
+        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    millis = min(int((created - second) * 1000), 999)
+    return f"{_last_second[1]}.{millis:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object, with any ``extra=`` fields as members."""
+    """Formats a record as one JSON object, with any ``extra=`` fields as members; ``ts`` is
+    RFC 3339 UTC with milliseconds."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -62,20 +79,30 @@ class TextFormatter(logging.Formatter):
 
     Every field is escaped with ``escape_controls``, so a decoded ``%0d%0a`` in a path cannot
     forge a log line, nor an ANSI escape or a NUL reach the terminal. A traceback follows on
-    lines of its own, each indented, so none of them can pass for a record.
+    lines of its own, each indented, so none of them can pass for a record. A record that
+    carries a duration or a request id (every access line does) ends with ``duration_ms=…``
+    and ``request_id=…``.
     """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record))
+        line = super().formatMessage(record)
+        for name in _TEXT_EXTRAS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line += f" {name}={value}"
+        return escape_controls(line)
 
     def formatException(self, ei: Any) -> str:
         return _indented(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
         return _indented(super().formatStack(stack_info))
+
+
+_TEXT_EXTRAS = ("duration_ms", "request_id")
 
 
 def _indented(text: str) -> str:
@@ -199,7 +226,7 @@ def access_json_line(
     """The JSON access line ``JsonFormatter`` writes for the same request, built directly."""
     upstream = "null" if upstream_ms is None else repr(upstream_ms)
     return (
-        f'{{"ts": {round(created, 6)!r}, "level": "info", "logger": "saga_sidecar.access", '
+        f'{{"ts": "{rfc3339(created)}", "level": "info", "logger": "saga_sidecar.access", '
         f'"msg": {_json_str(f"{method} {path} {status}")}, "method": {_json_str(method)}, '
         f'"path": {_json_str(path)}, "status": {status}, "duration_ms": {duration_ms!r}, '
         f'"upstream_ms": {upstream}, "idempotency": {_json_str(idempotency)}, '

@@ -167,7 +167,10 @@ async def test_text_format_access_line(
         request_id = response.headers["X-Request-Id"]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
     (line,) = await access_lines(stream)
-    assert line.endswith(" INFO saga_sidecar.access GET /ok/x 200")
+    assert re.search(
+        rf" INFO saga_sidecar.access GET /ok/x 200 duration_ms=[0-9.]+ request_id={request_id}$",
+        line,
+    )
 
 
 @pytest.mark.usefixtures("restore_logging")
