@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Protocol
 from saga_runner.definition import SagaDefinition, parse_definition
 from yamlconfig.errors import ConfigError, ConfigIssue
 from yamlconfig.loader import LocatedDocument, load_yaml
+
+log = logging.getLogger("saga_sidecar.saga")
 
 Route = tuple[str, str]
 """A (METHOD, path) pair."""
@@ -84,6 +87,7 @@ def load_definitions(
     env: Mapping[str, str] | None = None,
     *,
     origin: Origin | None = None,
+    require_matches: bool = True,
 ) -> SagaCatalog:
     """Load, validate and cross-check every saga file matched by ``globs``.
 
@@ -96,6 +100,9 @@ def load_definitions(
         env: environment for ``${VAR}`` substitution (default: ``os.environ``).
         origin: the config file, to locate a pattern that matches nothing (default: a
             document named ``<config>``).
+        require_matches: a pattern that matches no file is an error (``check``); False logs it
+            as a warning instead (``serve``: a sidecar whose saga files were all removed must
+            still start, to fail the instances of the sagas it no longer has, with a reason).
 
     Raises:
         ConfigError: listing every problem in every file.
@@ -109,7 +116,11 @@ def load_definitions(
         if not matched:
             full = Path(base_dir, pattern)
             message = f"no file matches {pattern!r} (looked for {full})"
-            issues.append(where.issue((*DEFINITIONS_LOC, index), f"{_dotted(index)}: {message}"))
+            issue = where.issue((*DEFINITIONS_LOC, index), f"{_dotted(index)}: {message}")
+            if require_matches:
+                issues.append(issue)
+            else:
+                log.warning("%s", issue, extra={"event": "definitions_glob_empty"})
         files.update(dict.fromkeys(matched))
     for path in files:
         try:

@@ -75,7 +75,11 @@ class SagaService:
             redact_fields=config.redact.fields,
         )
         self.catalog: SagaCatalog = load_definitions(
-            loaded.base_dir, config.sagas.definitions, config.services, origin=loaded
+            loaded.base_dir,
+            config.sagas.definitions,
+            config.services,
+            origin=loaded,
+            require_matches=False,
         )
         self.observer = MetricsObserver(metrics)
         self.recovery_settings = RecoverySettings(
