@@ -10,14 +10,18 @@ the refund fails; then the service is fixed and an operator retries the saga thr
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import Upstream
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, SidecarConfig
-from saga_runner.states import AttemptKind, SagaStatus
+from saga_runner.records import SagaStep
+from saga_runner.runs import compensation_replayed, step_key
+from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from sagas.conftest import SidecarFactory
 from sagas.harness import ORDER
 from sagas.services import Call, FakeServices, Reply
@@ -87,6 +91,44 @@ async def test_a_replayed_failure_is_not_retried_and_an_operator_retry_makes_a_n
     ]
     detail = await sidecar.runtime.store.get(saga_id)
     assert detail.steps[1].key_generation == 2
+    retry = next(e for e in detail.events if e.action == "retry")
+    assert retry.detail["key_generations"] == {"charge": 2}
+    async with client.get(f"{sidecar.admin_url}/sagas/{saga_id}") as response:
+        shown = await response.json()
+    assert [s["key_generation"] for s in shown["steps"]] == [1, 2, 1]
     # The reservation was undone once, under its unchanged first-generation key.
     undo_reserve = [c for c in services.calls_to("inventory") if c.method == "DELETE"]
     assert [c.key for c in undo_reserve] == [f"{saga_id}:reserve:compensation"]
+
+
+def step_row(status: StepStatus, response: object) -> SagaStep:
+    """A stored step whose compensation got ``response``."""
+    now = datetime.now(UTC)
+    return SagaStep(
+        1, "s", 1, "charge", status, None, {"response": response}, None, 0, 3, None, None, now,
+        now, 1,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "response", "bumped"),
+    [
+        (StepStatus.COMPENSATION_FAILED, {"headers": {"Idempotent-Replayed": "true"}}, True),
+        (StepStatus.COMPENSATION_FAILED, {"headers": {"idempotent-replayed": "TRUE"}}, True),
+        # A real (not replayed) failure, or a timeout: the same key is the safe one.
+        (StepStatus.COMPENSATION_FAILED, {"status": 500, "headers": {}}, False),
+        (StepStatus.COMPENSATION_FAILED, {"status": None, "headers": {}}, False),
+        (StepStatus.COMPENSATION_FAILED, None, False),
+        (StepStatus.COMPENSATED, {"headers": {"Idempotent-Replayed": "true"}}, False),
+    ],
+)
+def test_only_a_compensation_that_failed_with_a_replayed_answer_gets_a_new_key(
+    status: StepStatus, response: object, bumped: bool
+) -> None:
+    assert compensation_replayed(step_row(status, response)) is bumped
+
+
+def test_generation_one_keeps_the_plain_key() -> None:
+    assert step_key("s", "charge", AttemptKind.COMPENSATION) == "s:charge:compensation"
+    assert step_key("s", "charge", AttemptKind.COMPENSATION, 3) == "s:charge:compensation:3"
+    assert step_key("s", "charge", AttemptKind.ACTION) == "s:charge:action"
