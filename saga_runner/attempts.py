@@ -4,8 +4,10 @@
 stops before calling; the caller may have written the first one already), calls, and on a
 retryable failure records the attempt together with when the next one is due (``next_retry_at``
 on the step, ``next_run_at`` on the saga) before sleeping, so a restarted sidecar honours the
-backoff instead of hammering the upstream. The last attempt's row is handed back, for the caller
-to write with the step's outcome in one commit.
+backoff instead of hammering the upstream. A failed answer the service replayed
+(``Idempotent-Replayed: true``) ends the loop: a retry with the same key would get it again.
+The last attempt's row is handed back, for the caller to write with the step's outcome in one
+commit.
 """
 
 from __future__ import annotations
@@ -140,6 +142,10 @@ class AttemptLoop:
                 result = replace(result, earlier_attempt_unknown=True)
             effect_possible = effect_possible or outcome_unknown(result)
             if result.outcome is not Outcome.RETRYABLE or not spec.retry.can_retry(attempt):
+                return result, record
+            if result.replayed:
+                # The service answers this key from its store: every retry would get the same
+                # answer back. Only a new key (an operator's retry) makes a real new attempt.
                 return result, record
             # A step service's Retry-After is honoured, but never beyond the step's max_backoff.
             asked = min(result.retry_after or 0.0, spec.retry.max_backoff)

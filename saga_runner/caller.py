@@ -24,6 +24,8 @@ from saga_runner.storable import clean_text, parse_json
 from saga_runner.transport import StepTransport
 
 MAX_RESULT_BODY = 1024 * 1024
+REPLAYED_HEADER = "idempotent-replayed"
+"""What an idempotent service (a saga-sidecar among them) adds to an answer it replays."""
 
 
 class Outcome(StrEnum):
@@ -68,9 +70,22 @@ class CallResult:
     earlier_attempt_unknown: bool = False
     """An earlier attempt of the same call may have taken effect (a timeout, a 5xx, a crash)."""
 
+    @property
+    def replayed(self) -> bool:
+        """Whether the answer is one an idempotent service stored earlier for the same key."""
+        return replayed(self.headers)
+
     def as_record(self) -> dict[str, Any]:
         """JSON-able view of the answer: ``steps.NAME.*`` in templates, and the step ``result``."""
         return {"status": self.status, "headers": self.headers, "body": self.body}
+
+
+def replayed(headers: Mapping[str, object]) -> bool:
+    """Whether ``headers`` (any case) say the answer is a replay: ``Idempotent-Replayed: true``."""
+    return any(
+        name.lower() == REPLAYED_HEADER and str(value).strip().lower() == "true"
+        for name, value in headers.items()
+    )
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

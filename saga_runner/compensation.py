@@ -76,7 +76,11 @@ class Compensator:
         if compensation is not None:
             try:
                 request = build_request(
-                    step_def, AttemptKind.COMPENSATION, run.context(), self.settings.services
+                    step_def,
+                    AttemptKind.COMPENSATION,
+                    run.context(),
+                    self.settings.services,
+                    row.key_generation,
                 )
             except TemplateError as exc:
                 problem = str(exc)

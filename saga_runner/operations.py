@@ -5,6 +5,8 @@
 - **retry**: resume a ``failed`` saga's compensation (``failed -> compensating``), or resume a
   ``running`` / ``compensating`` saga that is stuck: its lease expired (or is absent), or the
   operator forces it, taking the saga from a live holder (whose next write is then refused).
+  A compensation whose last answer was replayed by its service gets a new key generation, so
+  the service executes it again instead of replaying the stored failure.
 - **abort**: compensate a ``running`` saga now: claim it with force, move it to ``compensating``
   with the failure reason ``aborted by <actor>``; the replica that was running it stops at its
   next write, and the in-flight step (outcome unknown) is compensated too.
@@ -42,9 +44,10 @@ from saga_runner.records import (
     SagaInstance,
     SagaPage,
 )
+from saga_runner.runs import compensation_replayed
 from saga_runner.runtime import SagaRuntime
-from saga_runner.states import SagaStatus
-from saga_runner.store import MAX_PAGE_SIZE, SagaStore, WriteBatch
+from saga_runner.states import SagaStatus, StepStatus
+from saga_runner.store import MAX_PAGE_SIZE, SagaStore, StepChange, WriteBatch
 from saga_runner.views import OutputRedactor
 from yamlconfig.errors import ConfigError
 
@@ -318,7 +321,7 @@ class SagaOperations:
                 raise OperationRefused(
                     claim.saga.id, claim.saga.status.value, _refusal(claim.saga, allowed, verb)
                 )
-            saga = await self._transition(claim, action, actor)
+            saga, new_keys = await self._transition(claim, action, actor)
             detail: dict[str, JsonValue] = {
                 "previous_status": claim.saga.status.value,
                 "status": saga.status.value,
@@ -326,6 +329,8 @@ class SagaOperations:
                 "force": force,
                 "replica": self._owner,
             }
+            if new_keys:
+                detail["key_generations"] = new_keys
             if reason:
                 detail["reason"] = reason
             await self.store.record_event(saga.id, actor, action, detail)
@@ -342,16 +347,48 @@ class SagaOperations:
         )
         return OperatorRun(action, actor, saga, definition, claim.lease, self.runtime.engine)
 
-    async def _transition(self, claim: Claim, action: str, actor: str) -> SagaInstance:
+    async def _transition(
+        self, claim: Claim, action: str, actor: str
+    ) -> tuple[SagaInstance, dict[str, JsonValue]]:
+        """Write the action's change; return the saga and the steps given a new key generation."""
+        bumps = () if action == "abort" else await self._new_key_generations(claim.saga.id)
+        new_keys: dict[str, JsonValue] = {
+            name: change.columns["key_generation"] for name, change in bumps
+        }
+        steps = tuple(change for _, change in bumps)
         if action == "abort":
             columns: dict[str, JsonValue] = {"failure_reason": f"aborted by {actor}"}
         elif claim.saga.status is SagaStatus.FAILED:
             columns = {}
+        elif steps:
+            return await self.store.write(claim.lease, WriteBatch(steps=steps)), new_keys
         else:
-            return claim.saga
+            return claim.saga, new_keys
         columns["next_run_at"] = None
-        batch = WriteBatch(saga_status=SagaStatus.COMPENSATING, saga_columns=columns)
-        return await self.store.write(claim.lease, batch)
+        batch = WriteBatch(saga_status=SagaStatus.COMPENSATING, saga_columns=columns, steps=steps)
+        return await self.store.write(claim.lease, batch), new_keys
+
+    async def _new_key_generations(self, saga_id: str) -> tuple[tuple[str, StepChange], ...]:
+        """The compensations whose last answer was a replayed failure, under a new key.
+
+        Their service answers the old key from its store, so resuming with it could never
+        succeed. Nothing else gets a new key: an action is never called again once it has
+        failed, and a call whose outcome is unknown (a timeout, a lost connection) keeps its
+        key, so that an attempt which did take effect is answered, not executed twice.
+        """
+        detail = await self.store.get(saga_id)
+        return tuple(
+            (
+                row.step_name,
+                StepChange(
+                    row.step_order,
+                    StepStatus.COMPENSATING,
+                    {"key_generation": row.key_generation + 1},
+                ),
+            )
+            for row in detail.steps
+            if compensation_replayed(row)
+        )
 
 
 def _refusal(saga: SagaInstance, allowed: frozenset[SagaStatus], verb: str) -> str:

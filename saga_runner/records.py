@@ -97,7 +97,11 @@ class SagaInstance:
 
 @dataclass(frozen=True, slots=True)
 class SagaStep:
-    """One row of ``saga_steps``: the state of one step of one instance."""
+    """One row of ``saga_steps``: the state of one step of one instance.
+
+    ``key_generation`` is the generation of the compensation's ``Idempotency-Key`` (1: the
+    plain ``<saga>:<step>:compensation``); an operator retry bumps it after a replayed failure.
+    """
 
     id: int
     saga_id: str
@@ -113,6 +117,7 @@ class SagaStep:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    key_generation: int
 
 
 @dataclass(frozen=True, slots=True)

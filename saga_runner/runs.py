@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from saga_runner.caller import StepRequest
+from saga_runner.caller import StepRequest, replayed
 from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.leases import LeaseHold
@@ -112,10 +112,22 @@ def log_run(run: Run, event: str, **extra: Any) -> None:
     )
 
 
+def step_key(saga_id: str, step_name: str, kind: AttemptKind, generation: int = 1) -> str:
+    """The ``Idempotency-Key`` of a step call: ``<saga>:<step>:<kind>``, then ``:<generation>``
+    from generation 2 on (only a compensation's generation is ever bumped)."""
+    key = f"{saga_id}:{step_name}:{kind.value}"
+    return key if generation == 1 else f"{key}:{generation}"
+
+
 def build_request(
-    step_def: StepDefinition, kind: AttemptKind, ctx: RenderContext, services: Mapping[str, str]
+    step_def: StepDefinition,
+    kind: AttemptKind,
+    ctx: RenderContext,
+    services: Mapping[str, str],
+    generation: int = 1,
 ) -> StepRequest:
-    """Render the action or compensation of ``step_def`` (``ctx.headers`` lower-cased).
+    """Render the action or compensation of ``step_def`` (``ctx.headers`` lower-cased), keyed
+    with ``step_key`` of ``generation``.
 
     Raises:
         TemplateError: the call cannot be rendered, has no such kind, or names a service that
@@ -130,7 +142,7 @@ def build_request(
     rendered = call.render(ctx)
     headers = {k: v for k, v in ctx.headers.items() if k in FORWARDED_TRIGGER_HEADERS}
     headers.update(rendered.headers)
-    headers["Idempotency-Key"] = f"{ctx.saga_id}:{step_def.name}:{kind.value}"
+    headers["Idempotency-Key"] = step_key(ctx.saga_id, step_def.name, kind, generation)
     headers["Saga-Id"] = ctx.saga_id
     body = rendered.body if rendered.has_body else None
     return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
@@ -158,6 +170,21 @@ def needs_compensation(row: SagaStep) -> bool:
     if row.status is StepStatus.FAILED and isinstance(row.result, dict):
         return bool(row.result.get("outcome_unknown"))
     return False
+
+
+def compensation_replayed(row: SagaStep) -> bool:
+    """Whether the step's compensation failed with an answer its service replayed.
+
+    Such a compensation's key is spent: the service answers it from its store. An operator's
+    retry gives it a new key generation (see ``SagaOperations.retry``).
+    """
+    if row.status is not StepStatus.COMPENSATION_FAILED or not isinstance(
+        row.compensate_data, dict
+    ):
+        return False
+    response = row.compensate_data.get("response")
+    headers = response.get("headers") if isinstance(response, dict) else None
+    return isinstance(headers, dict) and replayed(headers)
 
 
 def known_results(steps: tuple[SagaStep, ...]) -> dict[str, StepResult]:

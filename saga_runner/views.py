@@ -101,6 +101,7 @@ def step_view(
         "status": step.status.value,
         "retry_count": step.retry_count,
         "max_retry_count": step.max_retry_count,
+        "key_generation": step.key_generation,
         "next_retry_at": stamp(step.next_retry_at),
         "error": step.error,
         "execute_data": redact(step.execute_data),

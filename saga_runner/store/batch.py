@@ -31,6 +31,7 @@ STEP_COLUMNS: Final = frozenset(
         "max_retry_count",
         "next_retry_at",
         "error",
+        "key_generation",
     }
 )
 """The ``saga_steps`` columns a batch may set besides ``status``."""

@@ -34,7 +34,10 @@ from saga_runner.store.batch import SAGA_COLUMNS, STEP_COLUMNS, AttemptRecord, W
 Clock: TypeAlias = Callable[[], datetime]
 
 _TIME_COLUMNS: Final = frozenset({"next_run_at", "next_retry_at"})
-_NEW_STEP: Final[Row] = dict.fromkeys(("compensate_data", "result", "next_retry_at", "error"))
+_NEW_STEP: Final[Row] = {
+    **dict.fromkeys(("compensate_data", "result", "next_retry_at", "error")),
+    "key_generation": 1,
+}
 
 
 def utc_now() -> datetime:

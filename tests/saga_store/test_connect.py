@@ -9,6 +9,7 @@ import pytest
 
 from saga_runner.errors import StoreError
 from saga_runner.store import SagaStore
+from saga_runner.store.migrations import load_migrations
 from saga_runner.store.postgres import PostgresBackend, redact_url
 from saga_runner.store.sqlite import SqliteBackend
 from saga_store.helpers import new_schema, with_schema
@@ -49,7 +50,7 @@ async def test_relative_sqlite_paths_resolve_against_base_dir(tmp_path: Path) ->
     store = await SagaStore.from_url("sqlite:///data/sagas.db", tmp_path)
     try:
         assert isinstance(store.backend, SqliteBackend)
-        assert await store.migrate() == [1]
+        assert await store.migrate() == [m.version for m in load_migrations("sqlite")]
     finally:
         await store.close()
     assert (tmp_path / "data" / "sagas.db").is_file()
@@ -67,7 +68,7 @@ async def test_absolute_sqlite_paths_are_used_as_given(tmp_path: Path) -> None:
 
 async def test_in_memory_sqlite_works_for_tests() -> None:
     async with await SagaStore.from_url("sqlite:///:memory:", Path(".")) as store:
-        assert await store.migrate() == [1]
+        assert await store.migrate() == [m.version for m in load_migrations("sqlite")]
         assert await store.in_flight_count() == 0
 
 

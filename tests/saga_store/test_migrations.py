@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
 from saga_runner.errors import StoreError
 from saga_runner.store import SagaStore
 from saga_runner.store.migrations import load_migrations, split_sqlite_script
-from saga_store.helpers import FakeClock, Target
+from saga_store.helpers import FakeClock, Target, step_of
 
 
 async def test_migrate_twice_applies_nothing_the_second_time(fresh_target: Target) -> None:
@@ -69,3 +72,32 @@ def test_sqlite_scripts_split_into_complete_statements_ignoring_comments() -> No
 def test_an_unterminated_sqlite_statement_is_refused() -> None:
     with pytest.raises(ValueError, match="incomplete"):
         split_sqlite_script("CREATE TABLE a (x TEXT);\nCREATE TABLE b (y TEXT)\n")
+
+
+async def test_the_key_generation_migration_gives_existing_steps_generation_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    first = load_migrations("sqlite")[0]
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(first.sql)
+        conn.executescript(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL DEFAULT 'then');"
+            f"INSERT INTO schema_migrations (version, name) VALUES (1, '{first.name}');"
+            "INSERT INTO saga_definitions VALUES ('h', 'order', '{}', '2026-01-01T00:00:00+00:00');"
+            "INSERT INTO saga_instances (id, business_type, status, definition_hash, mode,"
+            " created_at, updated_at) VALUES ('s1', 'order', 'failed', 'h', 'sync',"
+            " '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00');"
+            "INSERT INTO saga_steps (saga_id, step_order, step_name, status, created_at,"
+            " updated_at) VALUES ('s1', 0, 'charge', 'compensation_failed',"
+            " '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00');"
+        )
+        conn.commit()
+    target = Target.sqlite(path)
+    store = await target.open()
+    try:
+        assert await store.migrate() == [2]
+        assert (await step_of(store, "s1", 0)).key_generation == 1
+    finally:
+        await store.close()
