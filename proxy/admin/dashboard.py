@@ -30,7 +30,7 @@ from saga_runner import offload
 from saga_runner.errors import OperatorInputError, SagaNotFound, StoreError
 from saga_runner.operations import SagaOperations
 from saga_runner.records import SagaInstance
-from saga_runner.views import detail_view, page_view
+from saga_runner.views import catalog_step_names, detail_view, page_view
 
 DASHBOARD_PARAMS: Final = (*LIST_PARAMS, "saga")
 
@@ -116,7 +116,7 @@ async def dashboard(request: web.Request) -> web.Response:
     operations = saga_operations(request.app)
     counts = await operations.counts()
     page = await operations.list(query)
-    view = page_view(page)
+    view = page_view(page, catalog_step_names(operations.runtime.catalog))
     names = [d.name for d in operations.runtime.catalog]
     body = (
         "<h1>Sagas</h1>"

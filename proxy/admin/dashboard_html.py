@@ -167,6 +167,7 @@ FACTS = (
     ("business id", "business_id"),
     ("mode", "mode"),
     ("failure reason", "failure_reason"),
+    ("failed step", "failed_step"),
     ("replica (lease owner)", "owner"),
     ("definition", "definition_hash"),
 )
