@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.typedefs import Handler, Middleware
 
 from proxy.admin.dashboard import setup_dashboard_routes
@@ -41,6 +42,9 @@ class SidecarApps:
     admin: web.Application
 
 
+SERVER_NAME = "saga-sidecar"
+
+
 def _shared(
     app: web.Application,
     loaded: LoadedConfig,
@@ -53,6 +57,14 @@ def _shared(
     app[READINESS] = ready
     if sagas is not None:
         app[SAGAS] = sagas
+    app.on_response_prepare.append(name_the_server)
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: saga-sidecar`` in place of aiohttp's default (set just before this hook), which
+    names the Python and aiohttp versions; a proxied answer keeps its app's own header."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = SERVER_NAME
 
 
 def public_middleware(metrics: SidecarMetrics) -> Middleware:

@@ -8,10 +8,11 @@ Timestamps are ISO-8601 UTC strings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from saga_runner.catalog import SagaCatalog
 from saga_runner.records import (
     JsonValue,
     SagaDetail,
@@ -22,6 +23,8 @@ from saga_runner.records import (
     StepAttempt,
 )
 from saga_runner.redact import REDACTED, Redactor
+
+StepNames = Callable[[SagaInstance], Sequence[str]]
 
 
 class OutputRedactor:
@@ -46,8 +49,27 @@ def stamp(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def saga_summary(saga: SagaInstance) -> dict[str, Any]:
-    """The fields of an instance a list shows (no input, no stored response)."""
+def catalog_step_names(catalog: SagaCatalog) -> StepNames:
+    """The step names of a saga's definition, looked up in ``catalog`` (none: not loaded)."""
+
+    def names(saga: SagaInstance) -> Sequence[str]:
+        definition = catalog.by_hash.get(saga.definition_hash)
+        return () if definition is None else [step.name for step in definition.steps]
+
+    return names
+
+
+def step_name(names: Sequence[str], order: int | None) -> str | None:
+    """The name of step ``order`` (None when there is no such step or its name is unknown)."""
+    return names[order] if order is not None and 0 <= order < len(names) else None
+
+
+def saga_summary(saga: SagaInstance, names: Sequence[str] = ()) -> dict[str, Any]:
+    """The fields of an instance a list shows (no input, no stored response).
+
+    ``failed_step`` is the failed step's name (``names``: the saga's step names, in order), and
+    ``failed_step_order`` its position.
+    """
     return {
         "id": saga.id,
         "name": saga.name,
@@ -55,7 +77,8 @@ def saga_summary(saga: SagaInstance) -> dict[str, Any]:
         "status": saga.status.value,
         "mode": saga.mode,
         "current_step": saga.current_step,
-        "failed_step": saga.failed_step,
+        "failed_step": step_name(names, saga.failed_step),
+        "failed_step_order": saga.failed_step,
         "failure_reason": saga.failure_reason,
         "created_at": stamp(saga.created_at),
         "updated_at": stamp(saga.updated_at),
@@ -64,10 +87,12 @@ def saga_summary(saga: SagaInstance) -> dict[str, Any]:
     }
 
 
-def saga_view(saga: SagaInstance, redact: OutputRedactor) -> dict[str, Any]:
+def saga_view(
+    saga: SagaInstance, redact: OutputRedactor, names: Sequence[str] = ()
+) -> dict[str, Any]:
     """Every field of an instance, its input and stored response redacted."""
     return {
-        **saga_summary(saga),
+        **saga_summary(saga, names),
         "definition_hash": saga.definition_hash,
         "idempotency_key_hash": saga.idempotency_key,
         "input": redact(saga.input),
@@ -129,15 +154,15 @@ def detail_view(detail: SagaDetail, redact: OutputRedactor) -> dict[str, Any]:
     for attempt in sorted(detail.attempts, key=lambda a: (a.started_at, a.id)):
         by_step.setdefault(attempt.step_order, []).append(attempt)
     return {
-        **saga_view(detail.instance, redact),
+        **saga_view(detail.instance, redact, [s.step_name for s in detail.steps]),
         "steps": [step_view(s, by_step.get(s.step_order, []), redact) for s in detail.steps],
         "events": [event_view(e, redact) for e in detail.events],
     }
 
 
-def page_view(page: SagaPage) -> dict[str, Any]:
+def page_view(page: SagaPage, names: StepNames) -> dict[str, Any]:
     """One page of the newest-first list and the cursor of the next (``None`` on the last)."""
     return {
-        "items": [saga_summary(s) for s in page.items],
+        "items": [saga_summary(s, names(s)) for s in page.items],
         "next_cursor": None if page.next_cursor is None else page.next_cursor.encode(),
     }

@@ -1,13 +1,17 @@
-"""The saga dashboard (``GET /dashboard``): server-rendered HTML, no JavaScript, no external files.
+"""The saga dashboard (``GET /dashboard``): server-rendered HTML, one inline script, no CDN.
 
 ``/dashboard`` shows how many sagas are in each status and a filterable, paged list (``status``,
 ``name``, ``business_id``, ``limit``, ``before``, as in ``GET /sagas``);
 ``/dashboard/sagas/{id}`` (or ``/dashboard?saga=<id>``) shows one saga's facts, its step timeline
 with every attempt, its events, input and stored response. The page layout is
-``templates/dashboard.html`` with ``templates/dashboard.css`` inlined; a strict
-Content-Security-Policy allows that one stylesheet (by hash) and nothing else, so even markup
-that slipped past escaping could not run script or load anything. Like the saga API, it is
-behind ``admin.token``.
+``templates/dashboard.html`` with ``templates/dashboard.css`` and ``templates/dashboard.js``
+inlined; a strict Content-Security-Policy allows that one stylesheet and that one script (by
+hash), and fetches to this origin only, so even markup that slipped past escaping could not run
+script or load anything. The page works without the script; with it, the page refreshes itself
+(``?refresh=N`` seconds, default 5, 0 starts paused; a checkbox pauses it) and a saga's Retry
+and Abort buttons POST to the saga API. Like the saga API, it is behind ``admin.token``: the
+page and its script's requests carry whatever the browser sends (an authenticating proxy adding
+``Authorization``), never a token written into the page.
 """
 
 from __future__ import annotations
@@ -30,33 +34,42 @@ from saga_runner import offload
 from saga_runner.errors import OperatorInputError, SagaNotFound, StoreError
 from saga_runner.operations import SagaOperations
 from saga_runner.records import SagaInstance
-from saga_runner.views import detail_view, page_view
+from saga_runner.views import catalog_step_names, detail_view, page_view
 
-DASHBOARD_PARAMS: Final = (*LIST_PARAMS, "saga")
+DASHBOARD_PARAMS: Final = (*LIST_PARAMS, "saga", "refresh")
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
+def _digest(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 @cache
-def _assets() -> tuple[Template, str, str]:
-    """The page template, the stylesheet, and the CSP allowing exactly that stylesheet."""
+def _assets() -> tuple[Template, str, str, str]:
+    """The page template, the stylesheet, the script, and the CSP allowing exactly those two."""
     folder = resources.files("proxy.admin") / "templates"
     page = Template(folder.joinpath("dashboard.html").read_text(encoding="utf-8"))
     style = folder.joinpath("dashboard.css").read_text(encoding="utf-8")
-    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    script = folder.joinpath("dashboard.js").read_text(encoding="utf-8")
     csp = (
-        f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'self' data:; "
+        f"default-src 'none'; style-src 'sha256-{_digest(style)}'; "
+        f"script-src 'sha256-{_digest(script)}'; connect-src 'self'; img-src 'self' data:; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
-    return page, style, csp
+    return page, style, script, csp
 
 
 def html_page(title: str, body: str, status: int = 200) -> web.Response:
     """A whole dashboard page around ``body`` (already-escaped HTML), with safe headers."""
-    page, style, csp = _assets()
+    page, style, script, csp = _assets()
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     text = page.substitute(
-        title=fragments.esc(title), style=style, generated=fragments.esc(generated), body=body
+        title=fragments.esc(title),
+        style=style,
+        script=script,
+        generated=fragments.esc(generated),
+        body=body,
     )
     response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
     response.headers["Content-Security-Policy"] = csp
@@ -116,7 +129,7 @@ async def dashboard(request: web.Request) -> web.Response:
     operations = saga_operations(request.app)
     counts = await operations.counts()
     page = await operations.list(query)
-    view = page_view(page)
+    view = page_view(page, catalog_step_names(operations.runtime.catalog))
     names = [d.name for d in operations.runtime.catalog]
     body = (
         "<h1>Sagas</h1>"

@@ -167,6 +167,7 @@ FACTS = (
     ("business id", "business_id"),
     ("mode", "mode"),
     ("failure reason", "failure_reason"),
+    ("failed step", "failed_step"),
     ("replica (lease owner)", "owner"),
     ("definition", "definition_hash"),
 )
@@ -233,13 +234,32 @@ def events_table(events: Iterable[Mapping[str, Any]]) -> str:
     return f'<table class="events"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+RETRYABLE = frozenset({"failed", "running", "compensating"})
+ABORTABLE = frozenset({"running"})
+
+
+def action_buttons(saga: Mapping[str, Any]) -> str:
+    """Retry (a failed or stuck saga) and Abort (a running one), run by the page's script."""
+    status = saga["status"]
+    wanted = [("retry", "Retry")] if status in RETRYABLE else []
+    wanted += [("abort", "Abort")] if status in ABORTABLE else []
+    if not wanted:
+        return ""
+    buttons = "".join(
+        f'<button type="button" class="{action}" data-action="{action}" '
+        f'data-saga="{esc(saga["id"])}">{label}</button>'
+        for action, label in wanted
+    )
+    return f'<div class="actions needs-script">{buttons}</div>'
+
+
 def saga_detail(saga: Mapping[str, Any]) -> str:
     """A whole saga page body from ``views.detail_view``."""
     steps = "".join(step_item(s) for s in saga["steps"])
     return (
         f'<nav class="crumbs"><a href="{DASHBOARD_PATH}">&larr; all sagas</a></nav>'
         f"<h1>{esc(saga['name'])} {badge(saga['status'])}</h1>"
-        f"{saga_facts(saga)}"
+        f"{action_buttons(saga)}{saga_facts(saga)}"
         f'<h2>Step timeline</h2><ol class="timeline">{steps}</ol>'
         f"<h2>Events</h2>{events_table(saga['events'])}"
         f"<h2>Input</h2>{json_block(saga['input'])}"

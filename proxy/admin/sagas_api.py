@@ -38,7 +38,7 @@ from saga_runner.operations import (
     clean_actor,
     clean_reason,
 )
-from saga_runner.views import detail_view, page_view, saga_view
+from saga_runner.views import catalog_step_names, detail_view, page_view, saga_view
 
 log = logging.getLogger("saga_sidecar.admin")
 
@@ -101,8 +101,9 @@ def list_query(request: web.Request, allowed: tuple[str, ...] = LIST_PARAMS) -> 
 async def list_sagas(request: web.Request) -> web.Response:
     """``GET /sagas``: one page, newest first, and a link to the next."""
     query = list_query(request)
-    page = await saga_operations(request.app).list(query)
-    body = page_view(page)
+    operations = saga_operations(request.app)
+    page = await operations.list(query)
+    body = page_view(page, catalog_step_names(operations.runtime.catalog))
     if page.next_cursor is not None:
         body["next"] = str(request.rel_url.update_query(before=page.next_cursor.encode()))
     return web.json_response(body)
@@ -204,7 +205,12 @@ async def spawn(scheduler: Scheduler, run: OperatorRun) -> None:
 
 def accepted(run: OperatorRun, operations: SagaOperations) -> web.Response:
     """``202`` with the saga as the action left it, and where to follow it."""
-    response = web.json_response(saga_view(run.saga, operations.redact), status=202)
+    response = web.json_response(
+        saga_view(
+            run.saga, operations.redact, catalog_step_names(operations.runtime.catalog)(run.saga)
+        ),
+        status=202,
+    )
     response.headers["Location"] = f"/sagas/{quote(run.saga.id, safe='')}"
     return response
 

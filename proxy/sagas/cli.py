@@ -32,7 +32,7 @@ from saga_runner.errors import (
 from saga_runner.operations import ListQuery, SagaOperations, clean_actor, clean_reason
 from saga_runner.runtime import RuntimeSettings, SagaRuntime
 from saga_runner.states import SagaStatus
-from saga_runner.views import detail_view, page_view, saga_view
+from saga_runner.views import catalog_step_names, detail_view, page_view, saga_view
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -102,10 +102,11 @@ async def cmd_list(operations: SagaOperations, args: argparse.Namespace) -> int:
         before=args.before,
     )
     page = await operations.list(query)
+    view = page_view(page, catalog_step_names(operations.runtime.catalog))
     if args.json:
-        print_json(page_view(page))
+        print_json(view)
     else:
-        print(page_text(page_view(page)))
+        print(page_text(view))
     return EXIT_OK
 
 
@@ -127,10 +128,11 @@ async def cmd_act(operations: SagaOperations, args: argparse.Namespace) -> int:
         run = await operations.retry(args.saga_id, actor, force=args.force, reason=reason)
     else:
         run = await operations.abort(args.saga_id, actor, reason=reason)
+    names = catalog_step_names(operations.runtime.catalog)
     if not args.json:
         print(f"{run.action} by {actor}: {saga_line(saga_view(run.saga, operations.redact))}")
     final = await run.run()
-    view = saga_view(final, operations.redact)
+    view = saga_view(final, operations.redact, names(final))
     if args.json:
         print_json(view)
     else:

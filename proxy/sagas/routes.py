@@ -13,7 +13,7 @@ idempotency guard's executor for it (the body the guard read already).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
@@ -27,10 +27,11 @@ from proxy.problems import problem_response
 from saga_runner import offload
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
-from saga_runner.records import CreateResult, Lease, SagaInstance
+from saga_runner.records import CreateResult, Lease, SagaDetail, SagaInstance
 from saga_runner.redact import REDACTED
 from saga_runner.states import SagaStatus
 from saga_runner.storable import clean_text, parse_json
+from saga_runner.store import SagaStore
 
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
@@ -79,8 +80,23 @@ def trigger_headers(request: web.Request, key_header: str) -> tuple[dict[str, st
     return headers, recorded
 
 
-def saga_answer(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
+PROBLEM_TYPE = "urn:saga-sidecar:problem:saga-"
+
+
+def step_answer(detail: SagaDetail) -> dict[str, Any] | None:
+    """The failed step's own answer (``status`` and ``body``, fields already redacted as
+    stored), or None when it got none (a timeout, a refused connection, an abort)."""
+    saga = detail.instance
+    failed = next((s for s in detail.steps if s.step_order == saga.failed_step), None)
+    result = failed.result if failed is not None else None
+    if not isinstance(result, dict) or result.get("status") is None:
+        return None
+    return {"status": result["status"], "body": result.get("body")}
+
+
+def saga_answer(detail: SagaDetail, definition: SagaDefinition) -> web.Response:
     """What a sync trigger answers for an instance in a terminal state."""
+    saga = detail.instance
     stored = saga.response if isinstance(saga.response, dict) else {}
     if saga.status is SagaStatus.COMPLETED:
         body = stored.get("body")
@@ -95,13 +111,16 @@ def saga_answer(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
         for name, value in (stored.get("headers") or {}).items():
             response.headers[name] = str(value)
     else:
+        answer = step_answer(detail)
         response = problem_response(
             int(stored.get("status", 502)),
             saga.failure_reason or f"saga {saga.status.value}",
             title="Saga failed",
+            type_=PROBLEM_TYPE + saga.status.value,
             saga_id=saga.id,
             saga_status=saga.status.value,
             failed_step=_failed_step_name(saga, definition),
+            **({} if answer is None else {"step_answer": answer}),
         )
     response.headers["Saga-Id"] = saga.id
     return response
@@ -111,6 +130,18 @@ def _failed_step_name(saga: SagaInstance, definition: SagaDefinition) -> str | N
     if saga.failed_step is None or not 0 <= saga.failed_step < len(definition.steps):
         return None
     return definition.steps[saga.failed_step].name
+
+
+async def terminal_answer(
+    store: SagaStore, saga: SagaInstance, definition: SagaDefinition
+) -> web.Response:
+    """``saga_answer`` for a terminal instance, its steps read for the failed step's answer
+    (left out when the store cannot be read now: the saga's outcome is what matters)."""
+    detail = SagaDetail(saga, (), (), ())
+    if saga.status is not SagaStatus.COMPLETED:
+        with suppress(StoreError):
+            detail = await store.get(saga.id)
+    return saga_answer(detail, definition)
 
 
 def accepted(saga: SagaInstance) -> web.Response:
@@ -173,7 +204,7 @@ class TriggerRoute:
         except StoreError as exc:
             return problem_response(503, f"the saga store is unavailable: {exc}")
         if created.lease is None:
-            return _existing(created.saga, definition)
+            return await _existing(runtime.store, created.saga, definition)
         run = _run(request.app, definition, created.lease, created, headers, data)
         if definition.mode == "async":
             await request.app[TASKS].spawn(run)
@@ -181,9 +212,11 @@ class TriggerRoute:
         return await request.app[TASKS].shield(run)
 
 
-def _existing(saga: SagaInstance, definition: SagaDefinition) -> web.Response:
+async def _existing(
+    store: SagaStore, saga: SagaInstance, definition: SagaDefinition
+) -> web.Response:
     if saga.status in TERMINAL and saga.mode == "sync":
-        return saga_answer(saga, definition)
+        return await terminal_answer(store, saga, definition)
     if saga.mode == "async":
         return accepted(saga)
     response = problem_response(
@@ -218,7 +251,9 @@ async def _run(
         )
         response.headers["Saga-Id"] = lease.saga_id
         return response
-    return saga_answer(saga, definition) if saga.status in TERMINAL else accepted(saga)
+    if saga.status not in TERMINAL:
+        return accepted(saga)
+    return await terminal_answer(runtime.store, saga, definition)
 
 
 def setup_saga_routes(app: web.Application) -> None:

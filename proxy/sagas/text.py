@@ -90,6 +90,7 @@ def detail_text(saga: Mapping[str, Any]) -> str:
         ("status", saga["status"]),
         ("business id", saga["business_id"]),
         ("failure", saga["failure_reason"]),
+        ("failed step", saga["failed_step"]),
         ("current step", saga["current_step"]),
         ("owner", saga["owner"]),
         ("created", saga["created_at"]),

@@ -148,6 +148,9 @@ async def test_show_has_each_step_with_attempt_status_codes_errors_and_durations
     assert saga["id"] == saga_id and saga["name"] == "order" and saga["business_id"] == "A-1"
     assert saga["input"] == {"order_no": "A-1", "card_number": "[REDACTED]"}
     assert "compensation of step create_order failed" in saga["failure_reason"]
+    assert (saga["failed_step"], saga["failed_step_order"]) == ("charge", 1)
+    status, page = await get_json(client, f"{sidecar.admin_url}/sagas", TOKEN)
+    assert [(s["failed_step"], s["failed_step_order"]) for s in page["items"]] == [("charge", 1)]
     create, charge = saga["steps"]
     assert (create["name"], create["status"]) == ("create_order", "compensation_failed")
     assert (charge["name"], charge["status"]) == ("charge", "failed")

@@ -100,6 +100,8 @@ async def test_show_prints_the_step_timeline_with_attempts(
 
     data = (await run_cli("sagas", "show", saga_id, "--json", "-c", sidecar.config_path)).json()
     assert data["id"] == saga_id and data["status"] == "compensated"
+    assert data["failed_step"] == "charge"
+    assert "failed step:  charge" in lines
     assert [a["status_code"] for a in data["steps"][0]["attempts"]] == [201, 200]
 
 

@@ -56,15 +56,48 @@ async def test_a_declined_step_answers_its_4xx_as_a_problem_naming_the_saga_and_
     detail = await sidecar.only_saga()
     assert headers["Saga-Id"] == detail.instance.id
     assert body == {
-        "type": "about:blank",
+        "type": "urn:saga-sidecar:problem:saga-compensated",
         "title": "Saga failed",
         "status": 402,
         "detail": "step charge: status 402",
         "saga_id": detail.instance.id,
         "saga_status": "compensated",
         "failed_step": "charge",
+        "step_answer": {"status": 402, "body": {"error": "card declined"}},
     }
     assert services.lines()[-1] == "inventory DELETE /reservations/inventory-1"
+
+
+async def test_the_failing_steps_answer_reaches_the_client_with_its_fields_redacted(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    declined = {"error": "card declined", "card_number": "4111111111111111"}
+    services.always("payments", "POST /charges", Reply(402, declined))
+    sidecar = await make_sidecar(redact={"fields": ["card_number"]})
+
+    status, _, body = await sidecar.post(client, "/api/orders", ORDER)
+
+    assert status == 402
+    assert body["step_answer"] == {
+        "status": 402,
+        "body": {"error": "card declined", "card_number": REDACTED},
+    }
+
+
+async def test_the_sidecars_own_answers_do_not_announce_python_or_aiohttp(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.always("payments", "POST /charges", Reply(402, {"error": "card declined"}))
+    sidecar = await make_sidecar()
+
+    services.always("inventory", "GET /stock", Reply(200, {}, headers={"Server": "inventory/1"}))
+    _, headers, _ = await sidecar.post(client, "/api/orders", ORDER)
+    async with client.get(f"{sidecar.admin_url}/healthz") as admin:
+        assert admin.headers["Server"] == "saga-sidecar"
+    async with client.get(f"{sidecar.url}/stock") as proxied:
+        assert (proxied.status, proxied.headers["Server"]) == (200, "inventory/1")
+
+    assert headers["Server"] == "saga-sidecar"
 
 
 @pytest.mark.parametrize(
@@ -94,6 +127,8 @@ async def test_a_step_failing_with_a_5xx_answers_502(
         saga_status,
         "charge",
     )
+    assert body["type"] == f"urn:saga-sidecar:problem:saga-{saga_status}"
+    assert body["step_answer"]["status"] == 500
     assert headers["Saga-Id"] == body["saga_id"]
     assert (await sidecar.only_saga()).instance.status.value == saga_status
 
