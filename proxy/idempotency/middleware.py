@@ -78,6 +78,9 @@ class IdempotencyGuard:
         self.executors: Mapping[Handler, Executor] = executors or {}
         self.policy = IdempotencyPolicy(config)
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
+        # Best-effort releases of locks whose acquire reply was lost: not requests, so they
+        # never hold up the drain at shutdown (``close`` cancels what is left).
+        self._drops: set[asyncio.Task[None]] = set()
         for action in STORE_ERROR_ACTIONS:  # exported as 0 from the start, so rate() works
             metrics.idem_store_errors.labels(action)
         for reason in NOT_STORED_REASONS:
@@ -116,9 +119,17 @@ class IdempotencyGuard:
         except StoreUnavailable as exc:
             if lookup is not None:
                 # An acquire whose reply was lost (timeout) may still have run in the store.
-                await call.request.app[TASKS].spawn(self._drop(Acquired(lookup, token)))
+                drop = asyncio.create_task(self._drop(Acquired(lookup, token)))
+                self._drops.add(drop)
+                drop.add_done_callback(self._drops.discard)
             return await self._store_unavailable(call, executor, exc)
         return await self._answer(call, executor, state, policy)
+
+    async def close(self) -> None:
+        """Cancel the releases still retrying (the store is about to close)."""
+        for drop in list(self._drops):
+            drop.cancel()
+        await asyncio.gather(*self._drops, return_exceptions=True)
 
     async def _drop(self, lock: Acquired) -> None:
         """Release ``lock`` if this request holds it, retrying quickly until its lease ends."""
@@ -356,4 +367,5 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KEY_SCOPER] = guard.scoper
     app[READINESS].register("idempotency_store", store.ping)
     yield
+    await guard.close()
     await store.close()
