@@ -4,15 +4,22 @@
 announces its compensation (status ``compensating`` with the rendered request) before the call,
 then records the outcome together with the attempt row in one write. The engine ends the saga
 (``compensated`` or ``failed``) with what ``undo`` reports.
+
+A compensation's ``retry.attempts`` bounds its calls across restarts: a run that resumes a step
+left ``compensating`` counts the attempts already made (see ``resumed_attempts``) and makes only
+the ones left, after re-sending an attempt that was cut off (its outcome is unknown).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from saga_runner.attempts import AttemptLoop, CallSpec
 from saga_runner.caller import Outcome, StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.errors import TemplateError
-from saga_runner.records import JsonValue, SagaStep
+from saga_runner.records import JsonValue, SagaStep, StepAttempt
 from saga_runner.redact import Redactor
 from saga_runner.runs import (
     EngineSettings,
@@ -55,7 +62,7 @@ class Compensator:
         for row in reversed(detail.steps):
             if not needs_compensation(row):
                 continue
-            failure = await self._compensate_step(run, row)
+            failure = await self._compensate_step(run, row, detail.attempts)
             if failure is None:
                 continue
             failures.append(failure)
@@ -66,7 +73,9 @@ class Compensator:
     async def _write(self, run: Run, batch: WriteBatch) -> None:
         run.saga = await self.store.write(run.lease, batch)
 
-    async def _compensate_step(self, run: Run, row: SagaStep) -> str | None:
+    async def _compensate_step(
+        self, run: Run, row: SagaStep, made: Sequence[StepAttempt]
+    ) -> str | None:
         """Undo one step; return why it could not be undone, or None when it was."""
         order = row.step_order
         step_def = run.definition.steps[order]
@@ -86,11 +95,18 @@ class Compensator:
                 problem = str(exc)
         sent = None if request is None else self.redactor.redact_call(request.as_record())
         columns: dict[str, JsonValue] = {"compensate_data": sent}
+        first_attempt, cut_off = 1, None
         if request is not None:
             columns["next_retry_at"] = None  # the first attempt's "about to call"
-        await self._write(
-            run, WriteBatch(steps=(StepChange(order, StepStatus.COMPENSATING, columns),))
-        )
+            if row.status is not StepStatus.COMPENSATING:
+                columns["error"] = None  # a new round of attempts: none has failed yet
+            else:
+                first_attempt, cut_off = resumed_attempts(row, made)
+                if cut_off is not None:
+                    columns["error"] = cut_off.error
+        rows = () if cut_off is None else (cut_off,)
+        change = StepChange(order, StepStatus.COMPENSATING, columns)
+        await self._write(run, WriteBatch(steps=(change,), attempts=rows))
         if compensation is None:
             await self._write(run, WriteBatch(steps=(StepChange(order, StepStatus.COMPENSATED),)))
             return None
@@ -106,6 +122,7 @@ class Compensator:
             success=compensation.success_statuses,
             timeout=step_def.timeout_or(self.settings.default_timeout),
             retry=compensation.retry,
+            first_attempt=first_attempt,
         )
         result, attempt = await self.attempts.run(run.lease, spec, announced=True)
         # The compensation's answer goes next to its request: ``result`` keeps the action's.
@@ -135,3 +152,35 @@ class Compensator:
         await self._write(run, WriteBatch(steps=(change,), attempts=attempts))
         log_run(run, "compensation failed", step=step_def.name, reason=reason)
         return message
+
+
+def resumed_attempts(
+    row: SagaStep, made: Sequence[StepAttempt]
+) -> tuple[int, AttemptRecord | None]:
+    """Where an interrupted compensation (step left ``compensating``) goes on.
+
+    A round of attempts starts by clearing the step's ``error``; every failed attempt is then
+    recorded as a row together with the error and when the next attempt is due
+    (``next_retry_at``), and ``next_retry_at`` is cleared again when that attempt is announced.
+    So the last compensation row of the step (none while ``error`` is empty) is the last attempt
+    with a known end, and the one after it was cut off mid-call unless ``next_retry_at`` is set
+    (the run stopped during the backoff).
+
+    Returns:
+        the number of the next attempt, and the row to record for an attempt that was cut off
+        (written with the resumed run's announcement, so a second crash counts it too).
+    """
+    numbers = [
+        a.attempt
+        for a in made
+        if a.step_order == row.step_order and a.kind is AttemptKind.COMPENSATION
+    ]
+    last = numbers[-1] if numbers and row.error is not None else 0
+    if row.next_retry_at is not None:
+        return last + 1, None
+    lost = last + 1
+    error = f"attempt {lost} got no answer: the run stopped during the call"
+    cut_off = AttemptRecord(
+        row.step_order, AttemptKind.COMPENSATION, lost, datetime.now(UTC), 0.0, error=error
+    )
+    return lost + 1, cut_off
