@@ -3,9 +3,9 @@
 Each replica is a ``SagaStore`` of its own (own connections) on one fresh database, and all of
 them read one ``FakeClock``, which the test moves forward. In any order the replicas claim due
 sagas, claim one saga (forced or not), renew one lease or all of theirs, make fenced writes,
-release, and crash (forget every lease they hold). A replica keeps what it believes: each lease
-it holds and the expiry it asked for. After every step, and in the rules themselves, the real
-SQL is checked against these invariants:
+release (alone or with a write), and crash (forget every lease they hold). A replica keeps what
+it believes: each lease it holds and the expiry it asked for. After every step, and in the rules
+themselves, the real SQL is checked against these invariants:
 
 1. at most one replica holds a lease it believes live that the row agrees with (owner and
    version), and that lease's expiry is the row's;
@@ -38,8 +38,8 @@ from hypothesis.stateful import (
 
 from saga_runner.errors import LeaseLost
 from saga_runner.records import Claim, Lease, SagaInstance
-from saga_runner.store import SagaStore
-from saga_store.helpers import FakeClock, Target, saga_change, start_saga
+from saga_runner.store import SagaStore, WriteBatch
+from saga_store.helpers import FakeClock, Target, start_saga
 
 REPLICAS = st.integers(min_value=0, max_value=2)
 SAGAS = st.integers(min_value=0, max_value=1)
@@ -177,16 +177,17 @@ class LeaseProtocol(RuleBasedStateMachine):
         else:
             del self.held[replica][lease.saga_id]
 
-    @rule(replica=REPLICAS, saga=SAGAS)
-    def fenced_write(self, replica: int, saga: int) -> None:
+    @rule(replica=REPLICAS, saga=SAGAS, release=st.booleans())
+    def fenced_write(self, replica: int, saga: int, release: bool) -> None:
         held = self.held[replica].get(self.saga_ids[saga])
         if held is None:
             return
         before = self.row(held.lease.saga_id)
         self.writes += 1
         data = {"by": replica, "write": self.writes}
+        batch = WriteBatch(saga_columns={"response": data}, release=release)
         try:
-            written = self.run(self.stores[replica].write(held.lease, saga_change(response=data)))
+            written = self.run(self.stores[replica].write(held.lease, batch))
         except LeaseLost:
             assert not self.names(before, held.lease), "a write under a live lease was refused"
             after = self.row(held.lease.saga_id)
@@ -195,7 +196,11 @@ class LeaseProtocol(RuleBasedStateMachine):
             del self.held[replica][held.lease.saga_id]
             return
         assert self.names(before, held.lease), "a stale lease's write committed"
-        assert written.response == data == self.row(held.lease.saga_id).response
+        after = self.row(held.lease.saga_id)
+        assert written.response == data == after.response
+        if release:
+            assert (after.owner, after.lease_expires_at) == (None, None)
+            del self.held[replica][held.lease.saga_id]
 
     @rule(replica=REPLICAS, saga=SAGAS)
     def release(self, replica: int, saga: int) -> None:
