@@ -137,7 +137,10 @@ class UpstreamClient:
         """A slot and a connection for it: a pooled one (True) or a new one (False)."""
         holder = self._take_share(client)
         try:
-            async with asyncio.timeout(self._pool_timeout):
+            if self._slots.locked():  # only a wait needs a deadline (and a timer)
+                async with asyncio.timeout(self._pool_timeout):
+                    await self._slots.acquire()
+            else:
                 await self._slots.acquire()
         except TimeoutError:
             self._give_share(holder)

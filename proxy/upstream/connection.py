@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.unread = False
         self.holder: str | None = None
         self._sock: socket.socket | None = None
+        self._poller: select.poll | None = None
         self._acked_base: int | None = None
         self._sent = 0
         self._sent_before = 0
@@ -147,9 +148,11 @@ class UpstreamConnection(asyncio.Protocol):
             return True
         if self._sock is None:
             return False
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLRDHUP)
-        return bool(poller.poll(0))
+        if self._poller is None:  # made once per connection: a reuse costs one poll(2)
+            self._poller = select.poll()
+            events = select.POLLIN | select.POLLPRI | select.POLLRDHUP
+            self._poller.register(self._sock.fileno(), events)
+        return bool(self._poller.poll(0))
 
     def start(self, head_request: bool) -> asyncio.Future[ResponseHead]:
         """Arm the connection for the answer to the request about to be written."""
