@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from saga_runner.seal import decode_key
 from yamlconfig.errors import ConfigIssue, KeyValueError
 from yamlconfig.loader import LocatedDocument, load_yaml, validate
 from yamlconfig.units import ByteSize, Duration
@@ -233,6 +234,9 @@ class SagasConfig(Model):
     lease: Duration = 15.0
     retention: Duration = 30 * 86400.0
     max_input: ByteSize = 256 * 1024
+    # base64 32-byte AES-256-GCM keys sealing the redacted trigger values of each saga, so a
+    # resumed saga renders from the real input; the first encrypts, all decrypt.
+    encryption_keys: tuple[str, ...] = ()
 
     @field_validator("store")
     @classmethod
@@ -240,6 +244,13 @@ class SagasConfig(Model):
         scheme = urlsplit(value).scheme
         if scheme not in ("postgresql", "postgres", "sqlite"):
             raise ValueError(f"expected a postgresql:// or sqlite:/// URL, got {value!r}")
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _encryption_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            decode_key(key)
         return value
 
 

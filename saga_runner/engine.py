@@ -44,6 +44,7 @@ from saga_runner.runs import (
     log_run,
     started_headers,
 )
+from saga_runner.seal import SEALED, Sealer
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
@@ -63,6 +64,7 @@ class SagaEngine:
         redactor: Redactor,
         settings: EngineSettings,
         leases: LeaseRenewer,
+        sealer: Sealer | None = None,
     ) -> None:
         self.store = store
         self.attempts = attempts
@@ -70,6 +72,7 @@ class SagaEngine:
         self.redactor = redactor
         self.settings = settings
         self.leases = leases
+        self.sealer = sealer or Sealer()
         self.compensator = Compensator(store, attempts, redactor, settings)
         self._saved_definitions: set[str] = set()
 
@@ -116,6 +119,10 @@ class SagaEngine:
         # A large body takes long to redact: off the loop (see ``offload``), before the clock
         # of the lease starts.
         recorded_input = await offload.off_loop(self.redactor.redact_body, input_data)
+        started: dict[str, JsonValue] = {"headers": self.redactor.redact_headers(lowered)}
+        sealed = self.sealer.seal(self.redactor, saga_id, input_data, lowered)
+        if sealed is not None:
+            started[SEALED] = sealed
         sent_at = asyncio.get_running_loop().time()
         created = await self.store.create_instance(
             business_type=definition.name,
@@ -128,7 +135,7 @@ class SagaEngine:
             lease_seconds=self.settings.lease_seconds,
             idempotency_key=idempotency_key,
             saga_id=saga_id,
-            started={"headers": self.redactor.redact_headers(lowered)},
+            started=started,
         )
         if created.lease is None:
             return created
@@ -182,7 +189,8 @@ class SagaEngine:
             headers: the trigger's headers; when None (a resumed saga) they are read back from
                 the instance's ``started`` event.
             input_data: the trigger's body as given to ``start``; when None (a resumed saga)
-                the stored copy, in which ``redact.fields`` are already replaced.
+                the stored copy, in which ``redact.fields`` are replaced, with the replaced
+                values decrypted back when ``sagas.encryption_keys`` sealed them (``seal``).
             started: what ``start`` returned for this lease: the run then begins from what was
                 written (no read) and makes an announced first call at once.
 
@@ -234,17 +242,19 @@ class SagaEngine:
             run.first_call = started.first_call
             return run, started.steps
         detail = await self.store.get(lease.saga_id)
-        if headers is None:
+        withheld: str | None = None
+        if headers is None or input_data is None:
             event = next((e for e in detail.events if e.action == "started"), None)
-            headers = started_headers(None if event is None else event.detail)
-        run = Run(
-            definition,
-            lease,
-            hold,
-            detail.instance,
-            _lowered(headers),
-            detail.instance.input if input_data is None else input_data,
-        )
+            recorded = None if event is None else event.detail
+            sealed = recorded.get(SEALED) if isinstance(recorded, dict) else None
+            known = self.sealer.unseal(
+                lease.saga_id, detail.instance.input, started_headers(recorded), sealed
+            )
+            headers = known.headers if headers is None else headers
+            input_data = known.input if input_data is None else input_data
+            withheld = known.reason
+        run = Run(definition, lease, hold, detail.instance, _lowered(headers), input_data)
+        run.withheld = withheld
         run.results.update(known_results(detail.steps))
         return run, detail.steps
 

@@ -82,6 +82,8 @@ class Run:
     first_call: StepRequest | None = None
     # Whether the run's last write released the lease.
     released: bool = False
+    # Set when ``input``/``headers`` hold redaction placeholders that could not be recovered.
+    withheld: str | None = None
 
     def context(self) -> RenderContext:
         """What the run's templates may look up now."""
@@ -91,6 +93,7 @@ class Run:
             saga_id=self.saga.id,
             business_id=self.saga.business_id,
             steps=dict(self.results),
+            withheld=self.withheld,
         )
 
 

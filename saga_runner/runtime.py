@@ -26,6 +26,7 @@ from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import NullObserver, SagaObserver
 from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings
+from saga_runner.seal import Sealer
 from saga_runner.store import SagaStore
 from saga_runner.transport import AiohttpTransport, StepTransport
 
@@ -47,6 +48,8 @@ class RuntimeSettings:
     services: Mapping[str, str]
     redact_headers: tuple[str, ...] = ()
     redact_fields: tuple[str, ...] = ()
+    # base64 AES-256 keys sealing the redacted trigger values (the first encrypts).
+    encryption_keys: tuple[str, ...] = ()
 
 
 class SagaRuntime:
@@ -106,6 +109,7 @@ class SagaRuntime:
                 services=dict(settings.services),
             ),
             leases,
+            Sealer.from_base64(settings.encryption_keys),
         )
         leases.start()
         return cls(store, engine, catalog, transport)

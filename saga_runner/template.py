@@ -44,6 +44,7 @@ from urllib.parse import quote, urlsplit
 from yarl import URL
 
 from saga_runner.errors import TemplateError, TemplateRoot
+from saga_runner.redact import REDACTED
 
 Loc = tuple[str | int, ...]
 
@@ -142,6 +143,9 @@ class RenderContext:
         saga_id: the saga instance id.
         business_id: the rendered ``business_id`` (None when the saga has none).
         steps: results of the steps that answered so far, by step name.
+        withheld: set when ``input`` and ``headers`` are the stored redacted copy whose
+            redacted values could not be recovered: why. A lookup reaching a redaction
+            placeholder then fails with it rather than render the placeholder.
     """
 
     input: Any = None
@@ -149,6 +153,7 @@ class RenderContext:
     saga_id: str = ""
     business_id: str | None = None
     steps: Mapping[str, StepResult] = field(default_factory=dict)
+    withheld: str | None = None
 
     @cached_property
     def _roots(self) -> dict[str, Any]:
@@ -170,7 +175,20 @@ class RenderContext:
                 "headers": {k.lower(): v for k, v in result.headers.items()},
             }[ref.segments[2]]
             return _walk(value, ref, 3)
-        return _walk(self._roots[ref.root], ref, 1)
+        found = _walk(self._roots[ref.root], ref, 1)
+        if self.withheld is not None and _holds_placeholder(found):
+            raise TemplateError(
+                f"{ref} was redacted when stored and {self.withheld}", root=ref.root
+            )
+        return found
+
+
+def _holds_placeholder(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_holds_placeholder(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_placeholder(v) for v in value)
+    return bool(value == REDACTED)
 
 
 def _walk(value: Any, ref: Reference, start: int) -> Any:

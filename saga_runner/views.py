@@ -23,6 +23,7 @@ from saga_runner.records import (
     StepAttempt,
 )
 from saga_runner.redact import REDACTED, Redactor
+from saga_runner.seal import SEALED
 
 StepNames = Callable[[SagaInstance], Sequence[str]]
 
@@ -144,8 +145,15 @@ def event_view(event: SagaEvent, redact: OutputRedactor) -> dict[str, Any]:
         "at": stamp(event.at),
         "actor": event.actor,
         "action": event.action,
-        "detail": redact(event.detail),
+        "detail": redact(_unsealed(event.detail)),
     }
+
+
+def _unsealed(detail: JsonValue) -> JsonValue:
+    """An event's detail without the sealed redacted values (never shown, even encrypted)."""
+    if isinstance(detail, Mapping) and SEALED in detail:
+        return {k: v for k, v in detail.items() if k != SEALED}
+    return detail
 
 
 def detail_view(detail: SagaDetail, redact: OutputRedactor) -> dict[str, Any]:

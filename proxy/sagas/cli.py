@@ -84,6 +84,7 @@ def runtime_settings(loaded: LoadedConfig) -> RuntimeSettings:
         services=config.services,
         redact_headers=config.redact.headers,
         redact_fields=config.redact.fields,
+        encryption_keys=config.sagas.encryption_keys,
     )
 
 

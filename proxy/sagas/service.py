@@ -73,6 +73,7 @@ class SagaService:
             services=config.services,
             redact_headers=config.redact.headers,
             redact_fields=config.redact.fields,
+            encryption_keys=config.sagas.encryption_keys,
         )
         self.catalog: SagaCatalog = load_definitions(
             loaded.base_dir,

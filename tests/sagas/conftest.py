@@ -8,7 +8,7 @@ Fixtures:
     backend        ``"sqlite"`` or ``"postgres"`` (parametrized).
     database       the test's empty ``Database`` (store URL plus raw reads).
     services       ``FakeServices`` serving inventory, payments and shipping on real ports.
-    make_engine    ``await make_engine(saga_dict=None, redact=None) -> EngineHarness``.
+    make_engine    ``await make_engine(saga_dict=None, redact=None, keys=()) -> EngineHarness``.
     make_sidecar   ``await make_sidecar(*saga_dicts, **config) -> SidecarHarness``: the public
                    and admin apps of an in-process sidecar on real ports.
     client         a plain ``aiohttp.ClientSession``.
@@ -71,13 +71,14 @@ async def services(upstream_server: Callable[..., Awaitable[Upstream]]) -> FakeS
 async def make_engine(
     database: Database, services: FakeServices, tmp_path: Path
 ) -> AsyncIterator[EngineFactory]:
-    """``await make_engine(saga_dict=None, redact=None, observer=None)``; closed after."""
+    """``await make_engine(saga_dict=None, redact=None, observer=None, keys=())``; closed after."""
     opened: list[SagaRuntime] = []
 
     async def make(
         saga: dict[str, Any] | None = None,
         redact: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
         observer: SagaObserver | None = None,
+        keys: tuple[str, ...] = (),
     ) -> EngineHarness:
         definition = load_saga(tmp_path / "sagas", saga or order_saga())
         headers, fields = redact or ((), ())
@@ -90,6 +91,7 @@ async def make_engine(
             services=dict(services.urls),
             redact_headers=headers,
             redact_fields=fields,
+            encryption_keys=keys,
         )
         catalog = SagaCatalog.of([(definition, tmp_path / "sagas")])
         runtime = await SagaRuntime.open(settings, catalog, observer)
