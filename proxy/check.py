@@ -11,16 +11,21 @@ every store reached; ``EXIT_INVALID`` (2) problems, each printed as ``FILE:LINE:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from proxy.config import LoadedConfig, SagasConfig, SidecarConfig
 from proxy.dependencies import dependencies, reach
-from saga_runner.catalog import DEFINITIONS_LOC, load_definitions
+from saga_runner.catalog import DEFINITIONS_LOC, SagaCatalog, load_definitions
+from saga_runner.errors import TemplateError, TemplateRoot
+from saga_runner.redact import Redactor
+from saga_runner.template import Reference, parse_template
 from yamlconfig.errors import ConfigError, ConfigIssue
 from yamlconfig.loader import LocatedDocument, load_yaml, validate
 
@@ -38,6 +43,7 @@ class Findings:
     issues: list[ConfigIssue]
     loaded: LoadedConfig | None
     sagas: int
+    warnings: tuple[str, ...] = ()
 
 
 def missing_file(path: Path) -> str | None:
@@ -70,10 +76,54 @@ def check_files(path: Path, env: Mapping[str, str] | None = None) -> Findings:
         return Findings(issues, loaded, 0)
     base_dir = path.resolve().parent
     try:
-        count = len(load_definitions(base_dir, globs, services, env=env, origin=doc))
+        catalog = load_definitions(base_dir, globs, services, env=env, origin=doc)
     except ConfigError as exc:
         return Findings(issues + exc.issues, loaded, 0)
-    return Findings(issues, loaded, count)
+    warnings = () if loaded is None else unsealed_redactions(loaded.config, catalog)
+    return Findings(issues, loaded, len(catalog), warnings)
+
+
+def unsealed_redactions(config: SidecarConfig, catalog: SagaCatalog) -> tuple[str, ...]:
+    """A warning per saga whose calls use redacted values while no encryption keys are set.
+
+    Such a saga, resumed from its (redacted) records, fails the step needing the value.
+    """
+    if config.sagas is None or config.sagas.encryption_keys:
+        return ()
+    redactor = Redactor(config.redact.headers, config.redact.fields)
+    warnings = []
+    for definition in catalog.by_name.values():
+        snapshot = definition.to_snapshot()
+        names = sorted(
+            {str(ref) for ref in _references(snapshot["steps"]) if _redacted(ref, redactor)}
+        )
+        if names:
+            warnings.append(
+                f"warning: saga {definition.name} uses {', '.join(names)}, redacted when stored:"
+                " with no sagas.encryption_keys set, a saga resumed after a restart fails the"
+                " step needing it"
+            )
+    return tuple(warnings)
+
+
+def _references(value: Any) -> Iterator[Reference]:
+    if isinstance(value, str) and "{{" in value:
+        with contextlib.suppress(TemplateError):
+            yield from parse_template(value).references
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def _redacted(ref: Reference, redactor: Redactor) -> bool:
+    if ref.root is TemplateRoot.HEADERS:
+        return ref.segments[1].lower() in redactor.headers
+    if ref.root is TemplateRoot.INPUT:
+        return any(segment.lower() in redactor.fields for segment in ref.segments[1:])
+    return False
 
 
 def _salvaged(doc: LocatedDocument) -> tuple[Sequence[str] | None, Collection[str] | None]:
@@ -107,6 +157,8 @@ def run(path: Path, *, connect: bool, timeout: float) -> int:
     if found.issues or found.loaded is None:
         return EXIT_INVALID
     print(f"{path}: ok ({found.sagas} saga definition{'s' if found.sagas != 1 else ''})")
+    for warning in found.warnings:
+        print(warning, file=sys.stderr)
     if not connect:
         return EXIT_OK
     stores = dependencies(found.loaded)
