@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from saga_store.helpers import FakeClock, saga_change
 
 from saga_runner.definition import load_definition
 from saga_runner.records import NewStep, SagaInstance
+from saga_runner.redact import Redactor
+from saga_runner.seal import SEALED, Sealer
 from saga_runner.states import SagaStatus
 from saga_runner.store import SagaStore
 
@@ -80,6 +83,9 @@ ORDER_SAGA: dict[str, Any] = {
     ],
 }
 
+# The sidecar's ``sagas.encryption_keys``: a stuck saga's redacted card number is sealed with it.
+SEAL_KEY = "c2FnYS1zaWRlY2FyIHRlc3Qgc2VhbCBrZXkgMzIgYnk="
+
 
 def write_config(directory: Path, store_url: str, shop_url: str, token: str = "") -> Path:
     """Write ``sidecar.yaml`` and ``sagas/order.yaml`` into ``directory``; return the config."""
@@ -95,6 +101,7 @@ def write_config(directory: Path, store_url: str, shop_url: str, token: str = ""
             "definitions": ["sagas/*.yaml"],
             "lease": "5s",
             "recovery_interval": "1h",
+            "encryption_keys": [SEAL_KEY],
         },
         "log": {"format": "text", "level": "warning"},
     }
@@ -237,6 +244,10 @@ async def stuck_order(seeder: Seeder, config_dir: Path, order_no: str, lease_sec
         definition.definition_hash, definition.name, definition.to_snapshot()
     )
     seeder.clock.advance(1)
+    saga_id = str(uuid.uuid4())
+    real = {"order_no": order_no, "card_number": "4111111111111111"}
+    redactor = Redactor(fields=["card_number"])
+    sealed = Sealer.from_base64([SEAL_KEY]).seal(redactor, saga_id, real, {})
     created = await store.create_instance(
         business_type=definition.name,
         business_id=order_no,
@@ -246,6 +257,8 @@ async def stuck_order(seeder: Seeder, config_dir: Path, order_no: str, lease_sec
         steps=[NewStep(step.name, step.retry.attempts) for step in definition.steps],
         owner="replica-gone",
         lease_seconds=lease_seconds,
+        saga_id=saga_id,
     )
-    await store.record_event(created.saga.id, "replica-gone", "started", {"headers": {}})
+    started: dict[str, Any] = {"headers": {}, SEALED: sealed}
+    await store.record_event(created.saga.id, "replica-gone", "started", started)
     return created.saga.id
