@@ -23,13 +23,13 @@ from proxy.config import LoadedConfig
 from proxy.forward_executor import ForwardExecutor
 from proxy.idempotency import idempotency_ctx
 from proxy.idempotency.middleware import guarded
-from proxy.keys import CONFIG, EXECUTORS, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS
+from proxy.keys import CONFIG, EXECUTORS, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS, TASKS
 from proxy.logs import log_access, request_id_for
 from proxy.metrics import SidecarMetrics
 from proxy.paths import refuse_escape
 from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
-from proxy.resources import task_scheduler_ctx, upstream_client_ctx
+from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 from proxy.sagas.routes import setup_saga_routes
 from proxy.sagas.service import SagaService, saga_service_ctx
 
@@ -123,6 +123,7 @@ def build_public_app(
     )
     _shared(app, loaded, metrics, ready, sagas)
     app[EXECUTORS] = {}
+    app[TASKS] = new_task_scheduler()
     app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:

@@ -39,9 +39,19 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def new_task_scheduler() -> Scheduler:
+    """The app's tracked background tasks (shielded upstream calls, async sagas), unbounded.
+
+    Built with the app, before any cleanup context starts, so the contexts that open consumers
+    of it (the idempotency guard) are handed it; ``task_scheduler_ctx`` drains it at shutdown.
+    """
+    return Scheduler(limit=None, pending_limit=0)
+
+
 async def task_scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Tracked background tasks (shielded upstream calls); drained at shutdown within the grace."""
-    scheduler = Scheduler(limit=None, pending_limit=0)
-    app[TASKS] = scheduler
+    """Drain the app's tracked tasks (``TASKS``) at shutdown within the grace.
+
+    Append it after the contexts whose resources those tasks use, so it drains before they close.
+    """
     yield
-    await scheduler.wait_and_close(timeout=app[CONFIG].config.shutdown_grace)
+    await app[TASKS].wait_and_close(timeout=app[CONFIG].config.shutdown_grace)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from functools import partial
 
 from aiohttp import web
+from aiojobs import Scheduler
 
 from proxy.bodies import BodyReader
 from proxy.config import IdempotencyConfig
@@ -60,7 +61,8 @@ class IdempotencyGuard:
     """Applies one ``idempotency`` config section to the requests of one application.
 
     ``executors`` maps a route's handler to the ``Executor`` that runs its covered requests;
-    any other handler runs as a ``LocalHandler``.
+    any other handler runs as a ``LocalHandler``. ``tasks`` tracks each execution as a task
+    shielded from the client's disconnect and drained at shutdown.
     """
 
     def __init__(
@@ -68,12 +70,14 @@ class IdempotencyGuard:
         config: IdempotencyConfig,
         store: IdempotencyStore,
         metrics: SidecarMetrics,
+        tasks: Scheduler,
         read_timeout: float | None = None,
         executors: Mapping[Handler, Executor] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.tasks = tasks
         self.bodies = BodyReader(config.max_request_body, read_timeout)
         self.executors: Mapping[Handler, Executor] = executors or {}
         self.policy = IdempotencyPolicy(config)
@@ -211,7 +215,7 @@ class IdempotencyGuard:
         request = call.request
         if isinstance(state, Acquired):
             request[IDEMPOTENCY_OUTCOME] = "miss"
-            return await request.app[TASKS].shield(self._execute(call, executor, state, policy))
+            return await self.tasks.shield(self._execute(call, executor, state, policy))
         seen = state.record.fingerprint if isinstance(state, Completed) else state.fingerprint
         if seen != call.fingerprint:
             request[IDEMPOTENCY_OUTCOME] = "mismatch"
@@ -360,6 +364,7 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded.idempotency,
         store,
         app[METRICS],
+        app[TASKS],
         loaded.limits.read_timeout,
         executors=app.get(EXECUTORS),
     )

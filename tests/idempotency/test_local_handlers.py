@@ -11,11 +11,11 @@ from conftest import Upstream
 
 from proxy.config import LoadedConfig, SidecarConfig
 from proxy.idempotency import idempotency_ctx, idempotency_middleware
-from proxy.keys import CONFIG, METRICS, READINESS
+from proxy.keys import CONFIG, METRICS, READINESS, TASKS
 from proxy.metrics import SidecarMetrics
 from proxy.problems import problems_middleware
 from proxy.readiness import Readiness
-from proxy.resources import task_scheduler_ctx, upstream_client_ctx
+from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 
 
 def local_app(tmp_path: Path, store_url: str, calls: list[object]) -> web.Application:
@@ -27,6 +27,7 @@ def local_app(tmp_path: Path, store_url: str, calls: list[object]) -> web.Applic
     app[CONFIG] = LoadedConfig(path=tmp_path / "sidecar.yaml", config=config)
     app[METRICS] = SidecarMetrics()
     app[READINESS] = Readiness()
+    app[TASKS] = new_task_scheduler()
     for ctx in (upstream_client_ctx, idempotency_ctx, task_scheduler_ctx):
         app.cleanup_ctx.append(ctx)
 
