@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from proxy.logs import setup_logging
 from proxy.sagas.cli import add_sagas_parser, cmd_sagas
 from proxy.schemas import SCHEMAS
 from proxy.schemas import render as render_schema
+from proxy.version import version
 from saga_runner.errors import SagaError, StoreError
 from saga_runner.store import SagaStore
 from yamlconfig.errors import ConfigError
@@ -28,14 +28,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
-
-
-def version() -> str:
-    """The installed package's version (``pyproject.toml``)."""
-    try:
-        return metadata.version("saga-sidecar")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.bodies import BodyReader
-from proxy.errors import UpstreamReset, UpstreamUpgrade
+from proxy.errors import UpstreamError, UpstreamReset, UpstreamUpgrade
 from proxy.headers import end_to_end, forwarded_header_lines
 from proxy.keys import REQUEST_ID, UPSTREAM_SECONDS
+from proxy.metrics import SidecarMetrics
 from proxy.paths import resolved_target
 from proxy.upstream import RequestBody, UpstreamClient, UpstreamResponse
 
@@ -58,7 +59,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class Forwarder:
-    """Sends requests to the upstream app over the process's ``UpstreamClient``."""
+    """Sends requests to the upstream app over the process's ``UpstreamClient``.
+
+    Every upstream call is timed into ``metrics`` and a failed one counted by kind (a body that
+    breaks later is counted by the client's ``on_body_error``).
+    """
 
     def __init__(
         self,
@@ -67,8 +72,11 @@ class Forwarder:
         read_timeout: float | None = None,
         trust_forwarded: bool = False,
         write_timeout: float | None = None,
+        *,
+        metrics: SidecarMetrics,
     ) -> None:
         self.client = client
+        self.metrics = metrics
         self.trust_forwarded = trust_forwarded
         self.timeout = client.timeout
         self.bodies = BodyReader(max_request_body, read_timeout)
@@ -103,13 +111,19 @@ class Forwarder:
         """
         started = time.perf_counter()
         try:
-            response = await self._send(request, body)
-        except UpstreamReset as exc:
-            if body is not None or request.method not in SAFE_METHODS:
-                raise
-            log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
-            response = await self._send(request, body)
-        request[UPSTREAM_SECONDS] = time.perf_counter() - started
+            try:
+                response = await self._send(request, body)
+            except UpstreamReset as exc:
+                if body is not None or request.method not in SAFE_METHODS:
+                    raise
+                log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
+                response = await self._send(request, body)
+        except UpstreamError as exc:
+            self.metrics.observe_upstream(time.perf_counter() - started)
+            self.metrics.upstream_failed(exc)
+            raise
+        seconds = request[UPSTREAM_SECONDS] = time.perf_counter() - started
+        self.metrics.observe_upstream(seconds)
         if response.status == 101:
             response.release()  # closes it: the app switched protocols on this connection
             log.warning(
@@ -118,10 +132,12 @@ class Forwarder:
                 request.method,
                 request.path,
             )
-            raise UpstreamUpgrade(
+            upgrade = UpstreamUpgrade(
                 "the upstream answered 101 Switching Protocols; this sidecar does not relay "
                 "protocol upgrades (WebSocket, h2c)"
             )
+            self.metrics.upstream_failed(upgrade)
+            raise upgrade
         return response
 
     async def _send(self, request: web.Request, body: RequestBody) -> UpstreamResponse:

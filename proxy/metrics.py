@@ -2,17 +2,62 @@
 
 ``SidecarMetrics`` owns every metric the sidecar exports; it is built once per application on its
 own ``CollectorRegistry`` so tests can build many apps in one process. The saga engine reports
-through the ``saga_runner.observer`` protocol, which ``SidecarMetrics`` also implements.
+through the ``saga_runner.observer`` protocol (``proxy.sagas.service.MetricsObserver``).
+
+Label values come from config (declared sagas and their steps) or from a fixed set (upstream
+error kinds, the standard HTTP methods): never from what a client sends, so no request path or
+invented method adds a series. The children observed per forwarded request are cached, so the hot
+path pays a dict lookup, not ``labels()`` and its validation.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from proxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnreachable, UpstreamUpgrade
+from proxy.version import version
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-# Bounds the cache of labelled children (a client may send any method token).
+# Bounds the cache of labelled children (the app may answer any status from 100 to 999).
 _MAX_CACHED_CHILDREN = 1024
 _SAGA_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The request methods of RFC 9110 and PATCH; any other token a client sends is counted as
+# OTHER_METHOD (OpenTelemetry's spelling), so invented methods cannot add series.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "_OTHER"
+# upstream_errors_total's kinds: every one is exported from the start (at 0), so a rate or a
+# ratio over them exists before the first failure.
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "overflow", "upgrade")
+
+
+def upstream_error_kind(exc: BaseException) -> str:
+    """The ``upstream_errors_total`` kind of a failed upstream call or body read.
+
+    ``connect``: no connection could be made; ``timeout``: no answer (or no next body chunk)
+    in ``upstream.timeout``; ``overflow``: no pooled connection free in time, or the client
+    holds its share (nothing was sent); ``upgrade``: the app answered 101; ``reset``: the
+    connection broke or the answer was not valid HTTP.
+    """
+    if isinstance(exc, UpstreamUnreachable):
+        return "connect"
+    if isinstance(exc, (UpstreamTimeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, UpstreamBusy):
+        return "overflow"
+    if isinstance(exc, UpstreamUpgrade):
+        return "upgrade"
+    return "reset"
 
 
 class SidecarMetrics:
@@ -86,16 +131,66 @@ class SidecarMetrics:
             "Age of the oldest saga not yet in a terminal state (whole store)",
             registry=r,
         )
+        self.upstream_duration = Histogram(
+            "upstream_request_duration_seconds",
+            "Time from sending a forwarded request upstream to its answer's headers (or failure)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "upstream_errors",
+            "Forwarded requests that failed at the upstream, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.saga_step_duration = Histogram(
+            "saga_step_duration_seconds",
+            "Time of one step call (each attempt), action or compensation",
+            ["saga", "step", "kind"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "saga_sidecar_build_info", "The running release (value 1)", ["version"], registry=r
+        )
+        self.build_info.labels(version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.
         self._http_children: dict[tuple[str, int], Counter] = {}
+        self._upstream_error_children = {
+            kind: self.upstream_errors.labels(kind) for kind in UPSTREAM_ERROR_KINDS
+        }
+        # Bounded by the declared sagas' steps (a reload may add some: never a client).
+        self._step_children: dict[tuple[str, str, str], Histogram] = {}
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """Count one public request answered with ``status`` and time it (``seconds``)."""
         child = self._http_children.get((method, status))
+        if child is None:
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD
+            child = self._http_children.get((method, status))
         if child is None:
             child = self.http_requests.labels(method, str(status))
             if len(self._http_children) < _MAX_CACHED_CHILDREN:
                 self._http_children[method, status] = child
         child.inc()
         self.http_duration.observe(seconds)
+
+    def observe_upstream(self, seconds: float) -> None:
+        """Time one forwarded request's upstream call, answered or failed (``seconds``)."""
+        self.upstream_duration.observe(seconds)
+
+    def upstream_failed(self, exc: BaseException) -> None:
+        """Count one forwarded request that failed at the upstream (see ``upstream_error_kind``)."""
+        self._upstream_error_children[upstream_error_kind(exc)].inc()
+
+    def observe_step(self, saga: str, step: str, kind: str, seconds: float) -> None:
+        """Time one call of ``step``'s action or compensation (``kind``)."""
+        key = (saga, step, kind)
+        child = self._step_children.get(key)
+        if child is None:
+            child = self._step_children[key] = self.saga_step_duration.labels(saga, step, kind)
+        child.observe(seconds)

@@ -8,7 +8,7 @@ from aiohttp import web
 from aiojobs import Scheduler
 
 from proxy.forward import Forwarder
-from proxy.keys import CONFIG, FORWARDER, TASKS
+from proxy.keys import CONFIG, FORWARDER, METRICS, TASKS
 from proxy.upstream import UpstreamClient
 
 # Response header lines the app may send (aiohttp's default, 8190 bytes, turns a large
@@ -19,6 +19,7 @@ _MAX_UPSTREAM_HEADER_FIELD = 64 * 1024
 async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     """The process's pooled keep-alive client for the upstream app, behind the Forwarder."""
     config = app[CONFIG].config
+    metrics = app[METRICS]
     client = UpstreamClient(
         config.upstream.url,
         timeout=config.upstream.timeout,
@@ -27,6 +28,7 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
         max_field_size=_MAX_UPSTREAM_HEADER_FIELD,
         pool_timeout=config.upstream.pool_timeout,
         max_per_client=config.upstream.max_connections_per_client,
+        on_body_error=metrics.upstream_failed,
     )
     app[FORWARDER] = Forwarder(
         client,
@@ -34,6 +36,7 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
         config.limits.read_timeout,
         trust_forwarded=config.trust_forwarded,
         write_timeout=config.limits.write_timeout,
+        metrics=metrics,
     )
     yield
     await client.close()

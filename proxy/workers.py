@@ -10,8 +10,10 @@ Every worker binds the public address with SO_REUSEPORT and the kernel spreads c
 them. Only worker 0 binds the admin address (probes, saga API, dashboard, ``/metrics``); the
 others serve their own metrics on a Unix socket in a private runtime directory, and worker 0's
 ``/metrics`` is the sum of every worker's, so a scrape counts every request of the pod once.
-Gauges that describe the shared saga store rather than one process (``STORE_GAUGES``) are the
-maximum instead of the sum. Each worker runs its own saga recovery loop; sagas are leased, so
+Gauges that describe the shared saga store rather than one process (``STORE_GAUGES``), and those
+every worker reports alike (``ALIKE_GAUGES``: the release, the Python, a per-process limit, a
+start time) are the maximum instead of the sum; so ``process_*`` CPU, memory and open files are
+the pod's. Each worker runs its own saga recovery loop; sagas are leased, so
 workers share the backlog as replicas do.
 """
 
@@ -44,6 +46,10 @@ from proxy.keys import METRICS
 log = logging.getLogger("saga_sidecar.workers")
 
 STORE_GAUGES = frozenset({"saga_oldest_unfinished_age_seconds"})
+ALIKE_GAUGES = frozenset(
+    {"saga_sidecar_build_info", "python_info", "process_max_fds", "process_start_time_seconds"}
+)
+_MAXIMA = STORE_GAUGES | ALIKE_GAUGES
 _SCRAPE_TIMEOUT = 2.0
 _KILL_MARGIN = 10.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -68,7 +74,8 @@ class WorkerSlot:
 
 
 def merge_expositions(texts: Iterable[str]) -> bytes:
-    """Several Prometheus text expositions as one: samples summed (``STORE_GAUGES``: maximum)."""
+    """Several Prometheus text expositions as one: samples summed (``STORE_GAUGES`` and
+    ``ALIKE_GAUGES``: maximum)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
@@ -77,7 +84,7 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
                 family.name, Metric(family.name, family.documentation, family.type, family.unit)
             )
             merged = values.setdefault(family.name, {})
-            combine = max if family.name in STORE_GAUGES else _add
+            combine = max if family.name in _MAXIMA else _add
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 seen = merged.get(key)

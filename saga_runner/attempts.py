@@ -186,7 +186,9 @@ class AttemptLoop:
             status_code=result.status,
             error=result.error,
         )
-        self.observer.step_attempt(spec.saga_name, spec.step_name, spec.kind, result.outcome.value)
+        self.observer.step_attempt(
+            spec.saga_name, spec.step_name, spec.kind, result.outcome.value, result.duration
+        )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "saga step %s %s attempt %d: %s",

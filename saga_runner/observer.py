@@ -20,8 +20,11 @@ class SagaObserver(Protocol):
     def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
         """A saga reached ``completed``, ``compensated`` or ``failed`` after ``seconds``."""
 
-    def step_attempt(self, saga: str, step: str, kind: AttemptKind, outcome: str) -> None:
-        """One call of a step's action or compensation ended with ``outcome``."""
+    def step_attempt(
+        self, saga: str, step: str, kind: AttemptKind, outcome: str, seconds: float
+    ) -> None:
+        """One call of a step's action or compensation ended with ``outcome`` after
+        ``seconds``."""
 
     def run_started(self, saga: str) -> None:
         """This process began (or resumed) running a saga."""
@@ -39,7 +42,9 @@ class NullObserver:
     def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
         """Ignore."""
 
-    def step_attempt(self, saga: str, step: str, kind: AttemptKind, outcome: str) -> None:
+    def step_attempt(
+        self, saga: str, step: str, kind: AttemptKind, outcome: str, seconds: float
+    ) -> None:
         """Ignore."""
 
     def run_started(self, saga: str) -> None:

@@ -43,10 +43,13 @@ class MetricsObserver:
             counter.labels(saga).inc()
             self.metrics.saga_duration.labels(saga).observe(seconds)
 
-    def step_attempt(self, saga: str, step: str, kind: AttemptKind, outcome: str) -> None:
-        """Count one step call by outcome (compensation calls are labelled as such)."""
+    def step_attempt(
+        self, saga: str, step: str, kind: AttemptKind, outcome: str, seconds: float
+    ) -> None:
+        """Count one step call by outcome (compensation calls are labelled as such), time it."""
         label = outcome if kind is AttemptKind.ACTION else f"compensation_{outcome}"
         self.metrics.saga_step_attempts.labels(saga, step, label).inc()
+        self.metrics.observe_step(saga, step, kind.value, seconds)
 
     def run_started(self, saga: str) -> None:
         """One more saga running in this process."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from proxy.errors import (
@@ -46,6 +46,9 @@ class UpstreamClient:
     At most ``limit`` connections are open at once; a request waits up to ``pool_timeout`` for
     one (None: without end), and a ``client`` named in ``send`` may hold at most
     ``max_per_client`` of them (0: no cap). Past either, ``UpstreamBusy``: nothing was sent.
+
+    ``on_body_error`` is told, once per answer, when reading an answer's body fails (it timed
+    out or the connection broke after the headers), for a caller that counts upstream failures.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class UpstreamClient:
         max_field_size: int = 64 * 1024,
         pool_timeout: float | None = None,
         max_per_client: int = 0,
+        on_body_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.hostname is None:
@@ -74,6 +78,7 @@ class UpstreamClient:
         self._slots = asyncio.Semaphore(limit)
         self._pool_timeout = pool_timeout
         self._max_per_client = max_per_client
+        self._on_body_error = on_body_error
         self._held: dict[str, int] = {}
         self._idle: list[UpstreamConnection] = []
         self._swept = 0.0
@@ -131,7 +136,9 @@ class UpstreamClient:
         except BaseException:
             self._discard(connection)
             raise
-        return UpstreamResponse(response_head, connection, self.timeout, self._release)
+        return UpstreamResponse(
+            response_head, connection, self.timeout, self._release, self._on_body_error
+        )
 
     async def _checkout(self, client: str | None) -> tuple[UpstreamConnection, bool]:
         """A slot and a connection for it: a pooled one (True) or a new one (False)."""

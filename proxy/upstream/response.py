@@ -8,6 +8,7 @@ from types import TracebackType
 
 from multidict import CIMultiDict
 
+from proxy.errors import UpstreamConnectionError
 from proxy.upstream.connection import ResponseHead, UpstreamConnection
 
 
@@ -15,8 +16,9 @@ class UpstreamResponse:
     """Status, headers and the body of one upstream answer, read chunk by chunk.
 
     A pause longer than ``read_timeout`` between body chunks raises ``TimeoutError``; a broken
-    connection raises ``UpstreamConnectionError``. ``release`` (or leaving ``async with``) hands
-    the connection back to its pool when the whole answer was read, and closes it otherwise.
+    connection raises ``UpstreamConnectionError``; the first such failure is also handed to
+    ``on_body_error``. ``release`` (or leaving ``async with``) hands the connection back to its
+    pool when the whole answer was read, and closes it otherwise.
     """
 
     def __init__(
@@ -25,6 +27,7 @@ class UpstreamResponse:
         connection: UpstreamConnection,
         read_timeout: float | None,
         on_release: Callable[[UpstreamConnection], None],
+        on_body_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.status = head.status
         self.reason = head.reason
@@ -33,16 +36,23 @@ class UpstreamResponse:
         self._connection = connection
         self._read_timeout = read_timeout
         self._on_release: Callable[[UpstreamConnection], None] | None = on_release
+        self._on_body_error = on_body_error
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body as it arrived; ``b""`` once the body has ended."""
         connection = self._connection
-        while True:
-            chunk = connection.take()
-            if chunk is not None:
-                return chunk
-            async with asyncio.timeout(self._read_timeout):
-                await connection.wait_body()
+        try:
+            while True:
+                chunk = connection.take()
+                if chunk is not None:
+                    return chunk
+                async with asyncio.timeout(self._read_timeout):
+                    await connection.wait_body()
+        except (TimeoutError, UpstreamConnectionError) as exc:
+            report, self._on_body_error = self._on_body_error, None
+            if report is not None:
+                report(exc)
+            raise
 
     def read_if_complete(self) -> bytes | None:
         """The rest of the body at once when it has all arrived already, else None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import time
 import uuid
@@ -16,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.version import version
 from proxy.workers import merge_expositions
 
 if TYPE_CHECKING:
@@ -41,6 +43,13 @@ def alive(pid: int) -> bool:
 
 def cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def sample_value(text: str, name: str, labels: dict[str, str]) -> float:
@@ -116,6 +125,12 @@ async def test_two_workers_share_the_listener_and_metrics_count_every_request_on
     labels = {"method": "GET", "status": "200"}
     assert sample_value(text, "http_requests_total", labels) == 300
     assert sample_value(text, "http_request_duration_seconds_count", {}) == 300
+    assert sample_value(text, "upstream_request_duration_seconds_count", {}) == 300
+    assert sample_value(text, "saga_sidecar_build_info", {"version": version()}) == 1
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # the workers inherit it
+    assert sample_value(text, "process_max_fds", {}) == soft_limit
+    biggest = max(rss_bytes(pid) for pid in workers)
+    assert sample_value(text, "process_resident_memory_bytes", {}) > 1.5 * biggest
 
 
 async def test_sigterm_drains_in_flight_requests_in_every_worker_then_exits_0(
@@ -172,3 +187,23 @@ def test_merged_metrics_sum_per_process_samples_and_take_the_max_of_store_gauges
     assert sample_value(merged, "http_requests_total", {"method": "POST", "status": "201"}) == 1
     assert sample_value(merged, "saga_oldest_unfinished_age_seconds", {}) == 7
     assert sample_value(merged, "saga_in_flight", {"saga": "pay"}) == 3
+
+
+def test_merged_metrics_take_the_max_of_gauges_every_worker_reports_alike() -> None:
+    def worker(rss: float, started: float) -> str:
+        return (
+            "# TYPE saga_sidecar_build_info gauge\n"
+            'saga_sidecar_build_info{version="1.2.3"} 1.0\n'
+            "# TYPE process_max_fds gauge\n"
+            "process_max_fds 1024.0\n"
+            "# TYPE process_start_time_seconds gauge\n"
+            f"process_start_time_seconds {started}\n"
+            "# TYPE process_resident_memory_bytes gauge\n"
+            f"process_resident_memory_bytes {rss}\n"
+        )
+
+    merged = merge_expositions([worker(5e7, 100.0), worker(7e7, 101.5)]).decode()
+    assert sample_value(merged, "saga_sidecar_build_info", {"version": "1.2.3"}) == 1
+    assert sample_value(merged, "process_max_fds", {}) == 1024
+    assert sample_value(merged, "process_start_time_seconds", {}) == 101.5
+    assert sample_value(merged, "process_resident_memory_bytes", {}) == 1.2e8
