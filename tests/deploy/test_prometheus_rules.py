@@ -44,6 +44,16 @@ def test_unit_tests_cover_the_failed_saga_alert_and_the_hit_ratio() -> None:
     assert "saga_sidecar:idempotency_hit_ratio:rate5m" in exprs
 
 
+def test_unit_tests_fire_every_upstream_and_step_alert() -> None:
+    tests = yaml.safe_load(UNIT_TESTS.read_text())["tests"]
+    fired = {
+        t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if t["exp_alerts"]
+    }
+    assert {"SagaSidecarUpstreamErrors", "SagaSidecarUpstreamSlow", "SagaStepSlow"} <= fired
+    exprs = {t["expr"] for test in tests for t in test.get("promql_expr_test", [])}
+    assert "saga_sidecar:upstream_error_ratio:rate5m" in exprs
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     exprs = dashboard_expressions()
     rules = [{"record": f"dashboard:query_{i}:check", "expr": e} for i, e in enumerate(exprs)]
@@ -86,3 +96,29 @@ def test_dashboard_panels_use_the_datasource_variable() -> None:
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${" + variable["name"] + "}", panel["title"]
+
+
+def test_dashboard_panels_have_numeric_places_that_do_not_overlap() -> None:
+    panels = load_dashboard()["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        place = panel["gridPos"]
+        assert all(type(place[k]) is int for k in ("h", "w", "x", "y")), panel["title"]
+        assert place["x"] + place["w"] <= 24, panel["title"]
+        for x in range(place["x"], place["x"] + place["w"]):
+            for y in range(place["y"], place["y"] + place["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[x, y]}"
+                cells[x, y] = panel["title"]
+
+
+def test_dashboard_shows_upstream_step_and_process_metrics() -> None:
+    shown = {name for expr in dashboard_expressions() for name in parse_query(expr).metric_names}
+    assert {
+        "upstream_request_duration_seconds_bucket",
+        "upstream_errors_total",
+        "saga_step_duration_seconds_bucket",
+        "saga_sidecar_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    } <= shown
