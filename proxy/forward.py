@@ -119,11 +119,11 @@ class Forwarder:
                 log.info("retrying %s %s once after: %s", request.method, request.path, exc.detail)
                 response = await self._send(request, body)
         except UpstreamError as exc:
-            self.metrics.upstream_duration.observe(time.perf_counter() - started)
+            self.metrics.observe_upstream(time.perf_counter() - started)
             self.metrics.upstream_failed(exc)
             raise
         seconds = request[UPSTREAM_SECONDS] = time.perf_counter() - started
-        self.metrics.upstream_duration.observe(seconds)
+        self.metrics.observe_upstream(seconds)
         if response.status == 101:
             response.release()  # closes it: the app switched protocols on this connection
             log.warning(

@@ -7,8 +7,7 @@ through the ``saga_runner.observer`` protocol (``proxy.sagas.service.MetricsObse
 Label values come from config (declared sagas and their steps) or from a fixed set (upstream
 error kinds, the standard HTTP methods): never from what a client sends, so no request path or
 invented method adds a series. The children observed per forwarded request are cached, so the hot
-path pays a dict lookup, not ``labels()`` and its validation, and the upstream duration is a
-lock-free ``LoopHistogram``.
+path pays a dict lookup, not ``labels()`` and its validation.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from prometheus_client import (
 )
 
 from proxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnreachable, UpstreamUpgrade
-from proxy.loop_histogram import LoopHistogram
 from proxy.version import version
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -133,11 +131,11 @@ class SidecarMetrics:
             "Age of the oldest saga not yet in a terminal state (whole store)",
             registry=r,
         )
-        self.upstream_duration = LoopHistogram(  # on the forwarding path: no lock
+        self.upstream_duration = Histogram(
             "upstream_request_duration_seconds",
             "Time from sending a forwarded request upstream to its answer's headers (or failure)",
-            _LATENCY_BUCKETS,
-            r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.upstream_errors = Counter(
             "upstream_errors",
@@ -180,6 +178,10 @@ class SidecarMetrics:
                 self._http_children[method, status] = child
         child.inc()
         self.http_duration.observe(seconds)
+
+    def observe_upstream(self, seconds: float) -> None:
+        """Time one forwarded request's upstream call, answered or failed (``seconds``)."""
+        self.upstream_duration.observe(seconds)
 
     def upstream_failed(self, exc: BaseException) -> None:
         """Count one forwarded request that failed at the upstream (see ``upstream_error_kind``)."""
