@@ -1,8 +1,9 @@
 """Application factories: the public (proxy) app and the admin app, sharing metrics and readiness.
 
 The public request path is one middleware, ``public_middleware``, reading top to bottom: request
-id → idempotency → handler (saga trigger routes first, then the catch-all forwarder) → every
-sidecar error as problem+json → metrics and the access line, which see the final status.
+id → idempotency → handler (a saga's status URL and the saga trigger routes first, then the
+catch-all forwarder) → every sidecar error as problem+json → metrics and the access line, which
+see the final status.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from proxy.readiness import Readiness
 from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 from proxy.sagas.routes import setup_saga_routes
 from proxy.sagas.service import SagaService, saga_service_ctx
+from proxy.sagas.status import setup_status_routes
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def build_public_app(
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
         app.cleanup_ctx.append(saga_service_ctx)
+        setup_status_routes(app)  # before the triggers: no trigger shadows it
         setup_saga_routes(app)
     app.cleanup_ctx.append(task_scheduler_ctx)
     forward = ForwardExecutor()  # the catch-all route, after the saga triggers

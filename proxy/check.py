@@ -20,7 +20,13 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from proxy.config import LoadedConfig, SagasConfig, SidecarConfig
+from proxy.config import (
+    LoadedConfig,
+    SagasConfig,
+    SidecarConfig,
+    reserved_path,
+    reserved_routes,
+)
 from proxy.dependencies import dependencies, reach
 from saga_runner.catalog import DEFINITIONS_LOC, SagaCatalog, load_definitions
 from saga_runner.errors import TemplateError, TemplateRoot
@@ -76,7 +82,8 @@ def check_files(path: Path, env: Mapping[str, str] | None = None) -> Findings:
         return Findings(issues, loaded, 0)
     base_dir = path.resolve().parent
     try:
-        catalog = load_definitions(base_dir, globs, services, env=env, origin=doc)
+        reserved = reserved_routes(_status_path(doc))
+        catalog = load_definitions(base_dir, globs, services, reserved, env=env, origin=doc)
     except ConfigError as exc:
         return Findings(issues + exc.issues, loaded, 0)
     warnings = () if loaded is None else unsealed_redactions(loaded.config, catalog)
@@ -143,6 +150,18 @@ def _salvaged(doc: LocatedDocument) -> tuple[Sequence[str] | None, Collection[st
         return _GLOBS.validate_python(sagas.get(DEFINITIONS_LOC[1], default)), names
     except ValidationError:
         return None, names
+
+
+def _status_path(doc: LocatedDocument) -> str:
+    """``sagas.status_path`` of a config, valid or not (its default when itself invalid)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    sagas = data.get("sagas")
+    value = sagas.get("status_path") if isinstance(sagas, dict) else None
+    with contextlib.suppress(ValueError):
+        if isinstance(value, str):
+            return reserved_path(value)
+    default: str = SagasConfig.model_fields["status_path"].default
+    return default
 
 
 def run(path: Path, *, connect: bool, timeout: float) -> int:

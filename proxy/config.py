@@ -64,6 +64,27 @@ def _http_method(value: str) -> str:
     return upper
 
 
+_PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$")
+
+
+def reserved_path(value: str) -> str:
+    """A path the sidecar serves itself: absolute, plain segments (letters, digits, ``._~-``,
+    no dot segments), no trailing slash, no query, no route or glob syntax."""
+    segments = value.split("/")
+    if segments[0] or len(segments) < 2 or not all(map(_PATH_SEGMENT_RE.match, segments[1:])):
+        raise ValueError(
+            f"expected an absolute path of plain segments without a trailing slash, like "
+            f"/_saga/sagas, got {value!r}"
+        )
+    return value
+
+
+def reserved_routes(status_path: str) -> tuple[tuple[str, str], ...]:
+    """The (method, path pattern) pairs of the public listener no saga trigger may take: the
+    status path and everything under it (``*`` any method; ``fnmatch`` patterns)."""
+    return (("*", status_path), ("*", status_path + "/*"))
+
+
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 """An ``http://`` or ``https://`` URL, stored without a trailing slash."""
 
@@ -237,6 +258,9 @@ class SagasConfig(Model):
     # base64 32-byte AES-256-GCM keys sealing the redacted trigger values of each saga, so a
     # resumed saga renders from the real input; the first encrypts, all decrypt.
     encryption_keys: tuple[str, ...] = ()
+    # Where clients of async sagas read a saga's outcome: ``GET <status_path>/<saga id>`` on
+    # the public listener (``proxy.sagas.status``); reserved there, never forwarded to the app.
+    status_path: str = "/_saga/sagas"
 
     @field_validator("store")
     @classmethod
@@ -245,6 +269,11 @@ class SagasConfig(Model):
         if scheme not in ("postgresql", "postgres", "sqlite"):
             raise ValueError(f"expected a postgresql:// or sqlite:/// URL, got {value!r}")
         return value
+
+    @field_validator("status_path")
+    @classmethod
+    def _status_path(cls, value: str) -> str:
+        return reserved_path(value)
 
     @field_validator("encryption_keys")
     @classmethod

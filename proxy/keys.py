@@ -24,6 +24,9 @@ READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
 # The idempotency executor of each route handler that has one (filled as routes are added).
 EXECUTORS: web.AppKey[dict[Handler, Executor]] = web.AppKey("executors")
+# Route handlers the idempotency guard never covers: the sidecar's own endpoints on the public
+# listener (a saga's status URL), whatever ``idempotency.methods`` and ``routes`` say.
+UNGUARDED: web.AppKey[frozenset[Handler]] = web.AppKey("unguarded")
 # The one key scoper: the idempotency guard's, which saga triggers scope their keys with too.
 KEY_SCOPER: web.AppKey[KeyScoper] = web.AppKey("key_scoper")
 # On the admin app: the public app, whose TASKS scheduler runs operator retries and aborts (it is

@@ -1,6 +1,7 @@
 """RFC 9457 problem details: the one format of every error the sidecar itself produces.
 
-``problem_response`` builds an ``application/problem+json`` response; ``problem_for_failure``
+``problem_response`` builds an ``application/problem+json`` response (``problem_document`` its
+body alone, ``problem_of`` the response of such a body); ``problem_for_failure``
 (used by ``problems_middleware`` and the public listener's middleware) turns aiohttp HTTP
 exceptions and any unexpected exception into one, so no client ever sees a traceback.
 """
@@ -20,6 +21,31 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 log = logging.getLogger("saga_sidecar.problems")
 
 
+def problem_document(
+    status: int, detail: str, *, title: str | None = None, type_: str = "about:blank", **extra: Any
+) -> dict[str, Any]:
+    """The RFC 9457 members (type, title, status, detail) and ``extra`` ones, as a dict."""
+    return {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
+def problem_of(document: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """The ``application/problem+json`` response carrying ``document`` (its ``status``)."""
+    response = web.Response(
+        status=int(document["status"]),
+        body=json.dumps(document).encode(),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -30,21 +56,8 @@ def problem_response(
     **extra: Any,
 ) -> web.Response:
     """Return an ``application/problem+json`` response with type, title, status and detail."""
-    body = {
-        "type": type_,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
-    response = web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+    document = problem_document(status, detail, title=title, type_=type_, **extra)
+    return problem_of(document, headers)
 
 
 def problem_for_exception(exc: BaseException) -> web.Response:

@@ -84,6 +84,7 @@ class SagaEngine:
         idempotency_key: str | None = None,
         *,
         call_headers: Mapping[str, str] | None = None,
+        client_scope: str | None = None,
     ) -> CreateResult:
         """Record a new ``running`` instance (or find the one created with the same key).
 
@@ -95,6 +96,7 @@ class SagaEngine:
             call_headers: the trigger's headers the run will use, when it runs at once: the
                 first step's call is then announced by the same write that creates the
                 instance, and the result (a ``Started``) is what ``execute`` takes.
+            client_scope: who may read the instance through the status URL (recorded as is).
 
         Raises:
             TemplateError: the ``business_id`` template cannot be rendered from the input.
@@ -134,6 +136,7 @@ class SagaEngine:
             owner=self.settings.owner,
             lease_seconds=self.settings.lease_seconds,
             idempotency_key=idempotency_key,
+            client_scope=client_scope,
             saga_id=saga_id,
             started=started,
         )

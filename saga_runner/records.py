@@ -65,7 +65,8 @@ class SagaInstance:
     """One row of ``saga_instances``.
 
     ``owner``, ``lease_expires_at`` and ``lease_version`` describe whoever holds the saga now;
-    only a ``Lease`` returned by a claim entitles the caller to write.
+    only a ``Lease`` returned by a claim entitles the caller to write. ``client_scope`` is what
+    the trigger's caller was scoped as (an opaque keyed hash; None: unscoped).
     """
 
     id: str
@@ -88,6 +89,7 @@ class SagaInstance:
     updated_at: datetime
     completed_at: datetime | None
     compensated_at: datetime | None
+    client_scope: str | None
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from functools import partial
 
 from aiohttp import web
@@ -41,7 +41,16 @@ from proxy.idempotency.store import (
     new_token,
     store_from_url,
 )
-from proxy.keys import CONFIG, EXECUTORS, IDEMPOTENCY_OUTCOME, KEY_SCOPER, METRICS, READINESS, TASKS
+from proxy.keys import (
+    CONFIG,
+    EXECUTORS,
+    IDEMPOTENCY_OUTCOME,
+    KEY_SCOPER,
+    METRICS,
+    READINESS,
+    TASKS,
+    UNGUARDED,
+)
 from proxy.metrics import SidecarMetrics
 
 log = logging.getLogger("saga_sidecar.idempotency")
@@ -61,8 +70,9 @@ class IdempotencyGuard:
     """Applies one ``idempotency`` config section to the requests of one application.
 
     ``executors`` maps a route's handler to the ``Executor`` that runs its covered requests;
-    any other handler runs as a ``LocalHandler``. ``tasks`` tracks each execution as a task
-    shielded from the client's disconnect and drained at shutdown.
+    any other handler runs as a ``LocalHandler``; a handler in ``unguarded`` is never covered.
+    ``tasks`` tracks each execution as a task shielded from the client's disconnect and drained
+    at shutdown.
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class IdempotencyGuard:
         tasks: Scheduler,
         read_timeout: float | None = None,
         executors: Mapping[Handler, Executor] | None = None,
+        unguarded: Collection[Handler] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -80,6 +91,7 @@ class IdempotencyGuard:
         self.tasks = tasks
         self.bodies = BodyReader(config.max_request_body, read_timeout)
         self.executors: Mapping[Handler, Executor] = executors or {}
+        self.unguarded = frozenset(unguarded)
         self.policy = IdempotencyPolicy(config)
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
         # Best-effort releases of locks whose acquire reply was lost: not requests, so they
@@ -93,7 +105,7 @@ class IdempotencyGuard:
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
         policy = self.policy.for_request(request.method, request.raw_path)
-        if policy is None:
+        if policy is None or handler in self.unguarded:
             return await handler(request)
         header = self.config.header
         try:
@@ -360,6 +372,7 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     loaded = app[CONFIG].config
     store = store_from_url(loaded.idempotency.store)
+    unguarded: frozenset[Handler] = app.get(UNGUARDED) or frozenset()
     guard = IdempotencyGuard(
         loaded.idempotency,
         store,
@@ -367,6 +380,7 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
         app[TASKS],
         loaded.limits.read_timeout,
         executors=app.get(EXECUTORS),
+        unguarded=unguarded,
     )
     app[IDEMPOTENCY_GUARD] = guard
     app[KEY_SCOPER] = guard.scoper

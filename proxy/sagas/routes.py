@@ -2,9 +2,11 @@
 
 The body must be a JSON object (else 400, and no saga row). ``sync`` sagas answer when they end
 (``response`` on success, problem+json naming the failed step otherwise); ``async`` sagas answer
-``202`` at once. Every answer carries ``Saga-Id``. A trigger whose ``Idempotency-Key`` was already
-used answers from the existing instance instead of starting a second one: the key is stored as
-the idempotency guard's ``KeyScoper`` scopes it, so both name a request the same way.
+``202`` at once, with ``Location``: the saga's status URL (``proxy.sagas.status``). Every answer
+carries ``Saga-Id``. A trigger whose ``Idempotency-Key`` was already used answers from the existing
+instance instead of starting a second one, marked ``Idempotent-Replayed: true``: the key is stored
+as the idempotency guard's ``KeyScoper`` scopes it, so both name a request the same way. The
+caller's scope is recorded with the instance (``proxy.sagas.scope``) for its status URL.
 
 A ``TriggerRoute`` is the route's aiohttp handler (the body read by its ``BodyReader``) and the
 idempotency guard's executor for it (the body the guard read already).
@@ -22,8 +24,10 @@ from proxy.bodies import BodyReader
 from proxy.errors import BadTrigger, InvalidKey, StoreUnavailable
 from proxy.idempotency.executor import Answer, CoveredRequest, captured
 from proxy.idempotency.keys import KeyScoper, parse_key
+from proxy.idempotency.replies import REPLAYED_HEADER
 from proxy.keys import CONFIG, EXECUTORS, KEY_SCOPER, SAGAS, TASKS
-from proxy.problems import problem_response
+from proxy.problems import problem_document, problem_of, problem_response
+from proxy.sagas.scope import UNREADABLE, request_scope
 from saga_runner import offload
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
@@ -65,6 +69,24 @@ async def trigger_key(request: web.Request, scoper: KeyScoper, header: str) -> s
     return None if key is None else await scoper.lookup_key(request.headers, key)
 
 
+async def trigger_scope(request: web.Request, mode: str) -> str | None:
+    """The caller's scope, recorded with the saga for its status URL.
+
+    A sync saga answers its caller directly, so when the scope cannot be computed it still
+    runs, recorded as readable by nobody; an async saga's caller needs the status URL.
+
+    Raises:
+        StoreUnavailable: (async sagas) no ``key_secret`` is set and the idempotency store's
+            secret is unknown.
+    """
+    try:
+        return await request_scope(request)
+    except StoreUnavailable:
+        if mode == "async":
+            raise
+        return UNREADABLE
+
+
 def trigger_headers(request: web.Request, key_header: str) -> tuple[dict[str, str], dict[str, str]]:
     """The trigger's headers to run the saga with, and the copy recorded with the instance.
 
@@ -94,13 +116,35 @@ def step_answer(detail: SagaDetail) -> dict[str, Any] | None:
     return {"status": result["status"], "body": result.get("body")}
 
 
+def completed_response(saga: SagaInstance) -> tuple[int, Any, dict[str, Any]]:
+    """A completed instance's rendered ``response``: its status, body and headers."""
+    stored = saga.response if isinstance(saga.response, dict) else {}
+    return int(stored.get("status", 200)), stored.get("body"), stored.get("headers") or {}
+
+
+def failure_problem(detail: SagaDetail, definition: SagaDefinition | None) -> dict[str, Any]:
+    """The problem document of an instance that ended ``compensated`` or ``failed`` (its
+    ``failed_step`` is None when the definition is not known)."""
+    saga = detail.instance
+    stored = saga.response if isinstance(saga.response, dict) else {}
+    answer = step_answer(detail)
+    return problem_document(
+        int(stored.get("status", 502)),
+        saga.failure_reason or f"saga {saga.status.value}",
+        title="Saga failed",
+        type_=PROBLEM_TYPE + saga.status.value,
+        saga_id=saga.id,
+        saga_status=saga.status.value,
+        failed_step=None if definition is None else _failed_step_name(saga, definition),
+        **({} if answer is None else {"step_answer": answer}),
+    )
+
+
 def saga_answer(detail: SagaDetail, definition: SagaDefinition) -> web.Response:
     """What a sync trigger answers for an instance in a terminal state."""
     saga = detail.instance
-    stored = saga.response if isinstance(saga.response, dict) else {}
     if saga.status is SagaStatus.COMPLETED:
-        body = stored.get("body")
-        status = int(stored.get("status", 200))
+        status, body, headers = completed_response(saga)
         # No ``response.body``: an empty answer, not the JSON text "null". (``b""``, not None,
         # so the idempotency layer sees a body it can store and replay.)
         response = (
@@ -108,20 +152,10 @@ def saga_answer(detail: SagaDetail, definition: SagaDefinition) -> web.Response:
             if body is None
             else web.json_response(body, status=status)
         )
-        for name, value in (stored.get("headers") or {}).items():
+        for name, value in headers.items():
             response.headers[name] = str(value)
     else:
-        answer = step_answer(detail)
-        response = problem_response(
-            int(stored.get("status", 502)),
-            saga.failure_reason or f"saga {saga.status.value}",
-            title="Saga failed",
-            type_=PROBLEM_TYPE + saga.status.value,
-            saga_id=saga.id,
-            saga_status=saga.status.value,
-            failed_step=_failed_step_name(saga, definition),
-            **({} if answer is None else {"step_answer": answer}),
-        )
+        response = problem_of(failure_problem(detail, definition))
     response.headers["Saga-Id"] = saga.id
     return response
 
@@ -132,22 +166,29 @@ def _failed_step_name(saga: SagaInstance, definition: SagaDefinition) -> str | N
     return definition.steps[saga.failed_step].name
 
 
-async def terminal_answer(
-    store: SagaStore, saga: SagaInstance, definition: SagaDefinition
-) -> web.Response:
-    """``saga_answer`` for a terminal instance, its steps read for the failed step's answer
+async def terminal_detail(store: SagaStore, saga: SagaInstance) -> SagaDetail:
+    """A terminal instance with the steps its answer needs: read for the failed step's answer
     (left out when the store cannot be read now: the saga's outcome is what matters)."""
     detail = SagaDetail(saga, (), (), ())
     if saga.status is not SagaStatus.COMPLETED:
         with suppress(StoreError):
             detail = await store.get(saga.id)
-    return saga_answer(detail, definition)
+    return detail
 
 
-def accepted(saga: SagaInstance) -> web.Response:
-    """``202`` with the saga's id and status (async sagas, or a sync one still in progress)."""
+async def terminal_answer(
+    store: SagaStore, saga: SagaInstance, definition: SagaDefinition
+) -> web.Response:
+    """``saga_answer`` for a terminal instance."""
+    return saga_answer(await terminal_detail(store, saga), definition)
+
+
+def accepted(saga: SagaInstance, status_path: str) -> web.Response:
+    """``202`` with the saga's id and status (async sagas, or a sync one still in progress),
+    and its status URL as ``Location``."""
     response = web.json_response({"saga_id": saga.id, "saga_status": saga.status.value}, status=202)
     response.headers["Saga-Id"] = saga.id
+    response.headers["Location"] = f"{status_path}/{saga.id}"
     return response
 
 
@@ -188,37 +229,45 @@ class TriggerRoute:
         header = request.app[CONFIG].config.idempotency.header
         runtime = request.app[SAGAS].runtime
         headers, recorded = trigger_headers(request, header)
+        status_path = request.app[SAGAS].status_path
         try:
             data = await parse_input(body)
             key = await trigger_key(request, request.app[KEY_SCOPER], header)
+            scope = await trigger_scope(request, definition.mode)
             created = await runtime.engine.start(
-                definition, data, recorded, key, call_headers=headers
+                definition, data, recorded, key, call_headers=headers, client_scope=scope
             )
         except (BadTrigger, InvalidKey) as exc:
             return problem_response(400, str(exc))
         except StoreUnavailable as exc:
-            detail = f"the idempotency store is unavailable to scope the key: {exc.detail}"
+            detail = f"the idempotency store is unavailable to scope the request: {exc.detail}"
             return problem_response(503, detail)
         except TemplateError as exc:
             return problem_response(422, f"cannot start saga {definition.name}: {exc}")
         except StoreError as exc:
             return problem_response(503, f"the saga store is unavailable: {exc}")
         if created.lease is None:
-            return await _existing(runtime.store, created.saga, definition)
+            return await _existing(runtime.store, created.saga, definition, status_path)
         run = _run(request.app, definition, created.lease, created, headers, data)
         if definition.mode == "async":
             await request.app[TASKS].spawn(run)
-            return accepted(created.saga)
+            return accepted(created.saga, status_path)
         return await request.app[TASKS].shield(run)
 
 
 async def _existing(
-    store: SagaStore, saga: SagaInstance, definition: SagaDefinition
+    store: SagaStore, saga: SagaInstance, definition: SagaDefinition, status_path: str
 ) -> web.Response:
+    """The answer to a trigger whose key names ``saga``: what the first request got (a replay),
+    or ``409`` while a sync saga still runs."""
     if saga.status in TERMINAL and saga.mode == "sync":
-        return await terminal_answer(store, saga, definition)
+        response = await terminal_answer(store, saga, definition)
+        response.headers[REPLAYED_HEADER] = "true"
+        return response
     if saga.mode == "async":
-        return accepted(saga)
+        response = accepted(saga, status_path)
+        response.headers[REPLAYED_HEADER] = "true"
+        return response
     response = problem_response(
         409,
         f"saga {saga.id} for this Idempotency-Key is still {saga.status.value}",
@@ -238,13 +287,14 @@ async def _run(
     headers: dict[str, str],
     input_data: dict[str, Any],
 ) -> web.Response:
-    runtime = app[SAGAS].runtime
+    service = app[SAGAS]
+    runtime = service.runtime
     try:
         saga = await runtime.engine.execute(
             definition, lease, headers, input_data=input_data, started=created
         )
     except LeaseLost:
-        return accepted(await runtime.store.get_instance(lease.saga_id))
+        return accepted(await runtime.store.get_instance(lease.saga_id), service.status_path)
     except StoreError as exc:
         response = problem_response(
             503, f"the saga store failed; saga {lease.saga_id} resumes when it is back: {exc}"
@@ -252,7 +302,8 @@ async def _run(
         response.headers["Saga-Id"] = lease.saga_id
         return response
     if saga.status not in TERMINAL:
-        return accepted(saga)
+        return accepted(saga, service.status_path)
+    service.watch.ended(saga.id)
     return await terminal_answer(runtime.store, saga, definition)
 
 

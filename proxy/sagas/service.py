@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.config import LoadedConfig
+from proxy.config import LoadedConfig, reserved_routes
 from proxy.errors import RuntimeUnavailable
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
 from proxy.sagas.step_transport import UpstreamStepTransport
+from proxy.sagas.watch import SagaWatch
 from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import RuntimeSettings, SagaRuntime
@@ -82,6 +83,7 @@ class SagaService:
             loaded.base_dir,
             config.sagas.definitions,
             config.services,
+            reserved_routes(config.sagas.status_path),
             origin=loaded,
             require_matches=False,
         )
@@ -93,6 +95,8 @@ class SagaService:
         )
         self.shutdown_grace = config.shutdown_grace
         self.max_input = config.sagas.max_input
+        self.status_path = config.sagas.status_path
+        self.watch = SagaWatch()  # wakes status requests waiting for a saga's end
         self._metrics = metrics
         self._runtime: SagaRuntime | None = None
         self._recovery: RecoveryWorker | None = None

@@ -179,6 +179,7 @@ class NewSaga:
     lease_seconds: float
     idempotency_key: str | None
     started: Mapping[str, JsonValue] | None
+    client_scope: str | None = None
 
 
 def creation_rows(
@@ -196,6 +197,7 @@ def creation_rows(
         "input": new.input_data,
         "definition_hash": new.definition_hash,
         "idempotency_key": new.idempotency_key,
+        "client_scope": new.client_scope,
         "mode": new.mode,
         "owner": new.owner,
         "lease_expires_at": lease_expires,  # None: computed by the database's clock

@@ -175,6 +175,7 @@ class SagaStore:
         idempotency_key: str | None = None,
         saga_id: str | None = None,
         started: Mapping[str, JsonValue] | None = None,
+        client_scope: str | None = None,
     ) -> CreateResult:
         """Insert a ``running`` instance claimed by ``owner`` and its steps atomically.
 
@@ -196,6 +197,8 @@ class SagaStore:
                 ``(business_type, idempotency_key)`` is never created.
             saga_id: the new instance's id; a random UUID when omitted.
             started: the detail of a ``started`` event (actor ``owner``) written with it.
+            client_scope: who may read the instance through the sidecar's status URL (an
+                opaque keyed hash of the trigger's scope; None: anyone with its id).
 
         Returns:
             the new instance, its steps and its lease, or the existing instance (``created``
@@ -213,6 +216,7 @@ class SagaStore:
             lease_seconds,
             idempotency_key,
             started,
+            client_scope,
         )
         instance, step_rows, event = policy.creation_rows(
             new, steps, self.now(), self.lease_times(lease_seconds)[1]
