@@ -48,6 +48,15 @@ async def get(
         return response.status, dict(response.headers), await response.json(content_type=None)
 
 
+async def timed_get(
+    client: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], Any, float]:
+    """``get`` and the seconds it took."""
+    started = time.monotonic()
+    status, answer_headers, body = await get(client, url, headers)
+    return status, answer_headers, body, time.monotonic() - started
+
+
 async def trigger(
     sidecar: SidecarHarness, client: aiohttp.ClientSession, headers: dict[str, str] | None = None
 ) -> tuple[str, str]:
@@ -57,11 +66,31 @@ async def trigger(
     return body["saga_id"], answer_headers["Location"]
 
 
+def gate_the_charge(services: FakeServices) -> asyncio.Event:
+    """Hold the saga at its charge (answered ``{"id": "pay-1"}``) until the event is set."""
+    gate = asyncio.Event()
+    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    return gate
+
+
+async def held_until(
+    client: aiohttp.ClientSession, url: str, gate: asyncio.Event
+) -> tuple[int, dict[str, str], Any, float]:
+    """GET ``url`` as Alice with ``Prefer: wait=10``, set ``gate`` once the request is held:
+    the answer and the seconds it took after the gate opened."""
+    waiting = asyncio.create_task(get(client, url, {**ALICE, "Prefer": "wait=10"}))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    opened = time.monotonic()
+    gate.set()
+    status, headers, body = await waiting
+    return status, headers, body, time.monotonic() - opened
+
+
 async def test_the_202_points_to_a_status_url_that_answers_running_then_the_response(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     sidecar = await make_sidecar(async_saga())
 
     saga_id, location = await trigger(sidecar, client, ALICE)
@@ -153,21 +182,12 @@ async def test_without_scope_headers_the_id_alone_reads_the_status(
 async def test_prefer_wait_answers_as_soon_as_the_saga_ends(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     sidecar = await make_sidecar(async_saga())
     _, location = await trigger(sidecar, client, ALICE)
     await services.wait_for_calls(2)
 
-    waiting = asyncio.create_task(
-        get(client, sidecar.url + location, {**ALICE, "Prefer": "wait=10"})
-    )
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
-    opened = time.monotonic()
-    gate.set()
-    status, headers, body = await waiting
-    elapsed = time.monotonic() - opened
+    status, headers, body, elapsed = await held_until(client, sidecar.url + location, gate)
 
     assert status == 200 and body["saga_status"] == "completed"
     assert headers["Preference-Applied"] == "wait=10"
@@ -179,14 +199,12 @@ async def test_prefer_wait_answers_as_soon_as_the_saga_ends(
 async def test_prefer_wait_answers_after_n_seconds_when_the_saga_has_not_ended(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     sidecar = await make_sidecar(async_saga())
     saga_id, location = await trigger(sidecar, client, ALICE)
 
-    started = time.monotonic()
-    status, headers, body = await get(client, sidecar.url + location, {**ALICE, "Prefer": "wait=2"})
-    elapsed = time.monotonic() - started
+    url = sidecar.url + location
+    status, headers, body, elapsed = await timed_get(client, url, {**ALICE, "Prefer": "wait=2"})
 
     assert status == 200 and body["saga_status"] == "running" and body["response"] is None
     assert headers["Preference-Applied"] == "wait=2"
@@ -194,45 +212,38 @@ async def test_prefer_wait_answers_after_n_seconds_when_the_saga_has_not_ended(
     gate.set()
     await sidecar.finished(saga_id)
     # Ended already: answered at once, the wait capped at the documented maximum.
-    started = time.monotonic()
-    _, headers, body = await get(client, sidecar.url + location, {**ALICE, "Prefer": "wait=3600"})
+    _, headers, body, elapsed = await timed_get(client, url, {**ALICE, "Prefer": "wait=3600"})
     assert body["saga_status"] == "completed"
     assert headers["Preference-Applied"] == f"wait={MAX_WAIT}"
-    assert time.monotonic() - started < 1.0
+    assert elapsed < 1.0
 
 
 async def test_another_tenant_waiting_gets_its_404_at_once(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     sidecar = await make_sidecar(async_saga())
     _, location = await trigger(sidecar, client, ALICE)
 
-    started = time.monotonic()
-    status, _, _ = await get(client, sidecar.url + location, {**BOB, "Prefer": "wait=5"})
+    status, _, _, elapsed = await timed_get(
+        client, sidecar.url + location, {**BOB, "Prefer": "wait=5"}
+    )
 
     assert status == 404
-    assert time.monotonic() - started < 1.0
+    assert elapsed < 1.0
     gate.set()
 
 
 async def test_a_saga_finished_by_another_replica_is_seen_within_the_poll_interval(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     runs_it = await make_sidecar(async_saga())
     other = await make_sidecar(async_saga())  # same saga store, nothing runs there
     saga_id, location = await trigger(runs_it, client, ALICE)
     await services.wait_for_calls(2)
 
-    waiting = asyncio.create_task(get(client, other.url + location, {**ALICE, "Prefer": "wait=10"}))
-    await asyncio.sleep(0.3)
-    opened = time.monotonic()
-    gate.set()
-    status, _, body = await waiting
-    elapsed = time.monotonic() - opened
+    status, _, body, elapsed = await held_until(client, other.url + location, gate)
 
     assert status == 200 and body["saga_status"] == "completed"
     assert body["response"]["body"]["charge"] == {"id": "pay-1"}
@@ -380,8 +391,7 @@ async def test_a_draining_sidecar_answers_a_held_status_request_at_once(
     client: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    gate = asyncio.Event()
-    services.plan("payments", "POST /charges", Reply(201, {"id": "pay-1"}, gate=gate))
+    gate = gate_the_charge(services)
     write_saga(tmp_path / "sagas", async_saga())
     sidecar = sidecar_process(
         {
