@@ -18,7 +18,7 @@ venv: $(STAMP)
 run: venv  ## start demo services + sidecar (embedded stores) and print curl examples
 	@scripts/run-demo.sh
 
-test: venv  ## the whole suite against real Redis and PostgreSQL
+test: venv  ## the whole suite against real Redis, PostgreSQL, RabbitMQ and NATS
 	@scripts/with-test-services.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 soak: venv  ## 10 minutes of steady mixed load: memory, descriptors and errors must stay flat (SOAK_ARGS)

@@ -31,6 +31,7 @@ from proxy.paths import refuse_escape
 from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
 from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
+from proxy.sagas.brokers import brokers_ctx
 from proxy.sagas.routes import setup_saga_routes
 from proxy.sagas.service import SagaService, saga_service_ctx
 from proxy.sagas.status import setup_status_routes
@@ -129,6 +130,7 @@ def build_public_app(
     app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
+        app.cleanup_ctx.append(brokers_ctx)  # before the saga service: closed after it stops
         app.cleanup_ctx.append(saga_service_ctx)
         setup_status_routes(app)  # before the triggers: no trigger shadows it
         setup_saga_routes(app)

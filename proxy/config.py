@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from saga_runner.brokers.urls import broker_kind
 from saga_runner.seal import decode_key
 from yamlconfig.errors import ConfigIssue, KeyValueError
 from yamlconfig.loader import LocatedDocument, load_yaml, validate
@@ -245,6 +246,60 @@ class IdempotencyConfig(Model):
         return value
 
 
+_BROKER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _broker_name(value: str) -> str:
+    if not _BROKER_NAME_RE.match(value):
+        raise ValueError(
+            f"broker name {value!r}: letters, digits, '_', '.' or '-', at most 64, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+BrokerName = Annotated[str, AfterValidator(_broker_name)]
+"""The name of a broker in ``sagas.brokers`` (what ``publish.broker`` refers to)."""
+
+
+class BrokerConfig(Model):
+    """A message broker saga steps publish to and whose ``callbacks`` carry completions.
+
+    ``url`` names the kind: ``amqp://``/``amqps://`` RabbitMQ, ``nats://``/``tls://`` NATS
+    JetStream (``saga_runner.brokers.urls``). ``callbacks`` is the RabbitMQ queue or the NATS
+    subject completion messages arrive on.
+    """
+
+    url: str
+    callbacks: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        broker_kind(value)
+        return value
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callbacks(cls, value: str) -> str:
+        if not value or value != value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"expected a queue or subject name without spaces, got {value!r}")
+        if len(value.encode()) > 255:
+            raise ValueError("a queue or subject name is at most 255 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _nats_subject(self) -> BrokerConfig:
+        if broker_kind(self.url) == "nats" and (
+            self.callbacks.startswith(".") or self.callbacks.endswith(".") or ".." in self.callbacks
+        ):
+            raise KeyValueError(
+                ("callbacks",),
+                f"{self.callbacks!r} is not a NATS subject (dot-separated non-empty tokens)",
+            )
+        return self
+
+
 class SagasConfig(Model):
     """The saga runner: where instances are recorded and which definition files to load."""
 
@@ -261,6 +316,8 @@ class SagasConfig(Model):
     # Where clients of async sagas read a saga's outcome: ``GET <status_path>/<saga id>`` on
     # the public listener (``proxy.sagas.status``); reserved there, never forwarded to the app.
     status_path: str = "/_saga/sagas"
+    # Named brokers for ``publish:`` steps and ``await.message`` (docs/SAGAS.md, Brokers).
+    brokers: dict[BrokerName, BrokerConfig] = Field(default_factory=dict)
 
     @field_validator("store")
     @classmethod

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from proxy.metrics import SidecarMetrics
     from proxy.readiness import Readiness
     from proxy.sagas.service import SagaService
+    from saga_runner.brokers.registry import BrokerRegistry
 
 CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
 METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")
@@ -22,6 +23,8 @@ FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
+# The configured message brokers (``sagas.brokers``), open between app startup and cleanup.
+BROKERS: web.AppKey[BrokerRegistry] = web.AppKey("brokers")
 # The idempotency executor of each route handler that has one (filled as routes are added).
 EXECUTORS: web.AppKey[dict[Handler, Executor]] = web.AppKey("executors")
 # Route handlers the idempotency guard never covers: the sidecar's own endpoints on the public

@@ -156,6 +156,12 @@ class SidecarMetrics:
         self.build_info.labels(version()).set(1)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self.saga_callback_rejected = Counter(
+            "saga_callback_rejected",
+            "Completion messages acknowledged without being applied (bad JSON, unknown token)",
+            ["reason"],
+            registry=r,
+        )
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.
         self._http_children: dict[tuple[str, int], Counter] = {}

@@ -15,8 +15,14 @@ Exception tree::
     │                              (also a ``ValueError``)
     ├── UnstorableJson             a JSON document that is malformed or no saga store can keep (also
     │                              a ``ValueError``; a trigger body like that is refused with 400)
-    └── SendFailure                a step call got no answer; ``sent``: whether request bytes may
-                                   have reached the service (the caller records a retryable failure)
+    ├── SendFailure                a step call got no answer; ``sent``: whether request bytes may
+    │                              have reached the service (the caller records a retryable failure)
+    ├── BrokerError                a message broker did not take a message
+    │   ├── BrokerUnavailable      it cannot be reached now (down, reconnecting, no answer in time);
+    │   │                          ``sent``: whether the message may have reached it
+    │   └── PublishRefused         it answered and refused the message (nothing takes ``to``)
+    └── UnusableMessage            raised by a consumer's handler: the delivery can never be applied
+                                   (``reason``); it is acknowledged, logged and counted, not retried
 """
 
 from __future__ import annotations
@@ -118,3 +124,58 @@ class SendFailure(SagaError):
         super().__init__(detail)
         self.detail = detail
         self.sent = sent
+
+
+class BrokerError(SagaError):
+    """A message broker did not take a message.
+
+    Attributes:
+        broker: the configured name of the broker.
+    """
+
+    def __init__(self, broker: str, message: str) -> None:
+        super().__init__(f"broker {broker!r}: {message}")
+        self.broker = broker
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached now: try again later, with the same message id.
+
+    Attributes:
+        sent: the message may have reached the broker (a re-send is deduplicated by its id where
+            the broker can, see docs/SAGAS.md, Brokers).
+    """
+
+    def __init__(self, broker: str, message: str, *, sent: bool = False) -> None:
+        super().__init__(broker, message)
+        self.sent = sent
+
+
+class PublishRefused(BrokerError):
+    """The broker answered and did not take the message: no queue is bound to the routing key,
+    no JetStream stream covers the subject, or it refused (nacked) the message.
+
+    Attributes:
+        to: the routing key or subject the message was published to.
+    """
+
+    def __init__(self, broker: str, to: str, message: str) -> None:
+        super().__init__(broker, message)
+        self.to = to
+
+
+class UnusableMessage(SagaError):
+    """Raised by a consume handler: this delivery can never be applied (bad JSON, unknown token).
+
+    The consumer acknowledges it (it would fail the same way forever), logs it without its
+    headers and counts it by ``reason``.
+
+    Attributes:
+        reason: a short label for ``saga_callback_rejected_total{reason}``, from a small fixed
+            set (``saga_runner.brokers.RejectReason``), never from the message itself.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run a command with REDIS_URL and DATABASE_URL pointing at real servers.
-# Order of preference: the variables when already set; servers on 127.0.0.1:6379 / :5432;
-# otherwise throwaway servers started from local binaries (redis-server, PostgreSQL's initdb/pg_ctl),
-# stopped again when the command ends.
+# Run a command with REDIS_URL, DATABASE_URL, RABBITMQ_URL and NATS_URL pointing at real servers.
+# Order of preference: the variables when already set; servers on 127.0.0.1:6379 / :5432 / :5672 /
+# :4222; otherwise throwaway servers started from local binaries (redis-server, PostgreSQL's
+# initdb/pg_ctl, rabbitmq-server, nats-server), stopped again when the command ends.
 set -euo pipefail
 cleanup=()
 trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
@@ -45,6 +45,43 @@ if [ -z "${DATABASE_URL:-}" ]; then
     run_pg "$pgbin/createdb -h 127.0.0.1 -p $port -U postgres test"
     export DATABASE_URL="postgresql://postgres@127.0.0.1:$port/test"
     echo "started a throwaway PostgreSQL on $DATABASE_URL"
+  fi
+fi
+
+if [ -z "${NATS_URL:-}" ]; then
+  if port_open 4222; then
+    export NATS_URL="nats://127.0.0.1:4222"
+  elif command -v nats-server >/dev/null; then
+    port=$(free_port); dir=$(mktemp -d)
+    nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null &
+    cleanup+=("kill $!; rm -rf $dir")
+    for _ in $(seq 50); do port_open "$port" && break; sleep 0.1; done
+    export NATS_URL="nats://127.0.0.1:$port"
+    echo "started a throwaway nats-server (JetStream) on $NATS_URL"
+  else
+    echo "No NATS: start nats-server -js on 127.0.0.1:4222, set NATS_URL, or install it (apt-get install nats-server)." >&2
+    exit 1
+  fi
+fi
+
+if [ -z "${RABBITMQ_URL:-}" ]; then
+  if port_open 5672; then
+    export RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/"
+  elif command -v rabbitmq-server >/dev/null; then
+    port=$(free_port); dir=$(mktemp -d); chmod 755 "$dir"; touch "$dir/enabled_plugins"
+    node="rabbit-test-$port@localhost"
+    [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 && chown -R rabbitmq "$dir"
+    RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
+      RABBITMQ_DIST_PORT="$(free_port)" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+      RABBITMQ_PID_FILE="$dir/rabbit.pid" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+      rabbitmq-server -detached
+    cleanup+=("rabbitmqctl -n $node stop >/dev/null 2>&1; rm -rf $dir")
+    for _ in $(seq 120); do port_open "$port" && break; sleep 0.5; done
+    export RABBITMQ_URL="amqp://guest:guest@127.0.0.1:$port/"
+    echo "started a throwaway rabbitmq-server on $RABBITMQ_URL"
+  else
+    echo "No RabbitMQ: start one on 127.0.0.1:5672, set RABBITMQ_URL, or install it (apt-get install rabbitmq-server)." >&2
+    exit 1
   fi
 fi
 

@@ -59,6 +59,9 @@ sagas:
   recovery_interval: 5s
   lease: 15s
   retention: 30d
+  brokers:
+    jobs: {url: "amqp://guest:guest@127.0.0.1:5672/", callbacks: "saga.callbacks"}
+    events: {url: "nats://127.0.0.1:4222", callbacks: "saga.callbacks"}
 log: {format: json, level: info}
 redact:
   headers: [Authorization, Cookie, Set-Cookie, X-Api-Key]

@@ -1,0 +1,98 @@
+"""Connection state shared by the adapters: what ``ready`` reports, and the first connect.
+
+A ``Link`` records whether an adapter's connection is up and, when it is not, why; ``ready``
+raises ``BrokerUnavailable`` with that reason, so ``/readyz`` names the broker. ``connect_until_up``
+makes the first connection, retrying with capped exponential backoff (full jitter) until it
+succeeds: a broker that is down at start stops nothing else. After that the client library
+reconnects by itself (aio-pika's robust connection, nats-py's reconnect loop) and tells the
+``Link``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from saga_runner.errors import BrokerUnavailable
+from saga_runner.retry import RetryPolicy
+
+log = logging.getLogger("saga_sidecar.brokers")
+
+NOT_YET = "not connected yet"
+CLOSED = "closed"
+RECONNECT = RetryPolicy(attempts=1, backoff=0.1, multiplier=2.0, max_backoff=5.0)
+"""The waits between first-connect attempts: up to 0.1 s, doubling, never above 5 s."""
+
+
+class Link:
+    """Whether one broker connection is up, and why not when it is down."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker = broker
+        self.problem: str | None = NOT_YET
+        self.up = asyncio.Event()
+
+    def connected(self) -> None:
+        """The connection is (again) usable."""
+        if self.problem == CLOSED:
+            return
+        if self.problem is not None and self.problem != NOT_YET:
+            log.warning("broker %s connected", self.broker, extra={"broker": self.broker})
+        self.problem = None
+        self.up.set()
+
+    def down(self, why: str) -> None:
+        """The connection is down or cannot be made (the client is retrying), because ``why``
+        (no secrets in it); logged when the reason changes."""
+        if self.problem == CLOSED:
+            return
+        if why != self.problem:
+            log.warning("broker %s: %s", self.broker, why, extra={"broker": self.broker})
+        self.problem = why
+        self.up.clear()
+
+    def closed(self) -> None:
+        """The adapter is being closed on purpose: from now on it stays down, unlogged."""
+        self.problem = CLOSED
+        self.up.clear()
+
+    def check(self) -> None:
+        """Return when up.
+
+        Raises:
+            BrokerUnavailable: the connection is down, with the reason.
+        """
+        if self.problem is not None:
+            raise BrokerUnavailable(self.broker, self.problem)
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong (the exception's message, else its type)."""
+    return str(exc) or type(exc).__name__
+
+
+async def connect_until_up(
+    link: Link,
+    attempt: Callable[[], Awaitable[None]],
+    *,
+    rng: random.Random | None = None,
+) -> None:
+    """Call ``attempt`` until it returns, waiting ``RECONNECT`` between failures.
+
+    Args:
+        link: told why each failed attempt failed.
+        attempt: connects, or raises (its errors must not carry the URL's password).
+        rng: the jitter's source (injectable in tests).
+    """
+    rng = rng or random.Random()
+    failures = 0
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as exc:
+            failures += 1
+            link.down(f"cannot connect: {describe(exc)}")
+            await asyncio.sleep(RECONNECT.delay(failures, rng))

@@ -1,0 +1,1 @@
+"""Message broker adapters on real RabbitMQ and NATS JetStream servers."""

@@ -1,0 +1,158 @@
+"""A broker that goes away while a consumer runs: nothing lost, nothing applied twice.
+
+NATS: a private ``nats-server`` (JetStream on its own store directory) is killed with SIGKILL and
+started again. RabbitMQ: the shared server is not restarted (other suites use it); a TCP proxy in
+front of it drops every connection and refuses new ones, which is what the client sees of a
+restart. In both, messages acknowledged before the outage are never delivered again, one being
+handled during it is delivered again (its ack could not be sent) and applied once, messages
+published after it arrive once, ``ready`` reports the outage and then the recovery, and a
+publish during the outage fails at once and succeeds when retried with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from idempotency.cuttable import CuttableProxy
+
+from brokers.conftest import (
+    NatsServer,
+    OpenBroker,
+    Recorder,
+    publish_when_consumed,
+    wait_ready,
+)
+from saga_runner.brokers.base import BrokerAdapter, Delivery
+from saga_runner.errors import BrokerUnavailable
+
+
+class Ledger(Recorder):
+    """A handler that applies each message id once (as the engine records an outcome once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: Counter[str] = Counter()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        await super().__call__(delivery)
+        assert delivery.message_id is not None
+        if delivery.message_id not in self.applied:
+            self.applied[delivery.message_id] += 1
+
+
+async def wait_down(adapter: BrokerAdapter, seconds: float = 10.0) -> str:
+    """Wait until ``ready`` reports the broker down; return what it said."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            await adapter.ready()
+        except BrokerUnavailable as exc:
+            return str(exc)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the outage was never reported")
+
+
+async def publish_retrying(adapter: BrokerAdapter, message_id: str, seconds: float = 20) -> None:
+    """Publish, retrying with the same id while the broker is unavailable (as a step would)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await adapter.publish(adapter.callbacks, b"{}", {}, message_id)
+            return
+        except BrokerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def run_outage(
+    adapter: BrokerAdapter,
+    stop: Callable[[], Awaitable[None]],
+    start: Callable[[], Awaitable[None]],
+    in_flight_deliveries: set[int],
+) -> None:
+    """Consume through an outage staged by ``stop``/``start`` and check what was delivered.
+
+    ``in_flight_deliveries``: how often the message being handled during the outage may be
+    delivered (2 when its ack is lost with the connection; NATS may also deliver the ack it
+    buffered once it has reconnected, and then the message only once).
+    """
+    ledger = Ledger()
+    adapter.consume(ledger)
+    await publish_when_consumed(adapter, b"{}", message_id="before-0")
+    for n in range(1, 5):
+        await adapter.publish(adapter.callbacks, b"{}", {}, f"before-{n}")
+    await ledger.wait_for(5)
+    await asyncio.sleep(0.5)  # their acks reach the broker
+
+    ledger.gate = asyncio.Event()  # the next delivery is being handled when the broker goes
+    await adapter.publish(adapter.callbacks, b"{}", {}, "in-flight")
+    await ledger.wait_for(6)
+    await stop()
+    reported = await wait_down(adapter)
+    with pytest.raises(BrokerUnavailable):
+        await adapter.publish(adapter.callbacks, b"{}", {}, "after-0")
+    ledger.gate.set()  # its handler returns while the broker is away: the ack cannot be sent
+    await asyncio.sleep(0.3)
+    ledger.gate = None
+
+    await start()
+    await wait_ready(adapter, 30)
+    for n in range(5):
+        await publish_retrying(adapter, f"after-{n}")
+    await ledger.wait_for(5 + 1 + 5, seconds=30)
+    await asyncio.sleep(adapter_quiet(adapter))
+
+    assert "connection lost" in reported or "cannot connect" in reported, reported
+    delivered = Counter(ledger.ids())
+    expected = {f"before-{n}" for n in range(5)} | {f"after-{n}" for n in range(5)}
+    assert {key: delivered[key] for key in expected} == dict.fromkeys(expected, 1)
+    assert delivered["in-flight"] in in_flight_deliveries
+    again = [d.redelivered for d in ledger.deliveries if d.message_id == "in-flight"][1:]
+    assert again == [True] * (delivered["in-flight"] - 1)
+    assert ledger.applied == Counter(dict.fromkeys([*expected, "in-flight"], 1))
+    assert len(ledger.deliveries) == 10 + delivered["in-flight"]
+
+
+def adapter_quiet(adapter: BrokerAdapter) -> float:
+    """How long to watch for a stray redelivery: past a NATS test consumer's 2 s ack wait."""
+    return 3.0 if type(adapter).__name__.startswith("JetStream") else 1.0
+
+
+async def test_a_nats_server_killed_and_restarted_loses_nothing_and_applies_nothing_twice(
+    open_broker: OpenBroker, nats_server: Callable[[], NatsServer]
+) -> None:
+    server = nats_server()
+    server.start()
+    adapter = await open_broker("nats", url=server.url, ack_wait=2.0)
+    await wait_ready(adapter)
+
+    async def stop() -> None:
+        server.kill()
+
+    async def start() -> None:
+        server.start()
+
+    await run_outage(adapter, stop, start, in_flight_deliveries={1, 2})
+
+
+async def test_rabbitmq_connections_dropped_lose_nothing_and_apply_nothing_twice(
+    open_broker: OpenBroker, rabbitmq_url: str
+) -> None:
+    shared = urlsplit(rabbitmq_url)
+    proxy = CuttableProxy(shared.hostname or "127.0.0.1", shared.port or 5672)
+    await proxy.start()
+    try:
+        via_proxy = shared._replace(
+            netloc=f"{shared.username}:{shared.password}@127.0.0.1:{proxy.port}"
+        )
+        adapter = await open_broker("rabbitmq", url=urlunsplit(via_proxy))
+        await wait_ready(adapter)
+        await run_outage(adapter, proxy.cut, proxy.restore, in_flight_deliveries={2})
+    finally:
+        await proxy.close()
