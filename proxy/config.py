@@ -270,7 +270,8 @@ class BrokerConfig(Model):
     subject completion messages arrive on.
     """
 
-    url: str
+    # The pattern is for editors (the JSON Schema); the validator says what is wrong.
+    url: str = Field(json_schema_extra={"pattern": "^(amqps?|nats|tls)://"})
     callbacks: str
 
     @field_validator("url")
