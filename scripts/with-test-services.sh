@@ -68,11 +68,15 @@ if [ -z "${RABBITMQ_URL:-}" ]; then
   if port_open 5672; then
     export RABBITMQ_URL="amqp://guest:guest@127.0.0.1:5672/"
   elif command -v rabbitmq-server >/dev/null; then
-    port=$(free_port); dir=$(mktemp -d); chmod 755 "$dir"; touch "$dir/enabled_plugins"
+    port=$(free_port); dir=$(mktemp -d); chmod 755 "$dir"
     node="rabbit-test-$port@localhost"
-    [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 && chown -R rabbitmq "$dir"
-    RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" \
-      RABBITMQ_DIST_PORT="$(free_port)" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    # Its own config and env files: the machine's (/etc/rabbitmq) may pin the listener to 5672.
+    touch "$dir/enabled_plugins" "$dir/rabbitmq-env.conf"
+    echo "listeners.tcp.default = 127.0.0.1:$port" > "$dir/rabbitmq.conf"
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq "$dir"; fi
+    RABBITMQ_NODENAME="$node" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+      RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" RABBITMQ_DIST_PORT="$(free_port)" \
+      RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
       RABBITMQ_PID_FILE="$dir/rabbit.pid" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
       rabbitmq-server -detached
     cleanup+=("rabbitmqctl -n $node stop >/dev/null 2>&1; rm -rf $dir")
