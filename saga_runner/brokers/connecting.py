@@ -5,7 +5,8 @@ raises ``BrokerUnavailable`` with that reason, so ``/readyz`` names the broker. 
 makes the first connection, retrying with capped exponential backoff (full jitter) until it
 succeeds: a broker that is down at start stops nothing else. After that the client library
 reconnects by itself (aio-pika's robust connection, nats-py's reconnect loop) and tells the
-``Link``.
+``Link``. ``keep_trying`` is the same retry loop for any other step (declaring a queue,
+subscribing a consumer).
 """
 
 from __future__ import annotations
@@ -73,17 +74,18 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def connect_until_up(
-    link: Link,
+async def keep_trying(
     attempt: Callable[[], Awaitable[None]],
+    on_failure: Callable[[Exception], None],
     *,
     rng: random.Random | None = None,
 ) -> None:
-    """Call ``attempt`` until it returns, waiting ``RECONNECT`` between failures.
+    """Call ``attempt`` until it returns, telling ``on_failure`` of each failure and waiting
+    ``RECONNECT`` before the next try.
 
     Args:
-        link: told why each failed attempt failed.
-        attempt: connects, or raises (its errors must not carry the URL's password).
+        attempt: does the work (connect, declare and consume...), or raises.
+        on_failure: records or logs why an attempt failed (no secrets).
         rng: the jitter's source (injectable in tests).
     """
     rng = rng or random.Random()
@@ -94,5 +96,22 @@ async def connect_until_up(
             return
         except Exception as exc:
             failures += 1
-            link.down(f"cannot connect: {describe(exc)}")
+            on_failure(exc)
             await asyncio.sleep(RECONNECT.delay(failures, rng))
+
+
+async def connect_until_up(link: Link, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Make the first connection (``attempt``), retrying with ``RECONNECT``; ``link`` says why
+    the broker is not up meanwhile (``attempt``'s errors must not carry the URL's password)."""
+    await keep_trying(attempt, lambda exc: link.down(f"cannot connect: {describe(exc)}"))
+
+
+def consumer_failed(broker: str, callbacks: str, exc: Exception) -> None:
+    """Log why consuming ``callbacks`` could not start (or stopped); it is tried again."""
+    log.warning(
+        "broker %s: cannot consume %r yet: %s",
+        broker,
+        callbacks,
+        describe(exc),
+        extra={"broker": broker},
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 from collections.abc import Mapping
 
@@ -35,7 +34,7 @@ from saga_runner.brokers.base import (
     PublishReceipt,
     RejectCounter,
 )
-from saga_runner.brokers.connecting import RECONNECT, Link, describe
+from saga_runner.brokers.connecting import Link, consumer_failed, describe, keep_trying
 from saga_runner.brokers.settling import InFlight, Verdict, log, settle
 from saga_runner.errors import BrokerUnavailable, PublishRefused
 
@@ -187,28 +186,20 @@ class _PullSubscription:
 
     async def _run(self) -> None:
         """Subscribe and pull until cancelled; start again after any failure, with backoff."""
-        failures = 0
         while True:
-            await self._broker._link.up.wait()
-            subscription = None
-            try:
-                subscription = await self._subscribe()
-                failures = 0
-                await self._pull(subscription)
-            except Exception as exc:
-                failures += 1
-                log.warning(
-                    "broker %s: cannot consume %r yet: %s",
-                    self._broker.name,
-                    self._broker.callbacks,
-                    describe(exc),
-                    extra={"broker": self._broker.name},
-                )
-                await asyncio.sleep(RECONNECT.delay(failures, random.Random()))
-            finally:
-                if subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await subscription.unsubscribe()
+            await keep_trying(self._consume, self._failed)
+
+    def _failed(self, exc: Exception) -> None:
+        consumer_failed(self._broker.name, self._broker.callbacks, exc)
+
+    async def _consume(self) -> None:
+        await self._broker._link.up.wait()
+        subscription = await self._subscribe()
+        try:
+            await self._pull(subscription)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         js = self._broker._usable()

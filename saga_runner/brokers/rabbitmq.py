@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Mapping
 
 import aio_pika
@@ -36,7 +35,13 @@ from saga_runner.brokers.base import (
     PublishReceipt,
     RejectCounter,
 )
-from saga_runner.brokers.connecting import RECONNECT, Link, connect_until_up, describe
+from saga_runner.brokers.connecting import (
+    Link,
+    connect_until_up,
+    consumer_failed,
+    describe,
+    keep_trying,
+)
 from saga_runner.brokers.settling import InFlight, Verdict, log, settle
 from saga_runner.errors import BrokerUnavailable, PublishRefused
 
@@ -195,25 +200,17 @@ class _QueueSubscription:
     async def _start(self) -> None:
         """Declare the queue and consume it on a channel of its own, retrying until it works;
         after that the robust connection restores the consumer after every reconnect."""
-        failures = 0
-        while True:
-            connection = await self._broker._connected()
-            try:
-                channel = await connection.channel()
-                await channel.set_qos(prefetch_count=self._broker._settings.prefetch)
-                self._queue = await channel.declare_queue(self._broker.callbacks, durable=True)
-                self._tag = await self._queue.consume(self._deliver, no_ack=False)
-                return
-            except Exception as exc:
-                failures += 1
-                log.warning(
-                    "broker %s: cannot consume queue %r yet: %s",
-                    self._broker.name,
-                    self._broker.callbacks,
-                    describe(exc),
-                    extra={"broker": self._broker.name},
-                )
-                await asyncio.sleep(RECONNECT.delay(failures, random.Random()))
+        await keep_trying(self._consume, self._failed)
+
+    def _failed(self, exc: Exception) -> None:
+        consumer_failed(self._broker.name, self._broker.callbacks, exc)
+
+    async def _consume(self) -> None:
+        connection = await self._broker._connected()
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._broker._settings.prefetch)
+        self._queue = await channel.declare_queue(self._broker.callbacks, durable=True)
+        self._tag = await self._queue.consume(self._deliver, no_ack=False)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
         await self._inflight.acquire()

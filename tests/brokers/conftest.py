@@ -48,7 +48,8 @@ from saga_runner.errors import PublishRefused
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 KINDS = ["rabbitmq", "nats"]
-FAST = {"retry_delay": 0.05, "publish_timeout": 3.0}
+# NATS: a delivery sent to a consumer that just went away comes back after ack_wait; 5 s, not 30.
+FAST = {"retry_delay": 0.05, "publish_timeout": 3.0, "ack_wait": 5.0}
 
 OpenBroker = Callable[..., Awaitable[BrokerAdapter]]
 
