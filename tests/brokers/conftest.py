@@ -8,7 +8,8 @@ names and deletes what it created.
 Fixtures:
     rabbitmq_url / nats_url     the shared servers.
     unique_name                 ``saga-test-<hex>``, fresh per test.
-    open_broker                 ``await open_broker(kind, url=None, callbacks=None, **settings)``:
+    open_broker                 ``await open_broker(kind, url=None, callbacks=None, name=None,
+                                **settings)``:
                                 an opened adapter (``kind``: ``rabbitmq`` or ``nats``), closed after
                                 the test, its callbacks queue/stream deleted.
     kind                        ``rabbitmq`` or ``nats``: the contract suite runs on both.
@@ -105,17 +106,22 @@ async def delete_callbacks(kind: str, url: str, callbacks: str) -> None:
 async def open_broker(
     rabbitmq_url: str, nats_url: str, unique_name: str
 ) -> AsyncIterator[OpenBroker]:
-    """``await open_broker(kind, url=None, callbacks=None, **settings)``; closed afterwards."""
+    """``await open_broker(kind, url=None, callbacks=None, name=None, **settings)``; closed
+    afterwards."""
     opened: list[tuple[str, str, BrokerAdapter]] = []  # kind, url, adapter
     defaults = {"rabbitmq": rabbitmq_url, "nats": nats_url}
 
     async def start(
-        kind: str, url: str | None = None, callbacks: str | None = None, **settings: Any
+        kind: str,
+        url: str | None = None,
+        callbacks: str | None = None,
+        name: str | None = None,
+        **settings: Any,
     ) -> BrokerAdapter:
         on_rejected = settings.pop("on_rejected", lambda reason: None)
         broker_url = url or defaults[kind]
         adapter = adapter_for(
-            f"{kind}-test",
+            name or f"{kind}-test",
             BrokerSettings(
                 url=broker_url, callbacks=callbacks or unique_name, **{**FAST, **settings}
             ),

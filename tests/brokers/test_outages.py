@@ -1,17 +1,21 @@
 """A broker that goes away while a consumer runs: nothing lost, nothing applied twice.
 
 NATS: a private ``nats-server`` (JetStream on its own store directory) is killed with SIGKILL and
-started again. RabbitMQ: the shared server is not restarted (other suites use it); a TCP proxy in
-front of it drops every connection and refuses new ones, which is what the client sees of a
-restart. In both, messages acknowledged before the outage are never delivered again, one being
-handled during it is delivered again (its ack could not be sent) and applied once, messages
-published after it arrive once, ``ready`` reports the outage and then the recovery, and a
-publish during the outage fails at once and succeeds when retried with the same id.
+started again. RabbitMQ: the shared server is not restarted (other suites use it); instead the
+server closes the adapter's connection (``rabbitmqctl close_connection``, what a node shutting down
+does to its clients), or a TCP proxy in front of it drops every connection and refuses new ones
+for a while, which is what the client sees of a restart. In every case messages acknowledged
+before the outage are never delivered again, the one being handled during it is delivered again
+when its ack was lost (NATS may deliver the ack it buffered) and applied once, messages published
+after it arrive once, ``ready`` reports the outage and then the recovery, and a publish during the
+outage fails at once and succeeds when retried with the same id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -156,3 +160,44 @@ async def test_rabbitmq_connections_dropped_lose_nothing_and_apply_nothing_twice
         await run_outage(adapter, proxy.cut, proxy.restore, in_flight_deliveries={2})
     finally:
         await proxy.close()
+
+
+def close_from_server(connection_name: str) -> None:
+    """Have RabbitMQ close the connection named ``connection_name`` (CONNECTION_FORCED)."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.fail("rabbitmqctl is not installed (apt-get install rabbitmq-server)")
+    listed = subprocess.run(
+        [rabbitmqctl, "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    pids = [
+        line.split("\t", 1)[0] for line in listed.stdout.splitlines() if connection_name in line
+    ]
+    assert len(pids) == 1, listed.stdout
+    subprocess.run(
+        [rabbitmqctl, "-q", "close_connection", pids[0], "test: server-side close"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+
+
+async def test_rabbitmq_closing_the_connection_from_the_server_loses_nothing(
+    open_broker: OpenBroker, unique_name: str, rabbitmq_url: str
+) -> None:
+    if urlsplit(rabbitmq_url).hostname not in ("127.0.0.1", "localhost"):
+        pytest.fail(f"rabbitmqctl reaches only the local node, and RABBITMQ_URL is {rabbitmq_url}")
+    adapter = await open_broker("rabbitmq", name=unique_name)
+    await wait_ready(adapter)
+
+    async def stop() -> None:
+        await asyncio.to_thread(close_from_server, f"saga-sidecar broker {unique_name}")
+
+    async def start() -> None:
+        """The robust connection reconnects by itself."""
+
+    await run_outage(adapter, stop, start, in_flight_deliveries={2})
