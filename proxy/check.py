@@ -1,5 +1,5 @@
 """``saga-sidecar check``: every problem of the config and its saga files, and (``--connect``)
-whether the stores they name answer.
+whether the stores and brokers they name answer.
 
 The config's problems do not hide the saga files' ones: when the config is invalid, the saga
 files are still found from its ``sagas.definitions`` (and checked against its ``services`` when
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -181,6 +182,9 @@ def run(path: Path, *, connect: bool, timeout: float) -> int:
     if not connect:
         return EXIT_OK
     stores = dependencies(found.loaded)
+    # What the clients log as they fail (aiormq: "error when creating transport") would reach
+    # stderr through logging's last resort; each failure is said below instead.
+    logging.getLogger().addHandler(logging.NullHandler())
     problems = asyncio.run(reach(stores, timeout))
     for store, problem in zip(stores, problems, strict=True):
         print(store.describe(problem), file=sys.stdout if problem is None else sys.stderr)

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument(
         "--connect",
         action="store_true",
-        help="also connect to the Redis and saga store the config names",
+        help="also connect to the Redis, saga store and brokers the config names",
     )
     check_cmd.add_argument(
         "--timeout",

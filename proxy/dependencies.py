@@ -1,8 +1,10 @@
 """The stores a config names, reached once each: what ``saga-sidecar check --connect`` tries.
 
 Each ``Dependency`` is a store the sidecar needs at start: the Redis behind ``idempotency.store``
-(not ``memory://``) and the database behind ``sagas.store``. ``reach`` connects to all of them at
-once, with the sidecar's own clients, and returns why each one that failed did. The upstream app
+(not ``memory://``), the database behind ``sagas.store``, and each broker of ``sagas.brokers``
+(RabbitMQ is connected to; NATS is connected to and asked for its JetStream account). ``reach``
+connects to all of them at once, with the sidecar's own clients, and returns why each one that
+failed did. The upstream app
 and the saga services are not tried: a sidecar starts before (or without) them.
 """
 
@@ -17,7 +19,9 @@ from pathlib import Path
 from proxy.config import LoadedConfig
 from proxy.errors import StoreUnavailable
 from proxy.idempotency.store import store_from_url
-from saga_runner.errors import StoreError
+from saga_runner.brokers.registry import reach as reach_broker
+from saga_runner.brokers.urls import broker_kind
+from saga_runner.errors import BrokerError, StoreError
 from saga_runner.store import SagaStore
 from saga_runner.store.postgres import redact_url
 
@@ -55,7 +59,15 @@ def dependencies(loaded: LoadedConfig) -> list[Dependency]:
             found.append(
                 Dependency("postgresql", "sagas.store", url, lambda: _saga_store(url, loaded))
             )
+        for name, broker in config.sagas.brokers.items():
+            found.append(_broker(name, broker.url))
     return found
+
+
+def _broker(name: str, url: str) -> Dependency:
+    return Dependency(
+        broker_kind(url).value, f"sagas.brokers.{name}", url, lambda: reach_broker(name, url)
+    )
 
 
 async def reach(found: list[Dependency], seconds: float) -> list[str | None]:
@@ -70,16 +82,19 @@ async def _try(dependency: Dependency, seconds: float) -> str | None:
             await dependency.attempt()
     except TimeoutError:
         return f"cannot connect: no answer within {seconds:g}s"
-    except (StoreUnavailable, StoreError, OSError, ValueError) as exc:
+    except (StoreUnavailable, StoreError, BrokerError, OSError, ValueError) as exc:
         return f"cannot connect: {_reason(exc)}"
     return None
 
 
 def _reason(exc: BaseException) -> str:
-    """The driver's message under the store's error (which repeats the URL), ending with the
-    system's word for the socket error under it (``Connection refused``) when not given."""
+    """The driver's message under the store's error (which repeats the URL), or a broker's
+    reason, ending with the system's word for the socket error under it (``Connection
+    refused``) when not given."""
     shown = exc.__cause__ if isinstance(exc, StoreUnavailable | StoreError) else None
     message = str(shown or exc) or type(shown or exc).__name__
+    if isinstance(exc, BrokerError):
+        message = exc.detail
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError) and cause.errno:

@@ -131,11 +131,13 @@ class BrokerError(SagaError):
 
     Attributes:
         broker: the configured name of the broker.
+        detail: what went wrong, without the broker's name.
     """
 
     def __init__(self, broker: str, message: str) -> None:
         super().__init__(f"broker {broker!r}: {message}")
         self.broker = broker
+        self.detail = message
 
 
 class BrokerUnavailable(BrokerError):

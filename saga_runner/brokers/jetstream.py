@@ -257,3 +257,34 @@ async def _renew_while_handled(msg: Msg, every: float) -> None:
             await msg.in_progress()
         except Exception as exc:
             log.debug("could not renew a delivery's ack deadline: %s", describe(exc))
+
+
+async def reach(name: str, url: str) -> None:
+    """Connect once, ask JetStream for the account's limits (a server without ``-js`` fails
+    here), disconnect (``saga-sidecar check --connect``); raises the client's error, or
+    ``BrokerUnavailable`` when JetStream is off."""
+    failures: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        failures.append(exc)
+
+    client = Client()
+    try:
+        await client.connect(
+            servers=[url],
+            allow_reconnect=False,
+            max_reconnect_attempts=1,  # nats-py tries a server up to this many times more
+            reconnect_time_wait=0,
+            connect_timeout=CONNECT_TIMEOUT,
+            error_cb=remember,
+        )
+    except nats.errors.NoServersError:
+        if failures:  # say why, not only that no server was left to try
+            raise failures[-1] from None
+        raise
+    try:
+        await client.jetstream().account_info()
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+        raise BrokerUnavailable(name, "JetStream is not enabled on this server (-js)") from exc
+    finally:
+        await client.close()

@@ -234,3 +234,9 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+async def reach(name: str, url: str) -> None:
+    """Connect once and disconnect (``saga-sidecar check --connect``); raises the client's error."""
+    connection = await aio_pika.connect(url)
+    await connection.close()

@@ -4,6 +4,7 @@
 (``saga_runner.brokers.urls``). ``open`` starts every connection in the background (a broker
 that is down delays nothing); ``close`` cancels consumers and disconnects. The engine publishes
 with ``registry[name].publish(...)``; the hosting starts consumers with ``registry[name].consume``.
+``reach`` connects once, for ``saga-sidecar check --connect``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Mapping
 
+from saga_runner.brokers import jetstream, rabbitmq
 from saga_runner.brokers.base import BrokerAdapter, BrokerSettings, RejectCounter
+from saga_runner.brokers.connecting import describe
 from saga_runner.brokers.jetstream import JetStreamBroker
 from saga_runner.brokers.rabbitmq import RabbitMQBroker
 from saga_runner.brokers.urls import BrokerKind, broker_kind
+from saga_runner.errors import BrokerUnavailable
 
 
 def adapter_for(name: str, settings: BrokerSettings, on_rejected: RejectCounter) -> BrokerAdapter:
@@ -26,6 +30,21 @@ def adapter_for(name: str, settings: BrokerSettings, on_rejected: RejectCounter)
     if broker_kind(settings.url) is BrokerKind.RABBITMQ:
         return RabbitMQBroker(name, settings, on_rejected)
     return JetStreamBroker(name, settings, on_rejected)
+
+
+async def reach(name: str, url: str) -> None:
+    """Connect to the broker once and disconnect, as ``saga-sidecar check --connect`` does.
+
+    Raises:
+        BrokerUnavailable: it could not be reached, saying why (its cause: the client's error).
+    """
+    attempt = rabbitmq.reach if broker_kind(url) is BrokerKind.RABBITMQ else jetstream.reach
+    try:
+        await attempt(name, url)
+    except BrokerUnavailable:
+        raise
+    except Exception as exc:
+        raise BrokerUnavailable(name, describe(exc)) from exc
 
 
 class BrokerRegistry(Mapping[str, BrokerAdapter]):

@@ -14,8 +14,9 @@ Fixtures:
                                 the test, its callbacks queue/stream deleted.
     kind                        ``rabbitmq`` or ``nats``: the contract suite runs on both.
     broker                      a connected adapter of that kind on a fresh callbacks name.
-    nats_server                 ``nats_server()``: a private ``nats-server -js`` on its own port and
-                                store directory that the test may kill and start again.
+    nats_server                 ``nats_server(jetstream=True)``: a private ``nats-server`` on its
+                                own port and store directory that the test may kill and start
+                                again.
     captured_logs               every log record of the test, at DEBUG and above, as text.
 """
 
@@ -223,8 +224,9 @@ async def broker(kind: str, open_broker: OpenBroker) -> BrokerAdapter:
 class NatsServer:
     """A private ``nats-server`` with JetStream on a fixed port and store directory."""
 
-    def __init__(self, port: int, store: Path, log: Path) -> None:
+    def __init__(self, port: int, store: Path, log: Path, *, jetstream: bool = True) -> None:
         self.port = port
+        self.jetstream = jetstream
         self.store = store
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -240,8 +242,9 @@ class NatsServer:
         if binary is None:
             pytest.fail("nats-server is not installed (apt-get install nats-server)")
         with self.log.open("ab") as log:
+            js = ["-js", "-sd", str(self.store)] if self.jetstream else []
             self.process = subprocess.Popen(
-                [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+                [binary, "-a", "127.0.0.1", "-p", str(self.port), *js],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -267,13 +270,16 @@ class NatsServer:
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[Callable[[], NatsServer]]:
-    """``nats_server()``: a private server (not started yet); killed after the test."""
+def nats_server(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
+    """``nats_server(jetstream=True)``: a private server (not started yet); killed after the
+    test."""
     servers: list[NatsServer] = []
 
-    def make() -> NatsServer:
+    def make(jetstream: bool = True) -> NatsServer:
         index = len(servers)
-        server = NatsServer(find_free_port(), tmp_path / f"nats-{index}", tmp_path / "nats.log")
+        server = NatsServer(
+            find_free_port(), tmp_path / f"nats-{index}", tmp_path / "nats.log", jetstream=jetstream
+        )
         servers.append(server)
         return server
 

@@ -4,10 +4,13 @@ name; every mistake is reported as ``FILE:LINE: key.path: message`` by ``check``
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import find_free_port
 
+from brokers.conftest import NatsServer
 from proxy.cli import main
 from proxy.config import load_config
 from saga_runner.brokers.jetstream import stream_name
@@ -93,6 +96,39 @@ def test_every_broker_mistake_is_reported_at_its_line(
     assert f"{path}:15: sagas.brokers.bad name!:" in joined
     assert "hunter2" not in joined
     assert len(errors) == 6, errors
+
+
+def test_check_connect_reaches_each_broker_and_says_why_one_cannot_be_reached(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rabbitmq_url: str,
+    nats_url: str,
+    nats_server: Callable[..., NatsServer],
+) -> None:
+    plain = nats_server(jetstream=False)
+    plain.start()
+    refused = find_free_port()
+    path = write(
+        tmp_path,
+        f"""
+        jobs: {{url: "{rabbitmq_url}", callbacks: "q"}}
+        events: {{url: "{nats_url}", callbacks: "q"}}
+        down: {{url: "amqp://guest:hunter2@127.0.0.1:{refused}/", callbacks: "q"}}
+        nojs: {{url: "{plain.url}", callbacks: "q"}}
+        """,
+    )
+    code = main(["check", "--config", str(path), "--connect"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "rabbitmq (sagas.brokers.jobs): ok" in out
+    assert "nats (sagas.brokers.events): ok" in out
+    assert (
+        f"rabbitmq (sagas.brokers.down) amqp://guest:***@127.0.0.1:{refused}/: cannot connect: "
+        in err
+    )
+    assert "(Connection refused)" in err
+    assert f"nats (sagas.brokers.nojs) {plain.url}: cannot connect: JetStream is not enabled" in err
+    assert "hunter2" not in out + err
 
 
 def test_the_callbacks_stream_is_named_after_its_subject() -> None:
