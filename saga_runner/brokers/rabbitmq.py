@@ -7,7 +7,8 @@ with publisher confirms for ``publish``, one with a prefetch bound for ``consume
 - ``publish`` sends to the default exchange with routing key ``to``, persistent, ``message_id``
   set and ``mandatory``: a routing key no queue is bound to comes back and is refused
   (``PublishRefused``), never dropped silently. It returns once the broker confirmed it.
-- ``consume`` declares the ``callbacks`` queue (durable) and consumes it with manual acks; each
+- ``consume`` declares the ``callbacks`` queue (durable; one that exists with other arguments,
+  such as a quorum queue, is used as it is) and consumes it with manual acks; each
   delivery is settled by ``saga_runner.brokers.settling`` and acknowledged only after its handler
   returned. RabbitMQ does not deduplicate: a re-sent message (same ``message_id``) is delivered
   again, and applying it is idempotent.
@@ -16,6 +17,7 @@ with publisher confirms for ``publish``, one with a prefetch bound for ``consume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -26,7 +28,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import DeliveryError, PublishError
+from aio_pika.exceptions import ChannelPreconditionFailed, DeliveryError, PublishError
 
 from saga_runner.brokers.base import (
     BrokerSettings,
@@ -209,7 +211,15 @@ class _QueueSubscription:
         connection = await self._broker._connected()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._broker._settings.prefetch)
-        self._queue = await channel.declare_queue(self._broker.callbacks, durable=True)
+        try:
+            self._queue = await channel.declare_queue(self._broker.callbacks, durable=True)
+        except ChannelPreconditionFailed:
+            # It exists with other arguments (a quorum queue an operator made): use it as it is.
+            with contextlib.suppress(Exception):
+                await channel.close()
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self._broker._settings.prefetch)
+            self._queue = await channel.declare_queue(self._broker.callbacks, passive=True)
         self._tag = await self._queue.consume(self._deliver, no_ack=False)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:

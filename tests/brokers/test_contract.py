@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 
+import aio_pika
 import pytest
 from conftest import find_free_port
 
@@ -188,3 +189,18 @@ async def test_closing_stops_the_consumer_and_leaves_later_messages_queued(
     later = Recorder()
     successor.consume(later)
     assert [d.message_id for d in await later.wait_for(1)] == ["m-after"]
+
+
+async def test_rabbitmq_consumes_a_callbacks_queue_an_operator_made_as_a_quorum_queue(
+    open_broker: OpenBroker, rabbitmq_url: str, unique_name: str
+) -> None:
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(unique_name, durable=True, arguments={"x-queue-type": "quorum"})
+    adapter = await open_broker("rabbitmq")
+    await wait_ready(adapter)
+    recorder = Recorder()
+    adapter.consume(recorder)
+    await publish_when_consumed(adapter, b"{}", message_id="m-quorum")
+    assert [d.message_id for d in await recorder.wait_for(1)] == ["m-quorum"]
