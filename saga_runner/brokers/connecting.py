@@ -24,7 +24,7 @@ log = logging.getLogger("saga_sidecar.brokers")
 NOT_YET = "not connected yet"
 CLOSED = "closed"
 RECONNECT = RetryPolicy(attempts=1, backoff=0.1, multiplier=2.0, max_backoff=5.0)
-"""The waits between first-connect attempts: up to 0.1 s, doubling, never above 5 s."""
+"""The waits between attempts of ``keep_trying``: up to 0.1 s, doubling, never above 5 s."""
 
 
 class Link:
@@ -40,7 +40,7 @@ class Link:
         if self.problem == CLOSED:
             return
         if self.problem is not None and self.problem != NOT_YET:
-            log.warning("broker %s connected", self.broker, extra={"broker": self.broker})
+            log.info("broker %s connected", self.broker, extra={"broker": self.broker})
         self.problem = None
         self.up.set()
 
