@@ -7,7 +7,8 @@ on the step, ``next_run_at`` on the saga) before sleeping, so a restarted sideca
 backoff instead of hammering the upstream. A failed answer the service replayed
 (``Idempotent-Replayed: true``) ends the loop: a retry with the same key would get it again.
 The last attempt's row is handed back, for the caller to write with the step's outcome in one
-commit.
+commit. A ``stop`` event (set when a sibling in a parallel group failed for good) ends the loop
+before its next attempt: the call in flight finishes, no new one starts.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 import httpsemantics
 from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
 from saga_runner.observer import SagaObserver
-from saga_runner.records import Lease
 from saga_runner.redact import Redactor
 from saga_runner.retry import RetryPolicy
+from saga_runner.runs import Run
 from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
@@ -106,42 +107,50 @@ class AttemptLoop:
         self.rng = rng or random.Random()
         self.sleep = sleep
 
-    def _status_while_calling(self, kind: AttemptKind) -> StepStatus:
-        return StepStatus.RUNNING if kind is AttemptKind.ACTION else StepStatus.COMPENSATING
-
     async def run(
-        self, lease: Lease, spec: CallSpec, *, announced: bool = False
-    ) -> tuple[CallResult, AttemptRecord]:
-        """Attempt ``spec`` until it succeeds, fails permanently, or its attempts run out.
+        self,
+        run: Run,
+        spec: CallSpec,
+        *,
+        announced: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> tuple[CallResult, AttemptRecord | None]:
+        """Attempt ``spec`` until it succeeds, fails permanently, its attempts run out, or
+        ``stop`` is set.
 
         Args:
-            lease: the run's lease.
+            run: the run (its lease, and its one write at a time).
             spec: the call.
             announced: the caller has already written the first attempt's "about to call"
                 (status, ``retry_count``, ``next_retry_at`` cleared) with its own changes.
+            stop: when set, no further attempt starts (the one in flight finishes).
 
         Returns:
             the last attempt's result and its attempt row, which the caller writes together
-            with the outcome it records (the rows of retried attempts are already written).
+            with the outcome it records (the rows of retried attempts are already written: None
+            when the last one was, because ``stop`` ended the backoff after it).
         """
-        status = self._status_while_calling(spec.kind)
+        status = StepStatus.COMPENSATING if spec.kind.undoes else StepStatus.RUNNING
+        phase = None if spec.kind in (AttemptKind.ACTION, AttemptKind.COMPENSATION) else spec.kind
         attempt = spec.first_attempt
         effect_possible = spec.effect_possible
         while True:
             if not announced:
                 announce: dict[str, Any] = {"next_retry_at": None}
-                if spec.kind is AttemptKind.ACTION:
+                if spec.kind.forward:
                     announce["retry_count"] = attempt
-                change = StepChange(spec.step_order, status, announce)
-                await self.store.write(lease, WriteBatch(steps=(change,)))
+                change = StepChange(spec.step_order, status, announce, phase)
+                await run.write(self.store, WriteBatch(steps=(change,)))
             announced = False
-            result, record = await self._attempt(lease, spec, attempt)
+            result, record = await self._attempt(run.lease.saga_id, spec, attempt)
             if still_running(result, effect_possible):
                 result = replace(result, outcome=Outcome.RETRYABLE)
             if effect_possible and result.outcome is not Outcome.SUCCESS:
                 result = replace(result, earlier_attempt_unknown=True)
             effect_possible = effect_possible or outcome_unknown(result)
             if result.outcome is not Outcome.RETRYABLE or not spec.retry.can_retry(attempt):
+                return result, record
+            if stop is not None and stop.is_set():
                 return result, record
             if result.replayed:
                 # The service answers this key from its store: every retry would get the same
@@ -157,23 +166,38 @@ class AttemptLoop:
                 "next_retry_at": due,
                 "error": result.error or f"status {result.status}",
             }
-            if spec.kind is AttemptKind.ACTION:
+            if spec.kind.forward:
                 # ``result`` is the action's answer, which ``steps.NAME`` templates read (also
                 # when a compensation is resumed): a compensation's answer must not replace it.
                 columns["result"] = self.redactor.redact_call(result.as_record())
-            await self.store.write(
-                lease,
+            await run.write(
+                self.store,
                 WriteBatch(
-                    steps=(StepChange(spec.step_order, status, columns),),
+                    steps=(StepChange(spec.step_order, status, columns, phase),),
                     attempts=(record,),
                     saga_columns={"next_run_at": due},
                 ),
             )
-            await self.sleep(delay)
+            if await self._stopped_during(delay, stop):
+                return result, None
             attempt += 1
 
+    async def _stopped_during(self, delay: float, stop: asyncio.Event | None) -> bool:
+        """Sleep ``delay`` seconds (the backoff); True when ``stop`` was set meanwhile."""
+        if stop is None:
+            await self.sleep(delay)
+            return False
+        sleeper = asyncio.ensure_future(self.sleep(delay))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+        return stop.is_set()
+
     async def _attempt(
-        self, lease: Lease, spec: CallSpec, attempt: int
+        self, saga_id: str, spec: CallSpec, attempt: int
     ) -> tuple[CallResult, AttemptRecord]:
         started = datetime.now(UTC)
         result = await self.caller.call(spec.request, success=spec.success, seconds=spec.timeout)
@@ -197,7 +221,7 @@ class AttemptLoop:
                 attempt,
                 result.status or result.error,
                 extra={
-                    "saga_id": lease.saga_id,
+                    "saga_id": saga_id,
                     "saga": spec.saga_name,
                     "step": spec.step_name,
                     "attempt": attempt,

@@ -6,10 +6,18 @@ codes, retry and timeout values) together with whole-document ones from ``defini
 (templates, step references, services). Every template is compiled once at validation time; the
 engine renders calls with ``CallDefinition.render`` and joins URLs with ``template.build_url``.
 
+A saga's ``steps`` are items: a ``StepDefinition``, or a ``ParallelGroup`` of steps that run
+together; ``SagaDefinition.stages`` is what the engine walks and ``all_steps`` numbers every step
+(``step_order``) in file order. ``kind: tcc`` makes every step a TCC step (``try``, ``confirm``,
+``cancel`` instead of ``action`` and ``compensation``); ``definition_checks`` says which calls a
+step of each kind must have.
+
 A definition is pinned to each saga instance by ``definition_hash`` (sha256 of the canonical JSON
 of the validated model, defaults included) and stored with ``to_snapshot`` / ``from_snapshot``, so
 an instance finishes under the definition it started with. A snapshot names services, not URLs:
-the URL is looked up in the current config when a call is made.
+the URL is looked up in the current config when a call is made. A plain saga's snapshot leaves
+out the keys of the newer shapes (``kind``, ``try``, ``confirm``, ``cancel``), so its hash is what
+it was before they existed.
 """
 
 from __future__ import annotations
@@ -20,25 +28,30 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     JsonValue,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     Strict,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from yarl import URL
 
 from saga_runner.definition_checks import dotted, find_problems
 from saga_runner.retry import ACTION_RETRY, COMPENSATION_RETRY, RetryPolicy, merge_retry
+from saga_runner.states import AttemptKind
 from saga_runner.template import (
     CompiledValue,
     RenderContext,
@@ -247,13 +260,12 @@ class CallDefinition(_Model):
         )
 
 
-class CompensationDefinition(CallDefinition):
-    """The call that undoes a step's action; 404 and 410 also count as success by default."""
-
-    DEFAULT_SUCCESS: ClassVar[frozenset[int]] = frozenset((*range(200, 300), 404, 410))
+class ConfirmDefinition(CallDefinition):
+    """A TCC step's confirm: retried like a compensation (``COMPENSATION_RETRY``) until it
+    succeeds; any 2xx is success by default."""
 
     retry: RetryPolicy = COMPENSATION_RETRY
-    """Retry of the compensation; keys left out take ``COMPENSATION_RETRY``'s values."""
+    """Retry of the call; keys left out take ``COMPENSATION_RETRY``'s values."""
 
     @field_validator("retry", mode="before")
     @classmethod
@@ -261,23 +273,45 @@ class CompensationDefinition(CallDefinition):
         return merge_retry(value, COMPENSATION_RETRY)
 
 
+class CompensationDefinition(ConfirmDefinition):
+    """The call that undoes a step's action (or cancels a TCC step's try); 404 and 410 also
+    count as success by default (the effect is already gone, or never came)."""
+
+    DEFAULT_SUCCESS: ClassVar[frozenset[int]] = frozenset((*range(200, 300), 404, 410))
+
+
+SHAPE_CALLS: Final = ("action", "compensation", "try", "confirm", "cancel")
+"""The call keys of a step: ``action``/``compensation`` in a saga, ``try``/``confirm``/``cancel``
+in a TCC saga (``kind: tcc``)."""
+
+
 class StepDefinition(_Model):
-    """One saga step: an action, its optional compensation, and the action's retry and timeout."""
+    """One saga step: its calls (an action and optional compensation, or a TCC step's try,
+    confirm and cancel), and the forward call's retry and the calls' timeout."""
 
     name: Name
     """Step name, unique in the saga; templates refer to it as ``steps.NAME``."""
 
-    action: CallDefinition
-    """The forward call."""
+    action: CallDefinition | None = None
+    """The forward call (required in a saga, absent in a TCC saga)."""
 
     compensation: CompensationDefinition | None = None
     """The call that undoes the action; absent: nothing to undo."""
 
+    try_: CallDefinition | None = Field(default=None, alias="try")
+    """A TCC step's try: reserves the effect (required in a TCC saga, absent in a saga)."""
+
+    confirm: ConfirmDefinition | None = None
+    """A TCC step's confirm: makes the reserved effect final once every try succeeded."""
+
+    cancel: CompensationDefinition | None = None
+    """A TCC step's cancel: releases what its try reserved (sent even if the try never came)."""
+
     retry: RetryPolicy = ACTION_RETRY
-    """Retry of the action; keys left out take ``ACTION_RETRY``'s values."""
+    """Retry of the action (or try); keys left out take ``ACTION_RETRY``'s values."""
 
     timeout: Duration | None = None
-    """Per-attempt timeout of both calls; absent: the config's ``upstream.timeout``."""
+    """Per-attempt timeout of every call of the step; absent: the config's ``upstream.timeout``."""
 
     @field_validator("retry", mode="before")
     @classmethod
@@ -289,9 +323,90 @@ class StepDefinition(_Model):
     def _timeout(cls, value: float | None) -> float | None:
         return _positive_duration(value)
 
+    @model_serializer(mode="wrap")
+    def _declared_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The calls a step does not have are left out (``compensation`` excepted, as it always
+        # was), so a plain saga's snapshot and hash are what they were before TCC existed.
+        data: dict[str, Any] = handler(self)
+        for key in ("action", "try", "try_", "confirm", "cancel"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+    def call(self, kind: AttemptKind) -> CallDefinition | None:
+        """The call of ``kind`` (``action``, ``compensation``, ``try``, ``confirm``, ``cancel``)."""
+        calls: dict[AttemptKind, CallDefinition | None] = {
+            AttemptKind.ACTION: self.action,
+            AttemptKind.COMPENSATION: self.compensation,
+            AttemptKind.TRY: self.try_,
+            AttemptKind.CONFIRM: self.confirm,
+            AttemptKind.CANCEL: self.cancel,
+        }
+        return calls[kind]
+
+    def settling_call(self, kind: AttemptKind) -> ConfirmDefinition | None:
+        """The retried call ``kind`` that settles the step: its compensation, confirm or cancel."""
+        calls: dict[AttemptKind, ConfirmDefinition | None] = {
+            AttemptKind.COMPENSATION: self.compensation,
+            AttemptKind.CONFIRM: self.confirm,
+            AttemptKind.CANCEL: self.cancel,
+        }
+        return calls.get(kind)
+
     def timeout_or(self, default: float) -> float:
         """This step's timeout in seconds, or ``default`` (``upstream.timeout``) when unset."""
         return default if self.timeout is None else self.timeout
+
+
+class ParallelGroup(_Model):
+    """Steps that start together once the previous item succeeded; the next item waits for
+    all of them. A member may use the results of earlier items only, never a sibling's."""
+
+    parallel: tuple[StepDefinition, ...]
+    """The members (at least two)."""
+
+    @field_validator("parallel")
+    @classmethod
+    def _members(cls, value: tuple[StepDefinition, ...]) -> tuple[StepDefinition, ...]:
+        if len(value) < 2:
+            raise ValueError(
+                "a parallel group needs at least two steps (write a single step as a plain item)"
+            )
+        return value
+
+
+# Tags are bracketed so that error locations leave them out (``yamlconfig.loader.document_loc``).
+_STEP_TAG: Final = "[step]"
+_GROUP_TAG: Final = "[parallel]"
+
+
+def _item_tag(value: Any) -> str:
+    if isinstance(value, ParallelGroup) or (isinstance(value, Mapping) and "parallel" in value):
+        return _GROUP_TAG
+    return _STEP_TAG
+
+
+StepItem = Annotated[
+    Annotated[StepDefinition, Tag(_STEP_TAG)] | Annotated[ParallelGroup, Tag(_GROUP_TAG)],
+    Discriminator(_item_tag),
+]
+"""An item of a saga's ``steps``: one step, or a parallel group of steps."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One item of ``steps`` as the engine runs it: the steps that start together.
+
+    Attributes:
+        index: the item's position in ``steps`` (stored as each member's ``stage``).
+        orders: the ``step_order`` of each member (steps are numbered in file order, groups
+            flattened).
+        parallel: whether the item is a parallel group.
+    """
+
+    index: int
+    orders: tuple[int, ...]
+    parallel: bool = False
 
 
 @dataclass(frozen=True)
@@ -351,24 +466,47 @@ class SagaDefinition(_Model):
     business_id: str | None = None
     """Template of the instance's business id (may use ``input``, ``headers``, ``saga.id``)."""
 
-    steps: tuple[StepDefinition, ...]
-    """The steps, run in order; compensated in reverse order."""
+    kind: Literal["saga", "tcc"] = "saga"
+    """saga: steps with an action and a compensation; tcc: steps with try, confirm, cancel."""
+
+    steps: tuple[StepItem, ...]
+    """The steps (or parallel groups of steps), run in order; undone in reverse order."""
 
     response: ResponseDefinition = ResponseDefinition()
     """The sync answer on success."""
 
     @field_validator("steps")
     @classmethod
-    def _some_steps(cls, value: tuple[StepDefinition, ...]) -> tuple[StepDefinition, ...]:
+    def _some_steps(
+        cls, value: tuple[StepDefinition | ParallelGroup, ...]
+    ) -> tuple[StepDefinition | ParallelGroup, ...]:
         if not value:
             raise ValueError("a saga needs at least one step")
         return value
 
     _business_id: Template | None = PrivateAttr(default=None)
     _hash: str = PrivateAttr(default="")
+    _all_steps: tuple[StepDefinition, ...] = PrivateAttr(default=())
+    _stages: tuple[Stage, ...] = PrivateAttr(default=())
+
+    @model_serializer(mode="wrap")
+    def _declared_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A plain saga's snapshot (and hash) stays what it was before ``kind`` existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("kind") == "saga":
+            del data["kind"]
+        return data
 
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> SagaDefinition:
+        flat: list[StepDefinition] = []
+        stages: list[Stage] = []
+        for index, item in enumerate(self.steps):
+            members = item.parallel if isinstance(item, ParallelGroup) else (item,)
+            orders = tuple(range(len(flat), len(flat) + len(members)))
+            stages.append(Stage(index, orders, isinstance(item, ParallelGroup)))
+            flat.extend(members)
+        self._all_steps, self._stages = tuple(flat), tuple(stages)
         if _checks_skipped(info):
             return self
         problems = find_problems(self.to_snapshot(), services=None)
@@ -390,9 +528,33 @@ class SagaDefinition(_Model):
         """sha256 (hex) of the canonical JSON of this definition, defaults included."""
         return self._hash
 
+    @property
+    def all_steps(self) -> tuple[StepDefinition, ...]:
+        """Every step, groups flattened, in file order: index ``n`` is ``step_order`` ``n``."""
+        return self._all_steps
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The items of ``steps`` as the engine runs them, in order."""
+        return self._stages
+
+    @property
+    def forward_kind(self) -> AttemptKind:
+        """The forward call of every step: ``action``, or ``try`` in a TCC saga."""
+        return AttemptKind.TRY if self.kind == "tcc" else AttemptKind.ACTION
+
+    @property
+    def undo_kind(self) -> AttemptKind:
+        """The call that undoes a step: ``compensation``, or ``cancel`` in a TCC saga."""
+        return AttemptKind.CANCEL if self.kind == "tcc" else AttemptKind.COMPENSATION
+
+    def stage_of(self, order: int) -> Stage:
+        """The stage step ``order`` belongs to."""
+        return next(stage for stage in self._stages if order in stage.orders)
+
     def step(self, name: str) -> StepDefinition:
         """The step called ``name``; raise KeyError if there is none."""
-        for step in self.steps:
+        for step in self._all_steps:
             if step.name == name:
                 return step
         raise KeyError(name)
@@ -403,7 +565,7 @@ class SagaDefinition(_Model):
 
     def to_snapshot(self) -> dict[str, Any]:
         """A JSON-able dict of the whole definition, defaults included (``from_snapshot``)."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> SagaDefinition:

@@ -2,12 +2,17 @@
 
 ``find_problems`` walks the raw (parsed YAML) data of one saga file and returns every problem with
 its key path: malformed templates or unknown template roots, unsafe call paths, CR/LF in header
-values, template references to unknown steps or to steps that have not run yet, duplicate step
-names, and calls to services that are not configured. It is tolerant of a wrong shape (the schema
-reports those), so a file's schema errors and its template errors are reported together.
+values, template references to unknown steps, to steps that have not run yet or to a sibling in
+the same parallel group, duplicate step names (groups included), nested parallel groups, and
+steps whose calls do not fit the saga's ``kind`` (a saga step needs an ``action``; a TCC step
+needs ``try``, ``confirm`` and ``cancel`` and has no ``action`` or ``compensation``), and calls to
+services that are not configured. It is tolerant of a wrong shape (the schema reports those), so
+a file's schema errors and its template errors are reported together.
 
-Which steps a template may use: an action only earlier steps; a compensation earlier steps and its
-own step; ``response`` every step; ``business_id`` no step and not ``saga.business_id`` itself.
+Which steps a template may use ("earlier" means earlier items of ``steps``, never a member of
+the same parallel group): an action or a try only earlier steps; a compensation or a cancel
+earlier steps and its own step; a confirm every step (every try has succeeded when it runs);
+``response`` every step; ``business_id`` no step and not ``saga.business_id`` itself.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from saga_runner.template import (
     CompiledValue,
@@ -43,6 +48,12 @@ class Scope:
     own_step: str | None = None
     """The step the templates belong to (for a clearer message)."""
 
+    siblings: frozenset[str] = frozenset()
+    """The other members of its parallel group (for a clearer message)."""
+
+    tcc: bool = False
+    """Whether the saga is a TCC saga (for a clearer message)."""
+
     steps_allowed: bool = True
     """False for ``business_id``, which is rendered before any step runs."""
 
@@ -65,7 +76,10 @@ class Scope:
         if ref.step in self.visible:
             return None
         if ref.step == self.own_step:
-            return "refers to its own step; only the step's compensation can use its result"
+            calls = "confirm and cancel" if self.tcc else "compensation"
+            return f"refers to its own step; only the step's {calls} can use its result"
+        if ref.step in self.siblings:
+            return f"refers to step {ref.step!r} of its own parallel group, which runs alongside"
         return f"refers to step {ref.step!r}, which runs later"
 
 
@@ -75,6 +89,29 @@ def dotted(loc: Sequence[str | int]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """One step of the file, wherever it is: a plain item or a member of a parallel group."""
+
+    step: Mapping[str, Any]
+    loc: Loc
+    item: int
+    name: str | None
+
+
+_CALL_SCOPES: Final = {
+    "action": "earlier",
+    "try": "earlier",
+    "compensation": "own",
+    "cancel": "own",
+    "confirm": "all",
+}
+"""Per call key: which steps its templates may use (see the module docstring)."""
+
+_TCC_CALLS: Final = ("try", "confirm", "cancel")
+_SAGA_CALLS: Final = ("action", "compensation")
 
 
 def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
@@ -87,21 +124,18 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     if not isinstance(data, Mapping):
         return []
     steps = data.get("steps")
-    steps = steps if isinstance(steps, list) else []
-    names = [
-        s.get("name") if isinstance(s, Mapping) and isinstance(s.get("name"), str) else None
-        for s in steps
-    ]
-    known = tuple(n for n in names if n is not None)
+    placed, problems = _place(steps if isinstance(steps, list) else [])
+    known = tuple(p.name for p in placed if p.name is not None)
     business_id = data.get("business_id")
     has_business_id = isinstance(business_id, str)
-    problems = _duplicate_names(names)
+    problems += _duplicate_names(placed)
     if isinstance(business_id, str):
         scope = Scope(known, frozenset(), steps_allowed=False)
         problems += _check(("business_id",), scope, partial(parse_template, business_id))
-    for index, step in enumerate(steps):
-        if isinstance(step, Mapping):
-            problems += _check_step(step, index, names, has_business_id, services)
+    tcc = data.get("kind") == "tcc"
+    for one in placed:
+        problems += _shape_problems(one, tcc)
+        problems += _check_step(one, placed, has_business_id, services, tcc)
     response = data.get("response")
     if isinstance(response, Mapping):
         scope = Scope(known, frozenset(known), has_business_id=has_business_id)
@@ -109,37 +143,92 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     return problems
 
 
-def _duplicate_names(names: Sequence[str | None]) -> list[Problem]:
+def _place(items: Sequence[Any]) -> tuple[list[_Placed], list[Problem]]:
+    """Every step of ``items`` with where it is, and the groups nested in groups."""
+    placed: list[_Placed] = []
     problems: list[Problem] = []
-    first: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if name is None:
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
             continue
-        if name in first:
-            where = f"steps[{first[name]}]"
-            problems.append((("steps", index, "name"), f"duplicate step name {name!r} ({where})"))
+        members = item.get("parallel")
+        if "parallel" not in item:
+            placed.append(_Placed(item, ("steps", index), index, _name_of(item)))
+            continue
+        for position, member in enumerate(members if isinstance(members, list) else []):
+            loc: Loc = ("steps", index, "parallel", position)
+            if isinstance(member, Mapping) and "parallel" in member:
+                problems.append(((*loc, "parallel"), "parallel groups cannot be nested"))
+            elif isinstance(member, Mapping):
+                placed.append(_Placed(member, loc, index, _name_of(member)))
+    return placed, problems
+
+
+def _name_of(step: Mapping[str, Any]) -> str | None:
+    name = step.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _duplicate_names(placed: Sequence[_Placed]) -> list[Problem]:
+    problems: list[Problem] = []
+    first: dict[str, Loc] = {}
+    for one in placed:
+        if one.name is None:
+            continue
+        if one.name in first:
+            where = dotted(first[one.name])
+            problems.append(((*one.loc, "name"), f"duplicate step name {one.name!r} ({where})"))
         else:
-            first[name] = index
+            first[one.name] = one.loc
+    return problems
+
+
+def _shape_problems(one: _Placed, tcc: bool) -> list[Problem]:
+    """The calls a step must have, and may not have, in a saga of its ``kind``."""
+    needed, foreign = (_TCC_CALLS, _SAGA_CALLS) if tcc else (("action",), _TCC_CALLS)
+    # A key given as null counts as absent (a snapshot lists a plain step's compensation so).
+    problems: list[Problem] = [
+        ((*one.loc, key), "required key is missing") for key in needed if one.step.get(key) is None
+    ]
+    for key in foreign:
+        if one.step.get(key) is not None:
+            message = (
+                f"a TCC step has try, confirm and cancel, not {key}"
+                if tcc
+                else f"{key} belongs to a TCC step (kind: tcc at the saga's top level)"
+            )
+            problems.append(((*one.loc, key), message))
     return problems
 
 
 def _check_step(
-    step: Mapping[str, Any],
-    index: int,
-    names: Sequence[str | None],
+    one: _Placed,
+    placed: Sequence[_Placed],
     has_business_id: bool,
     services: Collection[str] | None,
+    tcc: bool,
 ) -> list[Problem]:
-    known = tuple(n for n in names if n is not None)
-    own = names[index]
-    earlier = frozenset(n for n in names[:index] if n is not None)
-    own_and_earlier = earlier | {own} if own is not None else earlier
-    loc: Loc = ("steps", index)
-    action = Scope(known, earlier, own, has_business_id=has_business_id)
-    compensation = Scope(known, own_and_earlier, own, has_business_id=has_business_id)
-    return _check_call(step.get("action"), (*loc, "action"), action, services) + _check_call(
-        step.get("compensation"), (*loc, "compensation"), compensation, services
+    known = tuple(p.name for p in placed if p.name is not None)
+    earlier = frozenset(p.name for p in placed if p.item < one.item and p.name is not None)
+    siblings = frozenset(
+        p.name for p in placed if p.item == one.item and p.name not in (None, one.name)
     )
+    visible = {
+        "earlier": earlier,
+        "own": earlier | {one.name} if one.name is not None else earlier,
+        "all": frozenset(known),
+    }
+    problems: list[Problem] = []
+    for key, reach in _CALL_SCOPES.items():
+        scope = Scope(
+            known,
+            visible[reach],
+            one.name,
+            siblings=siblings,
+            tcc=tcc,
+            has_business_id=has_business_id,
+        )
+        problems += _check_call(one.step.get(key), (*one.loc, key), scope, services)
+    return problems
 
 
 def _check_call(

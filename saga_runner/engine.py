@@ -1,4 +1,8 @@
-"""The saga engine: start an instance, run its steps, compensate in reverse on failure.
+"""The saga engine: start an instance, run its stages, compensate in reverse on failure.
+
+A saga's ``steps`` are stages run one after another (``stages.Forward``): a step, or a parallel
+group whose members run together. A TCC saga (``kind: tcc``) runs its tries the same way, then
+confirms every step at once, or cancels every tried step in reverse (``compensation``).
 
 Every state change is written to the store before the call it announces, and every write is
 fenced by the run's ``Lease``, so a replica that lost its claim stops at its next write; the
@@ -9,9 +13,10 @@ state it is in (new, resumed after a crash, retried or aborted by an operator) t
 
 Writes are batched (``WriteBatch``): a step's outcome and its attempt row are committed together
 with the next step's announcement, or with the saga's end and the release of its lease, and a
-trigger's instance is created with its first step already announced. A 2-step saga that succeeds
-takes three commits: create + step 1 running; step 1 done + step 2 running; step 2 done + saga
-completed + lease released.
+trigger's instance is created with its first stage already announced. A 2-step saga that
+succeeds takes three commits: create + step 1 running; step 1 done + step 2 running; step 2 done
++ saga completed + lease released. The members of a parallel group are announced in one write
+and their outcomes written together; the run writes one batch at a time (``Run.write``).
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from saga_runner import offload
-from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
-from saga_runner.caller import CallResult, Outcome, StepRequest
+from saga_runner.attempts import AttemptLoop
+from saga_runner.caller import StepRequest
 from saga_runner.compensation import Compensator
-from saga_runner.definition import SagaDefinition, StepDefinition
+from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.leases import LeaseHold, LeaseRenewer
 from saga_runner.observer import SagaObserver
@@ -38,17 +44,17 @@ from saga_runner.runs import (
     EngineSettings,
     Run,
     Started,
-    StepFailure,
     build_request,
     known_results,
     log_run,
     started_headers,
 )
 from saga_runner.seal import SEALED, Sealer
+from saga_runner.stages import Forward
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
-from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
-from saga_runner.template import RenderContext, StepResult
+from saga_runner.store.batch import NOTHING, WriteBatch
+from saga_runner.template import RenderContext
 
 log = logging.getLogger("saga_sidecar.saga")
 
@@ -74,7 +80,9 @@ class SagaEngine:
         self.leases = leases
         self.sealer = sealer or Sealer()
         self.compensator = Compensator(store, attempts, redactor, settings)
+        self.forward = Forward(store, attempts, redactor, settings)
         self._saved_definitions: set[str] = set()
+        self._runs: dict[str, Run] = {}
 
     async def start(
         self,
@@ -106,16 +114,20 @@ class SagaEngine:
         lowered = {k.lower(): v for k, v in headers.items()}
         ctx = RenderContext(input=input_data, headers=lowered, saga_id=saga_id)
         business_id = definition.render_business_id(ctx)
-        steps = [NewStep(s.name, s.retry.attempts) for s in definition.steps]
-        first: StepRequest | None = None
-        if call_headers is not None and definition.steps:
-            first = self._first_call(definition, saga_id, business_id, input_data, call_headers)
-        if first is not None:
-            steps[0] = NewStep(
-                steps[0].name,
-                steps[0].max_retry_count,
-                StepStatus.RUNNING,
-                execute_data=self.redactor.redact_call(first.as_record()),
+        phase = None if definition.kind == "saga" else definition.forward_kind
+        stage_of = {order: stage.index for stage in definition.stages for order in stage.orders}
+        steps = [
+            NewStep(s.name, s.retry.attempts, stage=stage_of[n], phase=phase)
+            for n, s in enumerate(definition.all_steps)
+        ]
+        first: dict[int, StepRequest] = {}
+        if call_headers is not None:
+            first = self._first_calls(definition, saga_id, business_id, input_data, call_headers)
+        for order, request in first.items():
+            steps[order] = replace(
+                steps[order],
+                status=StepStatus.RUNNING,
+                execute_data=self.redactor.redact_call(request.as_record()),
                 retry_count=1,
             )
         # A large body takes long to redact: off the loop (see ``offload``), before the clock
@@ -147,26 +159,29 @@ class SagaEngine:
         self.observer.saga_started(definition.name)
         return Started(created.saga, created.lease, created.steps, first)
 
-    def _first_call(
+    def _first_calls(
         self,
         definition: SagaDefinition,
         saga_id: str,
         business_id: str | None,
         input_data: Any,
         call_headers: Mapping[str, str],
-    ) -> StepRequest | None:
+    ) -> dict[int, StepRequest]:
+        """The first stage's calls by ``step_order`` (all of them, or none)."""
         ctx = RenderContext(
             input=input_data,
             headers={k.lower(): str(v) for k, v in call_headers.items()},
             saga_id=saga_id,
             business_id=business_id,
         )
+        kind = definition.forward_kind
         try:
-            return build_request(
-                definition.steps[0], AttemptKind.ACTION, ctx, self.settings.services
-            )
+            return {
+                order: build_request(definition.all_steps[order], kind, ctx, self.settings.services)
+                for order in definition.stages[0].orders
+            }
         except TemplateError:
-            return None  # the run finds out again, and records why the step failed
+            return {}  # the run finds out again, and records why the step failed
 
     async def _save_definition(self, definition: SagaDefinition) -> None:
         if definition.definition_hash not in self._saved_definitions:
@@ -206,9 +221,13 @@ class SagaEngine:
             async with self.leases.hold(lease) as hold:
                 run, steps = await self._load(definition, hold, headers, input_data, started)
                 self.observer.run_started(definition.name)
+                self._runs[lease.saga_id] = run
                 try:
                     return await self._drive(run, steps)
                 finally:
+                    if self._runs.get(lease.saga_id) is run:
+                        del self._runs[lease.saga_id]
+                    run.finished.set()
                     self.observer.run_stopped(definition.name)
         except LeaseLost as exc:
             # Said here, once for trigger and recovery runs alike: the operator's evidence that
@@ -224,6 +243,21 @@ class SagaEngine:
             if run is None or not run.released:
                 with contextlib.suppress(StoreError):
                     await self.store.release(lease)
+
+    def abort_here(self, saga_id: str, reason: str) -> Run | None:
+        """Abort this process's run of ``saga_id`` while a parallel group of it is in flight.
+
+        No member starts another attempt; the calls in flight finish and their outcomes are
+        recorded; then the run turns to compensation with ``reason``. Returns the run (await
+        ``run.finished``), or None when no group of that saga is in flight here (the operator
+        then takes the saga over, which cuts the run off).
+        """
+        run = self._runs.get(saga_id)
+        if run is None or run.stage_stop is None or run.abort_reason is not None:
+            return None
+        run.abort_reason = reason
+        run.stage_stop.set()
+        return run
 
     async def _load(
         self,
@@ -242,7 +276,7 @@ class SagaEngine:
         ):
             # Just created by this engine: it knows what it wrote.
             run = Run(definition, lease, hold, started.saga, _lowered(headers), input_data)
-            run.first_call = started.first_call
+            run.first_calls = dict(started.first_calls)
             return run, started.steps
         detail = await self.store.get(lease.saga_id)
         withheld: str | None = None
@@ -261,13 +295,15 @@ class SagaEngine:
         run.results.update(known_results(detail.steps))
         return run, detail.steps
 
-    async def _write(self, run: Run, batch: WriteBatch) -> None:
-        run.saga = await self.store.write(run.lease, batch)
-
     async def _drive(self, run: Run, steps: tuple[SagaStep, ...]) -> SagaInstance:
         if run.saga.status is SagaStatus.RUNNING:
-            failure, done = await self._forward(run, steps)
+            if any(row.phase is AttemptKind.CONFIRM for row in steps):
+                # The decision to confirm was recorded: confirms go on, a cancel never comes.
+                return await self._confirm(run, NOTHING)
+            failure, done = await self.forward.run(run, steps)
             if failure is None:
+                if run.definition.kind == "tcc":
+                    return await self._confirm(run, done)
                 return await self._complete(run, done)
             compensating = WriteBatch(
                 saga_status=SagaStatus.COMPENSATING,
@@ -278,112 +314,25 @@ class SagaEngine:
                     "next_run_at": None,
                 },
             )
-            await self._write(run, done.then(compensating))
+            await run.write(self.store, done.then(compensating))
             log_run(run, "compensating", reason=failure.reason, step=failure.step_name)
         if run.saga.status is SagaStatus.COMPENSATING:
             return await self._compensate(run)
         return run.saga
 
-    async def _forward(
-        self, run: Run, steps: tuple[SagaStep, ...]
-    ) -> tuple[StepFailure | None, WriteBatch]:
-        """Run the steps not done yet; return why they stopped (None: all succeeded) and the
-        last outcome, still to be written with whatever comes next."""
-        done = NOTHING
-        for order, (step_def, row) in enumerate(zip(run.definition.steps, steps, strict=True)):
-            if row.status is StepStatus.SUCCEEDED:
-                continue
-            if row.status not in (StepStatus.PENDING, StepStatus.RUNNING):
-                return StepFailure(order, step_def.name, row.error or "step failed", 502), done
-            failure, done = await self._run_action(run, order, step_def, row, done)
-            if failure is not None:
-                return failure, done
-        return None, done
-
-    async def _run_action(
-        self, run: Run, order: int, step_def: StepDefinition, row: SagaStep, done: WriteBatch
-    ) -> tuple[StepFailure | None, WriteBatch]:
-        request, run.first_call = run.first_call, None
-        first_attempt = 1
-        resumed = False
-        if request is None:
-            try:
-                request = build_request(
-                    step_def, AttemptKind.ACTION, run.context(), self.settings.services
-                )
-            except TemplateError as exc:
-                # A resumed ``running`` step may have taken effect before the crash: when it
-                # cannot even be re-sent, it must still be compensated (docs/SAGAS.md), so say so.
-                columns: dict[str, JsonValue] = {"error": str(exc)}
-                if row.status is StepStatus.RUNNING:
-                    columns["result"] = {"outcome_unknown": True}
-                failed = WriteBatch(steps=(StepChange(order, StepStatus.FAILED, columns),))
-                status = 422 if exc.from_trigger else 502
-                reason = f"step {step_def.name}: {exc}"
-                return StepFailure(order, step_def.name, reason, status), done.then(failed)
-            resumed = row.status is StepStatus.RUNNING
-            if resumed:
-                first_attempt = row.retry_count + 1
-            announce = StepChange(
-                order,
-                StepStatus.RUNNING,
-                {
-                    "execute_data": self.redactor.redact_call(request.as_record()),
-                    "max_retry_count": step_def.retry.attempts,
-                    "retry_count": first_attempt,
-                    "next_retry_at": None,
-                },
-            )
-            running = WriteBatch(
-                steps=(announce,),
-                saga_status=SagaStatus.RUNNING,
-                saga_columns={"current_step": order},
-            )
-            await self._write(run, done.then(running))
-            if resumed:
-                log_run(run, "resending step with unknown outcome", step=step_def.name)
-        spec = CallSpec(
-            saga_name=run.definition.name,
-            step_order=order,
-            step_name=step_def.name,
-            kind=AttemptKind.ACTION,
-            request=request,
-            success=step_def.action.success_statuses,
-            timeout=step_def.timeout_or(self.settings.default_timeout),
-            retry=step_def.retry,
-            first_attempt=first_attempt,
-            effect_possible=resumed,
+    async def _confirm(self, run: Run, done: WriteBatch) -> SagaInstance:
+        """Confirm every step of a TCC saga whose tries all succeeded; ``completed``, or
+        ``failed`` for an operator when a confirm ran out of attempts."""
+        failures = await self.compensator.confirm(run, done)
+        if not failures:
+            return await self._complete(run, NOTHING)
+        end = WriteBatch(
+            saga_status=SagaStatus.FAILED,
+            saga_columns={"failure_reason": "; ".join(failures), "response": {"status": 502}},
+            release=True,
         )
-        result, attempt = await self.attempts.run(run.lease, spec, announced=True)
-        return self._action_finished(run, order, step_def, result, attempt)
-
-    def _action_finished(
-        self,
-        run: Run,
-        order: int,
-        step_def: StepDefinition,
-        result: CallResult,
-        attempt: AttemptRecord,
-    ) -> tuple[StepFailure | None, WriteBatch]:
-        """The step's outcome as a batch to write with what comes next, and the failure if any."""
-        record = self.redactor.redact_call(result.as_record())
-        if result.outcome is Outcome.SUCCESS:
-            succeeded = StepChange(order, StepStatus.SUCCEEDED, {"result": record, "error": None})
-            run.results[step_def.name] = StepResult(result.status or 0, result.body, result.headers)
-            return None, WriteBatch(steps=(succeeded,), attempts=(attempt,))
-        unknown = outcome_unknown(result)
-        reason = result.error or f"status {result.status}"
-        failed = StepChange(
-            order,
-            StepStatus.FAILED,
-            {"result": {**record, "outcome_unknown": unknown}, "error": reason},
-        )
-        if result.status is not None:
-            run.results[step_def.name] = StepResult(result.status, result.body, result.headers)
-        permanent_4xx = result.outcome is Outcome.PERMANENT and 400 <= (result.status or 0) < 500
-        http_status = result.status if permanent_4xx and result.status else 502
-        failure = StepFailure(order, step_def.name, f"step {step_def.name}: {reason}", http_status)
-        return failure, WriteBatch(steps=(failed,), attempts=(attempt,))
+        await self._finish(run, end)
+        return run.saga
 
     async def _complete(self, run: Run, done: WriteBatch) -> SagaInstance:
         try:
@@ -405,7 +354,7 @@ class SagaEngine:
     async def _finish(self, run: Run, batch: WriteBatch) -> None:
         """Write the run's last batch, which ends the saga and releases the lease."""
         run.hold.settle()
-        await self._write(run, batch)
+        await run.write(self.store, batch)
         run.released = True
         seconds = (datetime.now(UTC) - run.saga.created_at).total_seconds()
         self.observer.saga_finished(run.definition.name, run.saga.status, max(seconds, 0.0))

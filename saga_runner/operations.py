@@ -9,7 +9,15 @@
   the service executes it again instead of replaying the stored failure.
 - **abort**: compensate a ``running`` saga now: claim it with force, move it to ``compensating``
   with the failure reason ``aborted by <actor>``; the replica that was running it stops at its
-  next write, and the in-flight step (outcome unknown) is compensated too.
+  next write, and the in-flight step (outcome unknown) is compensated too. When this process
+  runs the saga and a parallel group of it is in flight, the abort is handed to that run
+  instead: no member starts another attempt, the calls in flight finish and their outcomes are
+  recorded, then the run compensates (``SagaEngine.abort_here``). A TCC saga is
+  cancelled the same way, but only until it has decided to confirm: once its confirms have
+  started it can no longer be cancelled, and an abort is refused.
+
+A TCC saga that ended ``failed`` because a confirm ran out of attempts is retried by confirming
+again (``failed -> running``), never by cancelling.
 
 Both claim the saga for this replica and record an event (actor, time, what) before anything
 else happens, and return an ``OperatorRun`` whose ``run()`` drives the saga to its end with the
@@ -44,9 +52,9 @@ from saga_runner.records import (
     SagaInstance,
     SagaPage,
 )
-from saga_runner.runs import compensation_replayed
+from saga_runner.runs import Run, compensation_replayed
 from saga_runner.runtime import SagaRuntime
-from saga_runner.states import SagaStatus, StepStatus
+from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import MAX_PAGE_SIZE, SagaStore, StepChange, WriteBatch
 from saga_runner.views import OutputRedactor
 from yamlconfig.errors import ConfigError
@@ -170,6 +178,8 @@ class OperatorRun:
     definition: SagaDefinition
     lease: Lease
     engine: SagaEngine
+    local: Run | None = None
+    """The run of this process the action was handed to (an abort of a group in flight)."""
 
     async def run(self) -> SagaInstance:
         """Drive the saga to a terminal state and record how it ended.
@@ -182,7 +192,11 @@ class OperatorRun:
         """
         store = self.engine.store
         try:
-            final = await self.engine.execute(self.definition, self.lease)
+            if self.local is not None:
+                await self.local.finished.wait()
+                final = await store.get_instance(self.saga.id)
+            else:
+                final = await self.engine.execute(self.definition, self.lease)
         except LeaseLost:
             log.info("saga %s was taken over during the operator %s", self.saga.id, self.action)
             return await store.get_instance(self.saga.id)
@@ -193,6 +207,8 @@ class OperatorRun:
 
     async def abandon(self) -> None:
         """Give the saga back without running it; recovery resumes it when it is active."""
+        if self.local is not None:
+            return  # the run it was handed to goes on
         with contextlib.suppress(StoreError):
             await self.engine.store.release(self.lease)
 
@@ -268,6 +284,10 @@ class SagaOperations:
             OperationRefused: it is not ``running``.
         """
         saga = await self._expect(saga_id, "abort")
+        await self._not_confirming(saga)
+        local = self.runtime.engine.abort_here(saga_id, f"aborted by {actor}")
+        if local is not None:
+            return await self._handed_over(local, actor, reason)
         definition = await self._definition(saga)
         sent_at = asyncio.get_running_loop().time()
         claim = await self.store.claim_one(saga_id, self._owner, self._lease_seconds, force=True)
@@ -278,6 +298,28 @@ class SagaOperations:
             claim, "abort", actor, definition, holder=saga.owner, force=True, reason=reason
         )
 
+    async def _handed_over(self, run: Run, actor: str, reason: str | None) -> OperatorRun:
+        """Record an abort handed to this process's run of the saga."""
+        detail: dict[str, JsonValue] = {
+            "previous_status": run.saga.status.value,
+            "status": run.saga.status.value,
+            "previous_owner": run.lease.owner,
+            "force": False,
+            "replica": self._owner,
+            "in_flight": "left to finish, then compensated",
+        }
+        if reason:
+            detail["reason"] = reason
+        await self.store.record_event(run.saga.id, actor, "abort", detail)
+        log.info(
+            "operator abort of saga %s by %s, handed to its run",
+            run.saga.id,
+            actor,
+            extra={"saga_id": run.saga.id, "saga": run.saga.name, "event": "abort", "actor": actor},
+        )
+        engine = self.runtime.engine
+        return OperatorRun("abort", actor, run.saga, run.definition, run.lease, engine, run)
+
     @property
     def _owner(self) -> str:
         return self.runtime.engine.settings.owner
@@ -285,6 +327,20 @@ class SagaOperations:
     @property
     def _lease_seconds(self) -> float:
         return self.runtime.engine.settings.lease_seconds
+
+    async def _not_confirming(self, saga: SagaInstance) -> None:
+        """Refuse to abort a TCC saga that decided to confirm (a cancel would undo a confirm)."""
+        if await self._confirming(saga.id):
+            raise OperationRefused(
+                saga.id,
+                saga.status.value,
+                f"saga {saga.id} is confirming its TCC steps; a confirmed step cannot be "
+                "cancelled, so it cannot be aborted",
+            )
+
+    async def _confirming(self, saga_id: str) -> bool:
+        detail = await self.store.get(saga_id)
+        return any(step.phase is AttemptKind.CONFIRM for step in detail.steps)
 
     async def _expect(self, saga_id: str, action: str) -> SagaInstance:
         allowed, verb = RULES[action]
@@ -321,6 +377,8 @@ class SagaOperations:
                 raise OperationRefused(
                     claim.saga.id, claim.saga.status.value, _refusal(claim.saga, allowed, verb)
                 )
+            if action == "abort":
+                await self._not_confirming(claim.saga)  # it may have decided meanwhile
             saga, new_keys = await self._transition(claim, action, actor)
             detail: dict[str, JsonValue] = {
                 "previous_status": claim.saga.status.value,
@@ -356,16 +414,19 @@ class SagaOperations:
             name: change.columns["key_generation"] for name, change in bumps
         }
         steps = tuple(change for _, change in bumps)
+        status = SagaStatus.COMPENSATING
         if action == "abort":
             columns: dict[str, JsonValue] = {"failure_reason": f"aborted by {actor}"}
         elif claim.saga.status is SagaStatus.FAILED:
             columns = {}
+            if await self._confirming(claim.saga.id):
+                status = SagaStatus.RUNNING  # a TCC saga whose confirms ran out: confirm again
         elif steps:
             return await self.store.write(claim.lease, WriteBatch(steps=steps)), new_keys
         else:
             return claim.saga, new_keys
         columns["next_run_at"] = None
-        batch = WriteBatch(saga_status=SagaStatus.COMPENSATING, saga_columns=columns, steps=steps)
+        batch = WriteBatch(saga_status=status, saga_columns=columns, steps=steps)
         return await self.store.write(claim.lease, batch), new_keys
 
     async def _new_key_generations(self, saga_id: str) -> tuple[tuple[str, StepChange], ...]:

@@ -51,6 +51,9 @@ class NewStep:
         status: ``running`` announces the step's first call in the instance's first write.
         execute_data: the rendered request of that call.
         retry_count: attempts made (1 once the first call is announced).
+        stage: the position of its item in the saga's ``steps`` (members of a parallel group
+            share it); None: its own ``step_order``.
+        phase: a TCC step's phase (``try`` until its confirm or cancel); None in a saga.
     """
 
     name: str
@@ -58,6 +61,8 @@ class NewStep:
     status: StepStatus = StepStatus.PENDING
     execute_data: JsonValue = None
     retry_count: int = 0
+    stage: int | None = None
+    phase: AttemptKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class SagaStep:
 
     ``key_generation`` is the generation of the compensation's ``Idempotency-Key`` (1: the
     plain ``<saga>:<step>:compensation``); an operator retry bumps it after a replayed failure.
+    ``stage`` is the position of the step's item in the saga's ``steps`` (the members of a
+    parallel group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in
+    a saga).
     """
 
     id: int
@@ -120,6 +128,8 @@ class SagaStep:
     created_at: datetime
     updated_at: datetime
     key_generation: int
+    stage: int
+    phase: AttemptKind | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +246,7 @@ R = TypeVar("R", bound="DataclassInstance")
 _ENUM_FIELDS: Final[Mapping[str, type[Enum]]] = {
     "SagaInstance.status": SagaStatus,
     "SagaStep.status": StepStatus,
+    "SagaStep.phase": AttemptKind,
     "StepAttempt.kind": AttemptKind,
 }
 
@@ -251,5 +262,5 @@ def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
     for field in dataclasses.fields(cls):
         value = row[field.name]
         enum = _ENUM_FIELDS.get(f"{cls.__name__}.{field.name}")
-        values[field.name] = enum(value) if enum is not None else value
+        values[field.name] = enum(value) if enum is not None and value is not None else value
     return cls(**values)

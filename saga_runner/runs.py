@@ -8,10 +8,11 @@ need compensating, what a resumed run already knows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from saga_runner.caller import StepRequest, replayed
 from saga_runner.definition import SagaDefinition, StepDefinition
@@ -19,9 +20,12 @@ from saga_runner.errors import TemplateError
 from saga_runner.leases import LeaseHold
 from saga_runner.records import CreateResult, Lease, SagaInstance, SagaStep
 from saga_runner.states import AttemptKind, StepStatus
+from saga_runner.store import SagaStore
+from saga_runner.store.batch import WriteBatch
 from saga_runner.template import RenderContext, StepResult
 
 log = logging.getLogger("saga_sidecar.saga")
+T = TypeVar("T")
 
 FORWARDED_TRIGGER_HEADERS = ("traceparent", "tracestate", "x-request-id")
 TO_COMPENSATE = frozenset(
@@ -32,6 +36,8 @@ TO_COMPENSATE = frozenset(
         StepStatus.COMPENSATION_FAILED,
     }
 )
+TO_CANCEL = TO_COMPENSATE | {StepStatus.FAILED}
+"""A TCC step is cancelled once its try was sent at all: a refused try may have reserved."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,15 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True)
 class Started(CreateResult):
-    """A new instance whose first step's call was announced by the write that created it.
+    """A new instance whose first stage's calls were announced by the write that created it.
 
     Attributes:
-        first_call: that call, rendered with the trigger's own (unredacted) input and headers;
-            the run started with this result makes it without writing again.
+        first_calls: those calls by ``step_order`` (one, or one per member of a parallel
+            group), rendered with the trigger's own (unredacted) input and headers; the run
+            started with this result makes them without writing again.
     """
 
-    first_call: StepRequest | None = None
+    first_calls: Mapping[int, StepRequest] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,27 @@ class Run:
     # The trigger's body unredacted on a first run (the stored copy is redacted).
     input: Any
     results: dict[str, StepResult] = field(default_factory=dict)
-    # The first step's call when the instance's creation announced it (not written again).
-    first_call: StepRequest | None = None
+    # The first stage's calls when the instance's creation announced them (not written again).
+    first_calls: dict[int, StepRequest] = field(default_factory=dict)
     # Whether the run's last write released the lease.
     released: bool = False
     # Set when ``input``/``headers`` hold redaction placeholders that could not be recovered.
     withheld: str | None = None
+    # The members of a parallel group write concurrently: one write of the run at a time, so
+    # ``saga`` is always the instance as last written.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set while a parallel group's calls are in flight: what stops their further attempts.
+    stage_stop: asyncio.Event | None = None
+    # An operator's abort handed to this run (``SagaEngine.abort_here``): the failure reason.
+    abort_reason: str | None = None
+    # Set when the run has ended, however it ended.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def write(self, store: SagaStore, batch: WriteBatch) -> SagaInstance:
+        """Write ``batch`` under the run's lease (one write of the run at a time)."""
+        async with self.write_lock:
+            self.saga = await store.write(self.lease, batch)
+            return self.saga
 
     def context(self) -> RenderContext:
         """What the run's templates may look up now."""
@@ -129,14 +151,14 @@ def build_request(
     services: Mapping[str, str],
     generation: int = 1,
 ) -> StepRequest:
-    """Render the action or compensation of ``step_def`` (``ctx.headers`` lower-cased), keyed
-    with ``step_key`` of ``generation``.
+    """Render the call ``kind`` of ``step_def`` (``ctx.headers`` lower-cased), keyed with
+    ``step_key`` of ``generation``.
 
     Raises:
         TemplateError: the call cannot be rendered, has no such kind, or names a service that
             is not configured.
     """
-    call = step_def.action if kind is AttemptKind.ACTION else step_def.compensation
+    call = step_def.call(kind)
     if call is None:
         raise TemplateError(f"step {step_def.name} has no {kind.value}")
     base_url = services.get(call.service)
@@ -151,23 +173,29 @@ def build_request(
     return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
 
 
-def undo_impossible(step_def: StepDefinition, row: SagaStep) -> bool:
-    """Whether the step's compensation needs an answer the step never got (outcome unknown).
+def undo_impossible(step_def: StepDefinition, row: SagaStep, kind: AttemptKind) -> bool:
+    """Whether the step's undoing call ``kind`` needs an answer the step never got (outcome
+    unknown).
 
     Such a compensation can never be built, so waiting for it would leave every earlier step's
     effect in place; other failures (the service is gone, the compensation keeps failing) can be
     fixed by an operator and stop the reverse walk to keep its order.
     """
-    compensation = step_def.compensation
+    compensation = step_def.call(kind)
     if compensation is None or step_def.name not in compensation.referenced_steps():
         return False
     if row.status is StepStatus.RUNNING:
         return True
+    if kind is AttemptKind.CANCEL and row.status is StepStatus.FAILED:
+        return True  # a refused try may have no answer a cancel can use either
     return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
 
 
-def needs_compensation(row: SagaStep) -> bool:
-    """Whether the step may have taken effect and is not undone yet."""
+def needs_compensation(row: SagaStep, kind: AttemptKind = AttemptKind.COMPENSATION) -> bool:
+    """Whether the step may have taken effect and is not undone yet by ``kind`` (a TCC step's
+    ``cancel`` is sent for every try that was sent, whatever its answer)."""
+    if kind is AttemptKind.CANCEL:
+        return row.status in TO_CANCEL
     if row.status in TO_COMPENSATE:
         return True
     if row.status is StepStatus.FAILED and isinstance(row.result, dict):
@@ -207,3 +235,21 @@ def started_headers(detail: object) -> dict[str, str]:
     """The trigger headers recorded in a ``started`` event's detail."""
     stored = detail.get("headers") if isinstance(detail, dict) else None
     return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+
+
+async def together(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` concurrently (one: in place) and return their results in order; when
+    one raises, the others are cancelled and the error propagates."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(call)) for call in calls]
+    except BaseExceptionGroup as failed:
+        # Callers handle what one call raises (``LeaseLost``, ``StoreError``), not a group.
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call

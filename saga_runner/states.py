@@ -9,7 +9,8 @@ Allowed moves (each status also lists itself where a same-status write makes sen
 
     saga  running       -> running, compensating, completed, failed
           compensating  -> compensating, compensated, failed
-          failed        -> compensating                       (operator retry)
+          failed        -> compensating, running              (operator retry; running: a TCC
+                                                               saga's confirms)
     step  pending       -> running, failed                     (failed: request could not be built)
           running       -> running, succeeded, failed, compensating
           succeeded     -> compensating, compensated
@@ -20,6 +21,13 @@ Allowed moves (each status also lists itself where a same-status write makes sen
 A step that ``failed`` after an unknown outcome (timeout, replica died mid-call) may still have
 taken effect, so it may move to ``compensating``; a step with nothing to undo may go straight
 from ``succeeded`` or ``failed`` to ``compensated``.
+
+A TCC step's confirm has a table of its own (``CONFIRM_TRANSITIONS``, used for the changes that
+set the step's ``phase`` to ``confirm``): the step whose try succeeded is ``running`` again while
+its confirm is made, ``succeeded`` once confirmed, ``failed`` when its confirm ran out of
+attempts, and ``running`` again when an operator retries it::
+
+    confirm  succeeded -> running;  running -> running, succeeded, failed;  failed -> running
 """
 
 from __future__ import annotations
@@ -56,10 +64,24 @@ class StepStatus(StrEnum):
 
 
 class AttemptKind(StrEnum):
-    """Which call of a step an attempt made: the forward action or its compensation."""
+    """Which call of a step an attempt made: a saga step's action or compensation, or a TCC
+    step's try, confirm or cancel (also a TCC step's ``phase``)."""
 
     ACTION = "action"
     COMPENSATION = "compensation"
+    TRY = "try"
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+
+    @property
+    def forward(self) -> bool:
+        """Whether this is a step's forward call (``action`` or ``try``)."""
+        return self in (AttemptKind.ACTION, AttemptKind.TRY)
+
+    @property
+    def undoes(self) -> bool:
+        """Whether this call undoes a forward call (``compensation`` or ``cancel``)."""
+        return self in (AttemptKind.COMPENSATION, AttemptKind.CANCEL)
 
 
 S = TypeVar("S", SagaStatus, StepStatus)
@@ -107,7 +129,7 @@ SAGA_TRANSITIONS: Final = TransitionTable[SagaStatus](
                 {_Saga.RUNNING, _Saga.COMPENSATING, _Saga.COMPLETED, _Saga.FAILED}
             ),
             _Saga.COMPENSATING: frozenset({_Saga.COMPENSATING, _Saga.COMPENSATED, _Saga.FAILED}),
-            _Saga.FAILED: frozenset({_Saga.COMPENSATING}),
+            _Saga.FAILED: frozenset({_Saga.COMPENSATING, _Saga.RUNNING}),
             _Saga.COMPLETED: frozenset(),
             _Saga.COMPENSATED: frozenset(),
         }
@@ -132,6 +154,25 @@ STEP_TRANSITIONS: Final = TransitionTable[StepStatus](
         }
     ),
 )
+
+CONFIRM_TRANSITIONS: Final = TransitionTable[StepStatus](
+    "confirm",
+    MappingProxyType(
+        {
+            **{status: frozenset[StepStatus]() for status in StepStatus},
+            _Step.SUCCEEDED: frozenset({_Step.RUNNING}),
+            _Step.RUNNING: frozenset({_Step.RUNNING, _Step.SUCCEEDED, _Step.FAILED}),
+            _Step.FAILED: frozenset({_Step.RUNNING}),
+        }
+    ),
+)
+
+
+def step_transitions(phase: AttemptKind | None) -> TransitionTable[StepStatus]:
+    """The table a step change of ``phase`` is checked against (``CONFIRM_TRANSITIONS`` for
+    a TCC confirm, else ``STEP_TRANSITIONS``)."""
+    return CONFIRM_TRANSITIONS if phase is AttemptKind.CONFIRM else STEP_TRANSITIONS
+
 
 ACTIVE_SAGA_STATUSES: Final = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 """Statuses the recovery loop resumes: the saga still has work to do without an operator."""

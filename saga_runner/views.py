@@ -55,7 +55,7 @@ def catalog_step_names(catalog: SagaCatalog) -> StepNames:
 
     def names(saga: SagaInstance) -> Sequence[str]:
         definition = catalog.by_hash.get(saga.definition_hash)
-        return () if definition is None else [step.name for step in definition.steps]
+        return () if definition is None else [step.name for step in definition.all_steps]
 
     return names
 
@@ -120,10 +120,16 @@ def attempt_view(attempt: StepAttempt) -> dict[str, Any]:
 def step_view(
     step: SagaStep, attempts: list[StepAttempt], redact: OutputRedactor
 ) -> dict[str, Any]:
-    """One step with the request it sent, its last answer and every attempt (oldest first)."""
+    """One step with the request it sent, its last answer and every attempt (oldest first).
+
+    ``stage`` is the position of its item in the saga's ``steps`` (the members of a parallel
+    group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in a saga).
+    """
     return {
         "order": step.step_order,
         "name": step.step_name,
+        "stage": step.stage,
+        "phase": None if step.phase is None else step.phase.value,
         "status": step.status.value,
         "retry_count": step.retry_count,
         "max_retry_count": step.max_retry_count,

@@ -246,7 +246,8 @@ def document_loc(data: Any, loc: Sequence[str | int]) -> Loc:
     """The part of a pydantic error location that names keys and items of the document.
 
     Drops what pydantic adds below a value that has no children in the file: union member tags
-    (``workers.int``) and ``[key]`` markers.
+    (``workers.int``) and ``[key]`` markers, and the tags of tagged unions, which the models name
+    in brackets for this (``[step]``).
     """
     kept: list[str | int] = []
     node = {} if data is None else data

@@ -60,9 +60,13 @@ def describe(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
 def known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     """The keys the mapping at ``loc`` accepts (empty when it is not a model's)."""
     target = _unwrap(annotation_at(model, loc))
-    if isinstance(target, type) and issubclass(target, BaseModel):
-        return list(target.model_fields)
-    return []
+    members = [_unwrap(m) for m in get_args(target)] if _is_union(target) else [target]
+    return [
+        field.alias or name
+        for member in members
+        if isinstance(member, type) and issubclass(member, BaseModel)
+        for name, field in member.model_fields.items()
+    ]
 
 
 def choices(model: type[BaseModel], loc: Sequence[str | int]) -> list[Any]:
@@ -83,8 +87,16 @@ def annotation_at(model: type[BaseModel], loc: Sequence[str | int]) -> Any:
 
 
 def _child(annotation: Any, part: str | int) -> Any:
+    if _is_union(annotation):
+        # A union of models (a tagged union): the member that has the key.
+        for member in get_args(annotation):
+            found = _child(_unwrap(member), part)
+            if found is not _NOT_FOUND:
+                return found
+        return _NOT_FOUND
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        fields = annotation.model_fields.items() if isinstance(part, str) else ()
+        field = next((f for name, f in fields if (f.alias or name) == part), None)
         return _NOT_FOUND if field is None else field.annotation
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (tuple, list) and isinstance(part, int) and args:

@@ -1,9 +1,12 @@
 """JSON Schema of a YAML file validated by a pydantic model, for editors (YAML language server).
 
-``file_schema`` is the model's own validation schema (``model_json_schema``), with one change:
+``file_schema`` is the model's own validation schema (``model_json_schema``), with two changes:
 wherever a value other than free text is expected (a number, a duration, a choice, true/false),
 a string holding a ``${VAR}`` or ``${VAR:-default}`` reference is accepted too, because
-``load_yaml`` substitutes it before the model sees the value. Nothing is written by hand.
+``load_yaml`` substitutes it before the model sees the value; and a choice between two models
+told apart by a key only one of them has (a saga's step or ``parallel`` group) becomes
+``if``/``then``/``else``, so an editor underlines the wrong key inside the chosen one instead of
+the whole value. Nothing is written by hand.
 """
 
 from __future__ import annotations
@@ -27,9 +30,35 @@ _SCALAR_TYPES = frozenset({"number", "integer", "boolean", "string"})
 def file_schema(model: type[BaseModel], title: str) -> dict[str, Any]:
     """The JSON Schema of a YAML file that ``model`` validates, titled ``title``."""
     schema = model.model_json_schema(mode="validation")
+    _choose_by_key(schema, schema.get("$defs", {}))
     _allow_references(schema)
     schema.setdefault("$defs", {})[ENV_REFERENCE] = dict(_ENV_REFERENCE_SCHEMA)
     return {"$schema": DIALECT, **schema, "title": title}
+
+
+def _choose_by_key(node: Any, defs: dict[str, Any]) -> None:
+    """Turn each ``oneOf`` of two models, one with a required key the other lacks, into
+    ``if`` (that key is present) ``then`` (that model) ``else`` (the other), in place."""
+    if isinstance(node, list):
+        for item in node:
+            _choose_by_key(item, defs)
+        return
+    if not isinstance(node, dict):
+        return
+    members = node.get("oneOf")
+    if isinstance(members, list) and len(members) == 2 and all("$ref" in m for m in members):
+        first, second = (defs.get(m["$ref"].rsplit("/", 1)[-1], {}) for m in members)
+        for this, other, (chosen, rest) in (
+            (first, second, members),
+            (second, first, members[::-1]),
+        ):
+            marks = [k for k in this.get("required", []) if k not in other.get("properties", {})]
+            if marks:
+                del node["oneOf"]
+                node.update({"if": {"required": marks[:1]}, "then": chosen, "else": rest})
+                break
+    for value in node.values():
+        _choose_by_key(value, defs)
 
 
 def _allow_references(node: Any) -> None:

@@ -112,8 +112,8 @@ def _step_names(operations: SagaOperations, items: tuple[SagaInstance, ...]) -> 
             continue
         definition = operations.runtime.catalog.by_hash.get(saga.definition_hash)
         order = saga.current_step
-        if definition is not None and 0 <= order < len(definition.steps):
-            names[saga.id] = f"#{order} {definition.steps[order].name}"
+        if definition is not None and 0 <= order < len(definition.all_steps):
+            names[saga.id] = f"#{order} {definition.all_steps[order].name}"
         else:
             names[saga.id] = f"#{order}"
     return names

@@ -161,9 +161,9 @@ def saga_answer(detail: SagaDetail, definition: SagaDefinition) -> web.Response:
 
 
 def _failed_step_name(saga: SagaInstance, definition: SagaDefinition) -> str | None:
-    if saga.failed_step is None or not 0 <= saga.failed_step < len(definition.steps):
+    if saga.failed_step is None or not 0 <= saga.failed_step < len(definition.all_steps):
         return None
-    return definition.steps[saga.failed_step].name
+    return definition.all_steps[saga.failed_step].name
 
 
 async def terminal_detail(store: SagaStore, saga: SagaInstance) -> SagaDetail:

@@ -47,8 +47,9 @@ class MetricsObserver:
     def step_attempt(
         self, saga: str, step: str, kind: AttemptKind, outcome: str, seconds: float
     ) -> None:
-        """Count one step call by outcome (compensation calls are labelled as such), time it."""
-        label = outcome if kind is AttemptKind.ACTION else f"compensation_{outcome}"
+        """Count one step call by outcome (other calls than an action are labelled by their
+        kind: ``compensation_failed``, ``try_success``, ``confirm_retryable`` ...), time it."""
+        label = outcome if kind is AttemptKind.ACTION else f"{kind.value}_{outcome}"
         self.metrics.saga_step_attempts.labels(saga, step, label).inc()
         self.metrics.observe_step(saga, step, kind.value, seconds)
 

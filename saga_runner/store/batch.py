@@ -39,11 +39,16 @@ STEP_COLUMNS: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class StepChange:
-    """Move step ``step_order`` to ``status`` and set ``columns`` (a subset of ``STEP_COLUMNS``)."""
+    """Move step ``step_order`` to ``status`` and set ``columns`` (a subset of ``STEP_COLUMNS``).
+
+    ``phase`` (a TCC step's ``try``, ``confirm`` or ``cancel``) is written to the step's
+    ``phase`` column, and a ``confirm`` change is checked against ``CONFIRM_TRANSITIONS``.
+    """
 
     step_order: int
     status: StepStatus
     columns: Mapping[str, JsonValue] = field(default_factory=dict)
+    phase: AttemptKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class WriteBatch:
     Attributes:
         steps: step changes, at most one per step.
         attempts: attempt rows to insert (rows of one batch get their ids in no set order;
-            the engine writes at most one per batch).
+            the engine writes at most one per step in a batch).
         saga_status: the instance's new status (``None``: keep it).
         saga_columns: other instance columns (a subset of ``SAGA_COLUMNS``).
         release: give the lease up in the same write (``owner`` and ``lease_expires_at``

@@ -33,6 +33,8 @@ STEP_COLUMNS: Final = (
     ("execute_data", "jsonb"),
     ("retry_count", "integer"),
     ("max_retry_count", "integer"),
+    ("stage", "integer"),
+    ("phase", "text"),
 )
 """The per-step columns of a creation, sent as one array each (``unnest``)."""
 

@@ -26,10 +26,16 @@ from saga_runner.records import (
     StepAttempt,
     from_row,
 )
-from saga_runner.states import SAGA_TRANSITIONS, STEP_TRANSITIONS, SagaStatus, StepStatus
+from saga_runner.states import SAGA_TRANSITIONS, SagaStatus, StepStatus, step_transitions
 from saga_runner.storable import clean_text
 from saga_runner.store.backend import Row, StepUpdate, StoreBackend
-from saga_runner.store.batch import SAGA_COLUMNS, STEP_COLUMNS, AttemptRecord, WriteBatch
+from saga_runner.store.batch import (
+    SAGA_COLUMNS,
+    STEP_COLUMNS,
+    AttemptRecord,
+    StepChange,
+    WriteBatch,
+)
 
 Clock: TypeAlias = Callable[[], datetime]
 
@@ -132,8 +138,11 @@ def plan(lease: Lease, batch: WriteBatch, now: datetime) -> Plan:
         if any(step.step_order == change.step_order for step in steps):
             raise ValueError(f"a batch changes step {change.step_order} twice")
         columns = _columns(change.columns, STEP_COLUMNS, "step")
+        if change.phase is not None:
+            columns["phase"] = change.phase.value
         columns.update(status=change.status.value, updated_at=now)
-        step_sources = frozenset(s.value for s in STEP_TRANSITIONS.sources(change.status))
+        table = step_transitions(change.phase)
+        step_sources = frozenset(s.value for s in table.sources(change.status))
         steps.append(StepUpdate(change.step_order, step_sources, columns))
     attempts = tuple(attempt_row(lease.saga_id, record) for record in batch.attempts)
     return Plan(sources, changes, tuple(steps), attempts)
@@ -151,14 +160,14 @@ async def explain(backend: StoreBackend, lease: Lease, batch: WriteBatch) -> NoR
         )
     if batch.saga_status is not None:
         SAGA_TRANSITIONS.check(SagaStatus(instance["status"]), batch.saga_status)
-    checks: list[tuple[int, StepStatus | None]] = [(c.step_order, c.status) for c in batch.steps]
+    checks: list[tuple[int, StepChange | None]] = [(c.step_order, c) for c in batch.steps]
     checks += [(a.step_order, None) for a in batch.attempts]
-    for step_order, step_status in checks:
+    for step_order, change in checks:
         step = await backend.select_step(lease.saga_id, step_order)
         if step is None:
             raise SagaNotFound(f"saga {lease.saga_id} has no step {step_order}")
-        if step_status is not None:
-            STEP_TRANSITIONS.check(StepStatus(step["status"]), step_status)
+        if change is not None:
+            step_transitions(change.phase).check(StepStatus(step["status"]), change.status)
     raise StoreError(f"saga {lease.saga_id}: write refused by a concurrent change")
 
 
@@ -214,6 +223,8 @@ def creation_rows(
             "execute_data": step.execute_data,
             "retry_count": step.retry_count,
             "max_retry_count": step.max_retry_count,
+            "stage": order if step.stage is None else step.stage,
+            "phase": None if step.phase is None else step.phase.value,
             "created_at": now,
             "updated_at": now,
         }

@@ -6,11 +6,14 @@ import pytest
 
 from saga_runner.errors import IllegalTransition
 from saga_runner.states import (
+    CONFIRM_TRANSITIONS,
     SAGA_TRANSITIONS,
     STEP_TRANSITIONS,
+    AttemptKind,
     SagaStatus,
     StepStatus,
     check_transition,
+    step_transitions,
 )
 
 
@@ -47,6 +50,7 @@ def test_every_status_has_a_row_in_its_table() -> None:
         (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED),
         (SagaStatus.COMPENSATING, SagaStatus.FAILED),
         (SagaStatus.FAILED, SagaStatus.COMPENSATING),
+        (SagaStatus.FAILED, SagaStatus.RUNNING),
         (StepStatus.PENDING, StepStatus.RUNNING),
         (StepStatus.RUNNING, StepStatus.RUNNING),
         (StepStatus.RUNNING, StepStatus.SUCCEEDED),
@@ -67,7 +71,6 @@ def test_recovery_and_operator_transitions_are_allowed(
     [
         (SagaStatus.COMPLETED, SagaStatus.RUNNING),
         (SagaStatus.COMPENSATED, SagaStatus.COMPENSATING),
-        (SagaStatus.FAILED, SagaStatus.RUNNING),
         (SagaStatus.RUNNING, SagaStatus.COMPENSATED),
         (SagaStatus.COMPENSATING, SagaStatus.RUNNING),
         (StepStatus.PENDING, StepStatus.SUCCEEDED),
@@ -103,3 +106,18 @@ def test_sources_lists_every_status_that_may_enter_a_status() -> None:
 def test_mixing_saga_and_step_statuses_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         check_transition(SagaStatus.RUNNING, StepStatus.RUNNING)
+
+
+def test_a_tcc_confirm_has_its_own_table_and_a_saga_step_never_runs_again() -> None:
+    confirm = step_transitions(AttemptKind.CONFIRM)
+    assert confirm is CONFIRM_TRANSITIONS
+    assert confirm.sources(StepStatus.RUNNING) == {
+        StepStatus.SUCCEEDED,
+        StepStatus.RUNNING,
+        StepStatus.FAILED,
+    }
+    assert confirm.allowed[StepStatus.COMPENSATING] == frozenset()
+    assert confirm.allowed[StepStatus.PENDING] == frozenset()
+    for phase in (None, AttemptKind.TRY, AttemptKind.CANCEL):
+        assert step_transitions(phase) is STEP_TRANSITIONS
+    assert not STEP_TRANSITIONS.can(StepStatus.SUCCEEDED, StepStatus.RUNNING)

@@ -106,7 +106,7 @@ def step_row(status: StepStatus, response: object) -> SagaStep:
     now = datetime.now(UTC)
     return SagaStep(
         1, "s", 1, "charge", status, None, {"response": response}, None, 0, 3, None, None, now,
-        now, 1,
+        now, 1, 1, None,
     )  # fmt: skip
 
 
