@@ -3,7 +3,7 @@
  * wall clocks disagree by SKEW ticks. Checked by `make verify` (scripts/verify-models.sh).
  *
  * mirrors: saga_runner/store/postgres.py saga_runner/store/pg_batches.py saga_runner/store/sqlite.py saga_runner/store/sqlite_rows.py saga_runner/leases.py
- * mirrors-sha256: 97a4561e062bf16a734732c1020e883ff39cbfa6190b68bcbcb4e263b2bc5209
+ * mirrors-sha256: 9c11126c2328f013fb709231902818cf4d35c0b3c9fb76108a81b9608b58b4de
  * counterexample: -DWALL_CLOCK_LEASES
  *
  * What the code does, and what each part of the model stands for:

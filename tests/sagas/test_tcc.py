@@ -173,3 +173,34 @@ async def confirmed(engine: EngineHarness, saga_id: str, count: int) -> None:
             if len(done) >= count:
                 return
             await asyncio.sleep(0.02)
+
+
+async def test_a_saga_resumed_after_its_file_changed_keeps_its_shape(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    gate = asyncio.Event()
+    services.plan("payments", "POST /try/m1", Reply(201, gate=gate))
+    first = await make_engine(group_saga(kind="tcc"))
+    plain = group_saga()
+    plain["steps"] = [plain["steps"][0], plain["steps"][2]]  # the same name, no group, no TCC
+    plain["response"] = {"status": 200}
+    second = await make_engine(plain)
+    created = await first.runtime.engine.start(first.definition, {}, {}, None)
+    assert created.lease is not None
+    task = asyncio.create_task(
+        first.runtime.engine.execute(first.definition, created.lease, {}, input_data={})
+    )
+    await services.wait_for_calls(4)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    claims = await second.runtime.store.claim_due("replica-2", LEASE_SECONDS, 10)
+    assert created.saga.definition_hash not in second.runtime.catalog.by_hash
+    pinned = await second.runtime.definition_for(claims[0].saga.definition_hash)
+    final = await second.runtime.engine.execute(pinned, claims[0].lease)
+    gate.set()
+
+    assert pinned.kind == "tcc" and pinned.stages[1].parallel
+    assert final.status is SagaStatus.COMPLETED
+    assert sorted(calls_of(services, "confirm")) == sorted(STEPS)
