@@ -26,7 +26,7 @@ from saga_runner.caller import CallResult, Outcome, StepCaller, StepRequest
 from saga_runner.observer import SagaObserver
 from saga_runner.redact import Redactor
 from saga_runner.retry import RetryPolicy
-from saga_runner.runs import Run
+from saga_runner.runs import EngineSettings, Run
 from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
@@ -232,3 +232,20 @@ class AttemptLoop:
                 },
             )
         return result, record
+
+
+class RunPhase:
+    """A phase of a run that calls steps (its forward stages, its compensations or confirms):
+    the store it records in, the attempt loop it calls with, the redactor and the settings."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        attempts: AttemptLoop,
+        redactor: Redactor,
+        settings: EngineSettings,
+    ) -> None:
+        self.store = store
+        self.attempts = attempts
+        self.redactor = redactor
+        self.settings = settings

@@ -21,14 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from saga_runner.attempts import AttemptLoop, CallSpec
+from saga_runner.attempts import CallSpec, RunPhase
 from saga_runner.caller import Outcome, StepRequest
 from saga_runner.definition import ConfirmDefinition, StepDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue, SagaStep, StepAttempt
-from saga_runner.redact import Redactor
 from saga_runner.runs import (
-    EngineSettings,
     Run,
     build_request,
     log_run,
@@ -37,7 +35,6 @@ from saga_runner.runs import (
     undo_impossible,
 )
 from saga_runner.states import AttemptKind, StepStatus
-from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
 
 
@@ -72,20 +69,8 @@ class _Settle:
         return None if self.kind is AttemptKind.COMPENSATION else self.kind
 
 
-class Compensator:
+class Compensator(RunPhase):
     """Undoes (or, in a TCC saga, confirms) the steps of one run after its forward phase."""
-
-    def __init__(
-        self,
-        store: SagaStore,
-        attempts: AttemptLoop,
-        redactor: Redactor,
-        settings: EngineSettings,
-    ) -> None:
-        self.store = store
-        self.attempts = attempts
-        self.redactor = redactor
-        self.settings = settings
 
     async def undo(self, run: Run) -> list[str]:
         """Undo stages in reverse order; return why steps could not be undone (empty: all were).

@@ -16,15 +16,13 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from saga_runner.attempts import AttemptLoop, CallSpec, outcome_unknown
+from saga_runner.attempts import CallSpec, RunPhase, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import Stage, StepDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue, SagaStep
-from saga_runner.redact import Redactor
-from saga_runner.runs import EngineSettings, Run, StepFailure, build_request, log_run, together
+from saga_runner.runs import Run, StepFailure, build_request, log_run, together
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
-from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
 from saga_runner.template import StepResult
 
@@ -45,20 +43,8 @@ class _Call:
     """The write that announces it (None: the instance's creation already did)."""
 
 
-class Forward:
+class Forward(RunPhase):
     """Runs the stages of one run that are not done yet."""
-
-    def __init__(
-        self,
-        store: SagaStore,
-        attempts: AttemptLoop,
-        redactor: Redactor,
-        settings: EngineSettings,
-    ) -> None:
-        self.store = store
-        self.attempts = attempts
-        self.redactor = redactor
-        self.settings = settings
 
     async def run(self, run: Run, steps: Sequence[SagaStep]) -> StageOutcome:
         """Run the stages not done yet; return why they stopped (None: all succeeded) and the

@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -131,18 +131,23 @@ async def start_saga(
     definition: str,
     *,
     owner: str = "replica-a",
-    steps: int = 2,
+    steps: int | Sequence[NewStep] = 2,
     lease_seconds: float = 30.0,
     **overrides: Any,
 ) -> CreateResult:
-    """Create a ``payment`` saga with ``steps`` pending steps, claimed by ``owner``."""
+    """Create a ``payment`` saga with ``steps`` (a number of pending steps, or the steps),
+    claimed by ``owner``."""
     arguments: dict[str, Any] = {
         "business_type": "payment",
         "business_id": f"order-{uuid.uuid4().hex[:6]}",
         "definition_hash": definition,
         "mode": "sync",
         "input_data": {"order_no": "A-1", "amount": 12.5, "items": [1, 2]},
-        "steps": [NewStep(f"step_{n}", max_retry_count=3) for n in range(steps)],
+        "steps": (
+            [NewStep(f"step_{n}", max_retry_count=3) for n in range(steps)]
+            if isinstance(steps, int)
+            else list(steps)
+        ),
         "owner": owner,
         "lease_seconds": lease_seconds,
     }

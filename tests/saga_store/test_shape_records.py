@@ -27,16 +27,7 @@ async def test_steps_keep_their_stage_and_phase(store: SagaStore, definition: st
         NewStep("credit", 3, stage=1, phase=AttemptKind.TRY),
         NewStep("fee", 3, stage=1, phase=AttemptKind.TRY),
     ]
-    created = await store.create_instance(
-        business_type="transfer",
-        business_id=None,
-        definition_hash=definition,
-        mode="sync",
-        input_data={},
-        steps=steps,
-        owner="replica-a",
-        lease_seconds=30.0,
-    )
+    created = await start_saga(store, definition, steps=steps)
     assert [(s.stage, s.phase) for s in created.steps] == [
         (0, AttemptKind.TRY),
         (1, AttemptKind.TRY),

@@ -8,7 +8,12 @@ the three services (``inventory``, ``payments``, ``shipping``); ``first`` and ``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from sagas.harness import EngineHarness
 
 MEMBERS = ("m0", "m1", "m2")
 MEMBER_SERVICE = {"m0": "inventory", "m1": "payments", "m2": "shipping"}
@@ -77,3 +82,18 @@ def group_saga(
     if kind == "tcc":
         saga["kind"] = "tcc"
     return saga
+
+
+async def stop_mid_run(engine: EngineHarness, until: Callable[[str], Awaitable[None]]) -> str:
+    """Start the saga on ``engine``, cancel its run once ``until(saga_id)`` returns (a replica
+    stopping mid-way: its lease is released), and return the saga's id."""
+    created = await engine.runtime.engine.start(engine.definition, {}, {}, None)
+    assert created.lease is not None
+    task = asyncio.create_task(
+        engine.runtime.engine.execute(engine.definition, created.lease, {}, input_data={})
+    )
+    await until(created.saga.id)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return created.saga.id

@@ -9,7 +9,6 @@ timing out (outcome unknown) or failing, and asserts the exact compensations and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 
@@ -19,7 +18,7 @@ from saga_runner.operations import SagaOperations
 from saga_runner.states import SagaStatus
 from sagas.conftest import LEASE_SECONDS, EngineFactory
 from sagas.services import FakeServices, Reply
-from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga
+from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, stop_mid_run
 
 TIMEOUT = 0.3
 OUTCOMES = ("succeeded", "unknown", "failed")
@@ -154,16 +153,7 @@ async def test_a_run_stopped_mid_group_is_resumed_with_the_same_keys(
     gate = asyncio.Event()
     services.plan("payments", "POST /do/m1", Reply(201, gate=gate))
     first, second = await make_engine(group_saga()), await make_engine(group_saga())
-    created = await first.runtime.engine.start(first.definition, {}, {}, None)
-    assert created.lease is not None
-    task = asyncio.create_task(
-        first.runtime.engine.execute(first.definition, created.lease, {}, input_data={})
-    )
-    await services.wait_for_calls(4)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    saga_id = created.saga.id
+    saga_id = await stop_mid_run(first, lambda _: services.wait_for_calls(4))
     stored = await second.runtime.store.get(saga_id)
     assert [s.status.value for s in stored.steps] == [
         "succeeded",

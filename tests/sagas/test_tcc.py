@@ -9,7 +9,6 @@ against real services.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -19,7 +18,7 @@ from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from sagas.conftest import LEASE_SECONDS, EngineFactory
 from sagas.harness import EngineHarness
 from sagas.services import FakeServices, Reply
-from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga
+from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, stop_mid_run
 
 STEPS = ("first", *MEMBERS, "last")
 
@@ -131,16 +130,7 @@ async def test_a_run_stopped_mid_confirm_is_resumed_confirming_only(
         await make_engine(group_saga(kind="tcc")),
         await make_engine(group_saga(kind="tcc")),
     )
-    created = await first.runtime.engine.start(first.definition, {}, {}, None)
-    assert created.lease is not None
-    task = asyncio.create_task(
-        first.runtime.engine.execute(first.definition, created.lease, {}, input_data={})
-    )
-    saga_id = created.saga.id
-    await confirmed(first, saga_id, 4)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    saga_id = await stop_mid_run(first, lambda saga_id: confirmed(first, saga_id, 4))
     stored = await second.runtime.store.get(saga_id)
     assert {s.phase for s in stored.steps} == {AttemptKind.CONFIRM}
     operations = SagaOperations(second.runtime)
@@ -185,18 +175,11 @@ async def test_a_saga_resumed_after_its_file_changed_keeps_its_shape(
     plain["steps"] = [plain["steps"][0], plain["steps"][2]]  # the same name, no group, no TCC
     plain["response"] = {"status": 200}
     second = await make_engine(plain)
-    created = await first.runtime.engine.start(first.definition, {}, {}, None)
-    assert created.lease is not None
-    task = asyncio.create_task(
-        first.runtime.engine.execute(first.definition, created.lease, {}, input_data={})
-    )
-    await services.wait_for_calls(4)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    saga_id = await stop_mid_run(first, lambda _: services.wait_for_calls(4))
 
     claims = await second.runtime.store.claim_due("replica-2", LEASE_SECONDS, 10)
-    assert created.saga.definition_hash not in second.runtime.catalog.by_hash
+    assert [claim.saga.id for claim in claims] == [saga_id]
+    assert first.definition.definition_hash not in second.runtime.catalog.by_hash
     pinned = await second.runtime.definition_for(claims[0].saga.definition_hash)
     final = await second.runtime.engine.execute(pinned, claims[0].lease)
     gate.set()
