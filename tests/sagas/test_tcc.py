@@ -9,13 +9,15 @@ against real services.
 from __future__ import annotations
 
 import asyncio
+import time
 
+import aiohttp
 import pytest
 
 from saga_runner.errors import OperationRefused
 from saga_runner.operations import SagaOperations
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
-from sagas.conftest import LEASE_SECONDS, EngineFactory
+from sagas.conftest import LEASE_SECONDS, EngineFactory, SidecarFactory
 from sagas.harness import EngineHarness
 from sagas.services import FakeServices, Reply
 from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, stop_mid_run
@@ -187,3 +189,30 @@ async def test_a_saga_resumed_after_its_file_changed_keeps_its_shape(
     assert pinned.kind == "tcc" and pinned.stages[1].parallel
     assert final.status is SagaStatus.COMPLETED
     assert sorted(calls_of(services, "confirm")) == sorted(STEPS)
+
+
+async def test_a_sync_tcc_trigger_answers_after_the_last_confirm_and_the_api_shows_phases(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    for step in STEPS:
+        services.always(service_of(step), f"POST /confirm/{step}/*", Reply(200, delay=0.2))
+    sidecar = await make_sidecar(group_saga(kind="tcc"))
+
+    status, headers, body = await sidecar.post(client, "/api/grouped", {})
+    answered = time.monotonic()
+
+    assert status == 201, body
+    confirms = [c for c in services.calls if c.raw_path.startswith("/confirm/")]
+    assert len(confirms) == len(STEPS)
+    assert all(c.at + 0.2 <= answered for c in confirms), "answered before a confirm ended"
+    async with client.get(f"{sidecar.admin_url}/sagas/{headers['Saga-Id']}") as response:
+        saga = await response.json()
+    assert [(s["name"], s["stage"], s["phase"]) for s in saga["steps"]] == [
+        ("first", 0, "confirm"),
+        ("m0", 1, "confirm"),
+        ("m1", 1, "confirm"),
+        ("m2", 1, "confirm"),
+        ("last", 2, "confirm"),
+    ]
+    kinds = {a["kind"] for s in saga["steps"] for a in s["attempts"]}
+    assert kinds == {"try", "confirm"}
