@@ -186,8 +186,6 @@ def undo_impossible(step_def: StepDefinition, row: SagaStep, kind: AttemptKind) 
         return False
     if row.status is StepStatus.RUNNING:
         return True
-    if kind is AttemptKind.CANCEL and row.status is StepStatus.FAILED:
-        return True  # a refused try may have no answer a cancel can use either
     return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
 
 
