@@ -365,6 +365,14 @@ class ParallelGroup(_Model):
     parallel: tuple[StepDefinition, ...]
     """The members (at least two)."""
 
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _not_nested(cls, value: Any) -> Any:
+        for index, member in enumerate(value if isinstance(value, list) else ()):
+            if isinstance(member, Mapping) and "parallel" in member:
+                raise KeyValueError((index, "parallel"), "parallel groups cannot be nested")
+        return value
+
     @field_validator("parallel")
     @classmethod
     def _members(cls, value: tuple[StepDefinition, ...]) -> tuple[StepDefinition, ...]:

@@ -3,10 +3,10 @@
 ``find_problems`` walks the raw (parsed YAML) data of one saga file and returns every problem with
 its key path: malformed templates or unknown template roots, unsafe call paths, CR/LF in header
 values, template references to unknown steps, to steps that have not run yet or to a sibling in
-the same parallel group, duplicate step names (groups included), nested parallel groups, and
-steps whose calls do not fit the saga's ``kind`` (a saga step needs an ``action``; a TCC step
-needs ``try``, ``confirm`` and ``cancel`` and has no ``action`` or ``compensation``), and calls to
-services that are not configured. It is tolerant of a wrong shape (the schema reports those), so
+the same parallel group, duplicate step names (groups included), steps whose calls do not fit
+the saga's ``kind`` (a saga step needs an ``action``; a TCC step needs ``try``, ``confirm`` and
+``cancel`` and has no ``action`` or ``compensation``), and calls to services that are not
+configured. It is tolerant of a wrong shape (the schema reports those), so
 a file's schema errors and its template errors are reported together.
 
 Which steps a template may use ("earlier" means earlier items of ``steps``, never a member of
@@ -124,11 +124,11 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     if not isinstance(data, Mapping):
         return []
     steps = data.get("steps")
-    placed, problems = _place(steps if isinstance(steps, list) else [])
+    placed = _place(steps if isinstance(steps, list) else [])
     known = tuple(p.name for p in placed if p.name is not None)
     business_id = data.get("business_id")
     has_business_id = isinstance(business_id, str)
-    problems += _duplicate_names(placed)
+    problems = _duplicate_names(placed)
     if isinstance(business_id, str):
         scope = Scope(known, frozenset(), steps_allowed=False)
         problems += _check(("business_id",), scope, partial(parse_template, business_id))
@@ -143,10 +143,9 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     return problems
 
 
-def _place(items: Sequence[Any]) -> tuple[list[_Placed], list[Problem]]:
-    """Every step of ``items`` with where it is, and the groups nested in groups."""
+def _place(items: Sequence[Any]) -> list[_Placed]:
+    """Every step of ``items`` with where it is."""
     placed: list[_Placed] = []
-    problems: list[Problem] = []
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             continue
@@ -155,12 +154,11 @@ def _place(items: Sequence[Any]) -> tuple[list[_Placed], list[Problem]]:
             placed.append(_Placed(item, ("steps", index), index, _name_of(item)))
             continue
         for position, member in enumerate(members if isinstance(members, list) else []):
-            loc: Loc = ("steps", index, "parallel", position)
-            if isinstance(member, Mapping) and "parallel" in member:
-                problems.append(((*loc, "parallel"), "parallel groups cannot be nested"))
-            elif isinstance(member, Mapping):
+            # A group nested in a group is the schema's to report.
+            if isinstance(member, Mapping) and "parallel" not in member:
+                loc: Loc = ("steps", index, "parallel", position)
                 placed.append(_Placed(member, loc, index, _name_of(member)))
-    return placed, problems
+    return placed
 
 
 def _name_of(step: Mapping[str, Any]) -> str | None:

@@ -117,7 +117,9 @@ def test_groups_of_fewer_than_two_steps_and_nested_groups_are_rejected(tmp_path:
         "saga.yaml:13: steps[3].parallel: a parallel group needs at least two steps (write a "
         "single step as a plain item)",
     ]
-    assert "saga.yaml:19: steps[4].parallel[1].parallel: parallel groups cannot be nested" in found
+    assert found[2:] == [
+        "saga.yaml:19: steps[4].parallel[1].parallel: parallel groups cannot be nested"
+    ]
 
 
 def test_step_names_are_unique_across_groups(tmp_path: Path) -> None:
