@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 import pytest
+from conftest import find_free_port
 
 from saga_runner.errors import OperationRefused
 from saga_runner.operations import SagaOperations
@@ -216,3 +217,50 @@ async def test_a_sync_tcc_trigger_answers_after_the_last_confirm_and_the_api_sho
     ]
     kinds = {a["kind"] for s in saga["steps"] for a in s["attempts"]}
     assert kinds == {"try", "confirm"}
+
+
+async def test_a_cancel_is_sent_for_a_try_that_never_arrived(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    saga = group_saga(kind="tcc")
+    m2 = saga["steps"][1]["parallel"][2]
+    m2["cancel"]["service"] = "payments"  # the try's service is down: nothing listens there
+    services.urls["shipping"] = f"http://127.0.0.1:{find_free_port()}"
+    engine = await make_engine(saga)
+
+    run = await engine.run({})
+
+    saga_id = run.detail.instance.id
+    assert run.status is SagaStatus.COMPENSATED
+    assert services.calls_to("shipping") == []
+    m2_step = next(s for s in run.detail.steps if s.step_name == "m2")
+    assert m2_step.result["outcome_unknown"] is False, "refused: the try was never sent"
+    cancel = next(c for c in services.calls if c.raw_path.startswith("/cancel/m2/"))
+    assert cancel.service == "payments" and cancel.key == f"{saga_id}:m2:cancel"
+    assert sorted(calls_of(services, "cancel")[:3]) == sorted(MEMBERS)
+    assert calls_of(services, "cancel")[3:] == ["first"]
+
+
+async def test_an_abort_of_tries_in_flight_lets_them_finish_then_cancels(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    services.always("payments", "POST /try/m1", Reply(201, delay=0.6))
+    engine = await make_engine(group_saga(kind="tcc"))
+    runtime = engine.runtime
+    created = await runtime.engine.start(engine.definition, {}, {}, None, call_headers={})
+    assert created.lease is not None
+    running = asyncio.create_task(
+        runtime.engine.execute(engine.definition, created.lease, {}, input_data={}, started=created)
+    )
+    await services.wait_for_calls(4)
+
+    aborted = await SagaOperations(runtime).abort(created.saga.id, "alice")
+    final = await aborted.run()
+
+    assert (await running).status is final.status is SagaStatus.COMPENSATED
+    assert calls_of(services, "confirm") == []
+    assert sorted(calls_of(services, "cancel")[:3]) == sorted(MEMBERS)
+    assert calls_of(services, "cancel")[3:] == ["first"]
+    tried = next(c for c in services.calls if c.raw_path == "/try/m1")
+    cancel = next(c for c in services.calls if c.raw_path.startswith("/cancel/m1/"))
+    assert cancel.at - tried.at >= 0.6, "cancelled before its try in flight had ended"
