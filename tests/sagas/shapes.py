@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from saga_runner.records import SagaInstance
 from sagas.harness import EngineHarness
 
 MEMBERS = ("m0", "m1", "m2")
@@ -97,3 +98,13 @@ async def stop_mid_run(engine: EngineHarness, until: Callable[[str], Awaitable[N
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return created.saga.id
+
+
+async def start_running(engine: EngineHarness) -> tuple[str, asyncio.Task[SagaInstance]]:
+    """Start the saga on ``engine`` as a trigger does; return its id and the running run."""
+    created = await engine.runtime.engine.start(engine.definition, {}, {}, None, call_headers={})
+    assert created.lease is not None
+    run = engine.runtime.engine.execute(
+        engine.definition, created.lease, {}, input_data={}, started=created
+    )
+    return created.saga.id, asyncio.create_task(run)

@@ -18,7 +18,7 @@ from saga_runner.operations import SagaOperations
 from saga_runner.states import SagaStatus
 from sagas.conftest import LEASE_SECONDS, EngineFactory
 from sagas.services import FakeServices, Reply
-from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, stop_mid_run
+from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, start_running, stop_mid_run
 
 TIMEOUT = 0.3
 OUTCOMES = ("succeeded", "unknown", "failed")
@@ -181,13 +181,8 @@ async def test_an_abort_lets_the_group_in_flight_finish_then_compensates_it(
     services.always("payments", "POST /do/m1", Reply(201, delay=0.6))
     engine = await make_engine(group_saga())
     runtime = engine.runtime
-    created = await runtime.engine.start(engine.definition, {}, {}, None, call_headers={})
-    assert created.lease is not None
-    running = asyncio.create_task(
-        runtime.engine.execute(engine.definition, created.lease, {}, input_data={}, started=created)
-    )
+    saga_id, running = await start_running(engine)
     await services.wait_for_calls(4)
-    saga_id = created.saga.id
 
     aborted = await SagaOperations(runtime).abort(saga_id, "alice")
     final = await aborted.run()

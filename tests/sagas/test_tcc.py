@@ -21,7 +21,7 @@ from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from sagas.conftest import LEASE_SECONDS, EngineFactory, SidecarFactory
 from sagas.harness import EngineHarness
 from sagas.services import FakeServices, Reply
-from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, stop_mid_run
+from sagas.shapes import MEMBER_SERVICE, MEMBERS, group_saga, start_running, stop_mid_run
 
 STEPS = ("first", *MEMBERS, "last")
 
@@ -246,15 +246,10 @@ async def test_an_abort_of_tries_in_flight_lets_them_finish_then_cancels(
 ) -> None:
     services.always("payments", "POST /try/m1", Reply(201, delay=0.6))
     engine = await make_engine(group_saga(kind="tcc"))
-    runtime = engine.runtime
-    created = await runtime.engine.start(engine.definition, {}, {}, None, call_headers={})
-    assert created.lease is not None
-    running = asyncio.create_task(
-        runtime.engine.execute(engine.definition, created.lease, {}, input_data={}, started=created)
-    )
+    saga_id, running = await start_running(engine)
     await services.wait_for_calls(4)
 
-    aborted = await SagaOperations(runtime).abort(created.saga.id, "alice")
+    aborted = await SagaOperations(engine.runtime).abort(saga_id, "alice")
     final = await aborted.run()
 
     assert (await running).status is final.status is SagaStatus.COMPENSATED
