@@ -4,6 +4,11 @@ Stored records are already redacted when the engine writes them; every view reda
 way out (defence in depth), hiding the value of any key, at any depth, that names a redacted
 header or body field (``Authorization``, cookies, ``redact.headers``, ``redact.fields``).
 Timestamps are ISO-8601 UTC strings.
+
+A saga's detail shows its shape: ``stages`` lists the steps of each item of the saga's ``steps``
+(a parallel group's members side by side), and a TCC saga (``kind: tcc``) says which phase it is
+in (``phase``: ``try``, ``confirm`` or ``cancel``) and, per step, how each of its three calls went
+(``phases``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from saga_runner.records import (
 )
 from saga_runner.redact import REDACTED, Redactor
 from saga_runner.seal import SEALED
+from saga_runner.states import AttemptKind, SagaStatus
 
 StepNames = Callable[[SagaInstance], Sequence[str]]
 
@@ -123,7 +129,8 @@ def step_view(
     """One step with the request it sent, its last answer and every attempt (oldest first).
 
     ``stage`` is the position of its item in the saga's ``steps`` (the members of a parallel
-    group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in a saga).
+    group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in a saga),
+    and ``phases`` how each of its calls went (see ``phases_view``).
     """
     return {
         "order": step.step_order,
@@ -142,6 +149,7 @@ def step_view(
         "created_at": stamp(step.created_at),
         "updated_at": stamp(step.updated_at),
         "attempts": [attempt_view(a) for a in attempts],
+        "phases": phases_view(step, attempts),
     }
 
 
@@ -162,13 +170,74 @@ def _unsealed(detail: JsonValue) -> JsonValue:
     return detail
 
 
+TCC_CALLS = (AttemptKind.TRY, AttemptKind.CONFIRM, AttemptKind.CANCEL)
+CANCELLING = frozenset({SagaStatus.COMPENSATING, SagaStatus.COMPENSATED})
+
+
+def saga_phase(saga: SagaInstance, steps: Sequence[SagaStep]) -> str | None:
+    """The phase a TCC saga is in (None for a saga): ``confirm`` once it decided to confirm,
+    ``cancel`` once it decided to cancel, else ``try``."""
+    phases = {step.phase for step in steps}
+    if phases == {None}:
+        return None
+    if AttemptKind.CONFIRM in phases:
+        return AttemptKind.CONFIRM.value
+    if AttemptKind.CANCEL in phases or saga.status in CANCELLING:
+        return AttemptKind.CANCEL.value
+    return AttemptKind.TRY.value
+
+
+def phases_view(step: SagaStep, attempts: Sequence[StepAttempt]) -> dict[str, Any] | None:
+    """How each call of a TCC step went (None for a saga step).
+
+    ``status`` is the step's status for the call it is at (its ``phase``), ``succeeded`` for a
+    try once the step is confirming (confirms start only after every try succeeded), and None
+    otherwise; ``calls`` counts the attempts made, ``last_status_code`` and ``last_error`` are
+    the last one's.
+    """
+    if step.phase is None:
+        return None
+    view: dict[str, Any] = {}
+    for kind in TCC_CALLS:
+        made = [a for a in attempts if a.kind is kind]
+        status: str | None = None
+        if step.phase is kind:
+            status = step.status.value
+        elif kind is AttemptKind.TRY and step.phase is AttemptKind.CONFIRM:
+            status = "succeeded"
+        view[kind.value] = {
+            "status": status,
+            "calls": len(made),
+            "last_status_code": made[-1].status_code if made else None,
+            "last_error": made[-1].error if made else None,
+        }
+    return view
+
+
+def stages_view(steps: Sequence[SagaStep]) -> list[dict[str, Any]]:
+    """The saga's items in order: each ``stage`` with the names of its steps (several: a
+    parallel group, whose members run side by side)."""
+    stages: dict[int, list[str]] = {}
+    for step in sorted(steps, key=lambda s: (s.stage, s.step_order)):
+        stages.setdefault(step.stage, []).append(step.step_name)
+    return [
+        {"stage": stage, "parallel": len(names) > 1, "steps": names}
+        for stage, names in stages.items()
+    ]
+
+
 def detail_view(detail: SagaDetail, redact: OutputRedactor) -> dict[str, Any]:
-    """An instance with its step timeline (attempts grouped per step) and its events."""
+    """An instance with its shape (``kind``, ``phase``, ``stages``), its step timeline
+    (attempts grouped per step) and its events."""
     by_step: dict[int, list[StepAttempt]] = {}
     for attempt in sorted(detail.attempts, key=lambda a: (a.started_at, a.id)):
         by_step.setdefault(attempt.step_order, []).append(attempt)
+    phase = saga_phase(detail.instance, detail.steps)
     return {
         **saga_view(detail.instance, redact, [s.step_name for s in detail.steps]),
+        "kind": "saga" if phase is None else "tcc",
+        "phase": phase,
+        "stages": stages_view(detail.steps),
         "steps": [step_view(s, by_step.get(s.step_order, []), redact) for s in detail.steps],
         "events": [event_view(e, redact) for e in detail.events],
     }

@@ -164,6 +164,7 @@ def pager(query: ListQuery, next_cursor: str | None) -> str:
 FACTS = (
     ("saga id", "id"),
     ("name", "name"),
+    ("kind", "kind"),
     ("business id", "business_id"),
     ("mode", "mode"),
     ("failure reason", "failure_reason"),
@@ -184,6 +185,8 @@ TIMES = (
 def saga_facts(saga: Mapping[str, Any]) -> str:
     """The instance's fields as a definition list."""
     items = [f"<dt>status</dt><dd>{badge(saga['status'])}</dd>"]
+    if saga["phase"]:
+        items.append(f'<dt>TCC phase</dt><dd class="saga-phase">{esc(saga["phase"])}</dd>')
     items += [f"<dt>{label}</dt><dd>{esc(saga[key] or '-')}</dd>" for label, key in FACTS]
     items += [f"<dt>{label}</dt><dd>{when(saga[key])}</dd>" for label, key in TIMES if saga[key]]
     return f'<dl class="facts">{"".join(items)}</dl>'
@@ -206,18 +209,49 @@ def attempts_table(attempts: Iterable[Mapping[str, Any]]) -> str:
     return f'<table class="attempts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def phases_strip(step: Mapping[str, Any]) -> str:
+    """A TCC step's try, confirm and cancel side by side: status, calls, last answer."""
+    if not step["phases"]:
+        return ""
+    cells = []
+    for name, call in step["phases"].items():
+        current = " current" if name == step["phase"] else ""
+        state = call["status"] or ("-" if not call["calls"] else "ended")
+        last = call["last_status_code"] if call["last_status_code"] is not None else "-"
+        cells.append(
+            f'<span class="phase phase-{esc(name)} status-{esc(state)}{current}">'
+            f'<span class="phase-name">{esc(name)}</span> <b>{esc(state)}</b>'
+            f'<span class="phase-calls">{esc(call["calls"])} calls · last {esc(last)}</span></span>'
+        )
+    return f'<div class="phases">{"".join(cells)}</div>'
+
+
 def step_item(step: Mapping[str, Any]) -> str:
     """One step of the timeline, with its attempts and (folded) request and answers."""
     data = {k: step[k] for k in ("execute_data", "result", "compensate_data") if step[k]}
     error = f'<p class="error">{esc(step["error"])}</p>' if step["error"] else ""
     payload = f"<details><summary>request and answer</summary>{json_block(data)}</details>"
+    forward = "try" if step["phases"] else "action"
     return (
         f'<li class="step status-{esc(step["status"])}" id="step-{esc(step["order"])}">'
         f'<div class="step-head"><span class="order">#{esc(step["order"])}</span>'
         f"<strong>{esc(step['name'])}</strong>{badge(step['status'])}"
-        f'<span class="tries">action attempts {esc(step["retry_count"])}/'
-        f"{esc(step['max_retry_count'])}</span></div>{error}"
+        f'<span class="tries">{forward} attempts {esc(step["retry_count"])}/'
+        f"{esc(step['max_retry_count'])}</span></div>{phases_strip(step)}{error}"
         f"{attempts_table(step['attempts'])}{payload if data else ''}</li>"
+    )
+
+
+def stage_item(stage: Mapping[str, Any], steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """One item of the timeline: a step, or a parallel group's members side by side."""
+    members = "".join(step_item(steps[name]) for name in stage["steps"] if name in steps)
+    if not stage["parallel"]:
+        return members
+    return (
+        f'<li class="stage parallel" id="stage-{esc(stage["stage"])}">'
+        f'<div class="stage-head">stage {esc(stage["stage"])} · parallel · '
+        f"{len(stage['steps'])} steps</div>"
+        f'<ol class="members">{members}</ol></li>'
     )
 
 
@@ -255,10 +289,12 @@ def action_buttons(saga: Mapping[str, Any]) -> str:
 
 def saga_detail(saga: Mapping[str, Any]) -> str:
     """A whole saga page body from ``views.detail_view``."""
-    steps = "".join(step_item(s) for s in saga["steps"])
+    by_name = {step["name"]: step for step in saga["steps"]}
+    steps = "".join(stage_item(stage, by_name) for stage in saga["stages"])
+    phase = f' <span class="saga-phase">{esc(saga["phase"])}</span>' if saga["phase"] else ""
     return (
         f'<nav class="crumbs"><a href="{DASHBOARD_PATH}">&larr; all sagas</a></nav>'
-        f"<h1>{esc(saga['name'])} {badge(saga['status'])}</h1>"
+        f"<h1>{esc(saga['name'])} {badge(saga['status'])}{phase}</h1>"
         f"{action_buttons(saga)}{saga_facts(saga)}"
         f'<h2>Step timeline</h2><ol class="timeline">{steps}</ol>'
         f"<h2>Events</h2>{events_table(saga['events'])}"

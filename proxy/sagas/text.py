@@ -1,7 +1,8 @@
 """Plain-text rendering of the saga views for ``saga-sidecar sagas`` (the readable default).
 
-Input is the redacted JSON of ``saga_runner.views``; output is aligned columns for a list and an
-indented step timeline for one saga. Control characters in stored values (which are user input)
+Input is the redacted JSON of ``saga_runner.views``; output is aligned columns for a list and, for
+one saga, its stages (a parallel group's members side by side on one line), then an indented step
+timeline (a TCC step with how its try, confirm and cancel went). Control characters in stored values (which are user input)
 are shown escaped, so a saga cannot rewrite the operator's terminal.
 """
 
@@ -71,23 +72,48 @@ def _attempt_line(attempt: Mapping[str, Any]) -> str:
     )
 
 
+def _phase_text(name: str, call: Mapping[str, Any]) -> str:
+    """``try: succeeded (1 call, last 201)``; ``confirm: -`` for a call never made."""
+    if not call["calls"] and call["status"] is None:
+        return f"{name}: -"
+    last = call["last_status_code"] if call["last_status_code"] is not None else call["last_error"]
+    calls = f"{call['calls']} call{'s' if call['calls'] != 1 else ''}, last {clean(last)}"
+    return f"{name}: {call['status'] or 'ended'} ({calls})"
+
+
 def _step_lines(step: Mapping[str, Any]) -> list[str]:
+    forward = "try" if step["phases"] else "action"
     lines = [
-        f"  #{step['order']} {clean(step['name'])}  {step['status']}  "
-        f"(action attempts {step['retry_count']}/{step['max_retry_count']})"
+        f"  #{step['order']} {clean(step['name'])}  stage {step['stage']}  {step['status']}  "
+        f"({forward} attempts {step['retry_count']}/{step['max_retry_count']})"
     ]
+    if step["phases"]:
+        lines.append("      " + "   ".join(_phase_text(n, c) for n, c in step["phases"].items()))
     if step["error"]:
         lines.append(f"      error: {clean(step['error'])}")
     lines += [_attempt_line(a) for a in step["attempts"]]
     return lines
 
 
+def stage_lines(saga: Mapping[str, Any]) -> list[str]:
+    """One line per stage, a parallel group's members side by side: ``name status | ...``."""
+    status = {step["name"]: step["status"] for step in saga["steps"]}
+    lines = []
+    for stage in saga["stages"]:
+        members = " | ".join(f"{clean(n)} {status.get(n, '-')}" for n in stage["steps"])
+        shape = "  (parallel)" if stage["parallel"] else ""
+        lines.append(f"  {stage['stage']}  {members}{shape}")
+    return lines
+
+
 def detail_text(saga: Mapping[str, Any]) -> str:
-    """One saga of ``views.detail_view``: facts, step timeline, events, input."""
+    """One saga of ``views.detail_view``: facts, stages, step timeline, events, input."""
     facts = [
         ("saga", saga["id"]),
         ("name", saga["name"]),
         ("status", saga["status"]),
+        ("kind", saga["kind"]),
+        *([("phase", saga["phase"])] if saga["phase"] else []),
         ("business id", saga["business_id"]),
         ("failure", saga["failure_reason"]),
         ("failed step", saga["failed_step"]),
@@ -99,6 +125,8 @@ def detail_text(saga: Mapping[str, Any]) -> str:
         ("compensated", saga["compensated_at"]),
     ]
     lines = [f"{label + ':':<14}{clean(value)}" for label, value in facts]
+    lines.append("stages:")
+    lines += stage_lines(saga)
     lines.append("steps:")
     for step in saga["steps"]:
         lines += _step_lines(step)

@@ -52,6 +52,8 @@ async def shop(upstream_server: Callable[..., Awaitable[Upstream]]) -> AsyncIter
     fake.url = served.url
     yield fake
     fake.release_charge.set()
+    for gate, _ in fake.gates.values():
+        gate.set()
 
 
 @dataclass(frozen=True)

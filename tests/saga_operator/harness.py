@@ -1,6 +1,7 @@
 """Helpers of the operator suite: a sidecar config with a real saga, seeding, polling, the CLI.
 
-``write_config`` writes a sidecar config (and the ``order`` saga under ``sagas/``) that both the
+``write_config`` writes a sidecar config (and the ``order`` saga and the two shapes of
+``saga_operator.shapes`` under ``sagas/``) that both the
 in-process sidecar and ``saga-sidecar sagas ...`` subprocesses read, so they share one store.
 ``Seeder`` creates sagas directly through the store API in any status, one second apart.
 """
@@ -23,6 +24,7 @@ import aiohttp
 import yaml
 from saga_store.helpers import FakeClock, saga_change
 
+from saga_operator.shapes import SHAPE_SAGAS
 from saga_runner.definition import load_definition
 from saga_runner.records import NewStep, SagaInstance
 from saga_runner.redact import Redactor
@@ -88,9 +90,11 @@ SEAL_KEY = "c2FnYS1zaWRlY2FyIHRlc3Qgc2VhbCBrZXkgMzIgYnk="
 
 
 def write_config(directory: Path, store_url: str, shop_url: str, token: str = "") -> Path:
-    """Write ``sidecar.yaml`` and ``sagas/order.yaml`` into ``directory``; return the config."""
+    """Write ``sidecar.yaml`` and ``sagas/`` (``order``, ``checkout``, ``transfer``) into
+    ``directory``; return the config."""
     (directory / "sagas").mkdir(parents=True, exist_ok=True)
-    (directory / "sagas" / "order.yaml").write_text(yaml.safe_dump(ORDER_SAGA), "utf-8")
+    for saga in (ORDER_SAGA, *SHAPE_SAGAS):
+        (directory / "sagas" / f"{saga['name']}.yaml").write_text(yaml.safe_dump(saga), "utf-8")
     config = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0", "token": token},

@@ -7,6 +7,7 @@ Set ``DASHBOARD_SCREENSHOT_DIR=docs`` to refresh ``docs/dashboard.png`` (the lis
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import pytest
 from saga_operator.browser import Tab, dump_dom, open_page, screenshot
 from saga_operator.conftest import Sidecar
 from saga_operator.harness import TERMINAL, TOKEN, Seeder, wait_for_status
+from saga_operator.shapes import GROUP, start
 from saga_operator.shop import Shop
 from saga_runner.states import SagaStatus
 
@@ -293,3 +295,53 @@ async def test_buttons_offered_follow_the_sagas_status(scene: Scene) -> None:
     )
     offered = [re.findall(r'data-action="(\w+)"', dom) for dom in pages]
     assert offered == [["retry"], ["retry", "abort"], []]
+
+
+MEMBER_BOXES = """[...document.querySelectorAll('#stage-0 .members > .step')].map((e) => {
+  const box = e.getBoundingClientRect();
+  return [e.querySelector('strong').textContent, box.left, box.top, box.right, box.bottom];
+})"""
+CHARGE_TOP = "document.querySelector('#step-3').getBoundingClientRect().top"
+PHASES = """[...document.querySelectorAll('.step')].map((step) => [
+  step.querySelector('strong').textContent,
+  [...step.querySelectorAll('.phase')].map((cell) => [
+    cell.querySelector('.phase-name').textContent,
+    cell.querySelector('b').textContent,
+    cell.classList.contains('current'),
+    cell.getBoundingClientRect().height > 0,
+  ]),
+])"""
+
+
+async def test_a_groups_members_are_drawn_side_by_side_and_tcc_phases_are_shown(
+    make_sidecar: MakeSidecar, shop: Shop, client: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar()
+    shop.refuses.add("POST /shape/fraud")
+    group = await start(client, sidecar, "checkout")
+    await wait_for_status(client, sidecar.admin_url, group, TERMINAL)
+    shop.refuses = {"POST /shape/credit"}
+    transfer = await start(client, sidecar, "transfer")
+    await wait_for_status(client, sidecar.admin_url, transfer, TERMINAL)
+
+    async with open_page(f"{sidecar.admin_url}/dashboard/sagas/{group}?refresh=0") as tab:
+        boxes = await tab.evaluate(MEMBER_BOXES)
+        charge_top = await tab.evaluate(CHARGE_TOP)
+        head = await tab.evaluate("document.querySelector('#stage-0 .stage-head').textContent")
+    assert [name for name, *_ in boxes] == list(GROUP)
+    assert len({round(top) for _, _, top, _, _ in boxes}) == 1, f"not on one row: {boxes}"
+    for (_, _, _, right, _), (_, left, _, _, _) in itertools.pairwise(boxes):
+        assert right <= left, f"members overlap or are not left to right: {boxes}"
+    assert charge_top > max(bottom for *_, bottom in boxes), "the next stage is below the group"
+    assert head == "stage 0 · parallel · 3 steps"
+
+    async with open_page(f"{sidecar.admin_url}/dashboard/sagas/{transfer}?refresh=0") as tab:
+        phase = await tab.evaluate("document.querySelector('h1 .saga-phase').textContent")
+        phases = await tab.evaluate(PHASES)
+    assert phase == "cancel"
+    assert phases == [
+        ["debit", [["try", "ended", False, True], ["confirm", "-", False, True],
+                   ["cancel", "compensated", True, True]]],
+        ["credit", [["try", "ended", False, True], ["confirm", "-", False, True],
+                    ["cancel", "compensated", True, True]]],
+    ]  # fmt: skip
