@@ -39,7 +39,14 @@ Try, in another terminal:
   sleep 1; curl -si -X POST http://127.0.0.1:8080/charges -H 'Idempotency-Key: slow-1' \
        -H 'Content-Type: application/json' -d '{"amount": 7, "delay": 5}'
 
-  # a failed saga and its operator retry: see the README's tour, step 4
+  # saga shapes: a checkout's parallel group (coupon EXPIRED: the group is undone), a TCC transfer
+  curl -si -X POST http://127.0.0.1:8080/api/v1/checkouts -H 'Content-Type: application/json' \
+       -d '{"order_no": "C-1", "sku": "book", "amount": 30, "coupon": "EXPIRED"}'
+  curl -si -X POST http://127.0.0.1:8080/api/v1/transfers -H 'Content-Type: application/json' \
+       -d '{"from": "acc-1", "to": "acc-2", "amount": 25}'
+  curl -s http://127.0.0.1:3002/accounts
+
+  # a failed saga and its operator retry: see the README's tour, step 5
   curl -s -X PUT http://127.0.0.1:3002/refunds/outage
   curl -si -X POST http://127.0.0.1:8080/api/v1/withdrawals -H 'Idempotency-Key: wd-1' \
        -H 'Content-Type: application/json' -d '{"account": "acc-1", "amount": 50, "iban": "INVALID"}'

@@ -84,8 +84,9 @@ def _phase_text(name: str, call: Mapping[str, Any]) -> str:
 def _step_lines(step: Mapping[str, Any]) -> list[str]:
     forward = "try" if step["phases"] else "action"
     lines = [
-        f"  #{step['order']} {clean(step['name'])}  stage {step['stage']}  {step['status']}  "
-        f"({forward} attempts {step['retry_count']}/{step['max_retry_count']})"
+        f"  #{step['order']} {clean(step['name'])}  {step['status']}  "
+        f"({forward} attempts {step['retry_count']}/{step['max_retry_count']})  "
+        f"stage {step['stage']}"
     ]
     if step["phases"]:
         lines.append("      " + "   ".join(_phase_text(n, c) for n, c in step["phases"].items()))

@@ -6,11 +6,16 @@ its wall-clock time, path, ``Idempotency-Key`` and ``Saga-Id``. Two calls carryi
 ``Saga-Id`` that are in flight at the same time are recorded in ``overlaps``: a saga executed by
 two replicas at once. ``script(path, ...)`` decides how a path answers: after a delay (all calls
 or only a key's first), held until a gate opens, or failing a number of times first.
+
+``Ledger(dedup=True)`` is an idempotent service: the first call of each ``Idempotency-Key``
+takes effect (``effects(key)`` counts them), and every later call with that key, in flight or
+after, gets the first one's answer (marked ``Idempotent-Replayed: true``) without taking effect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -58,8 +63,11 @@ class Script:
 class Ledger:
     """Records every call; answers as scripted per path (default: 200 at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dedup: bool = False) -> None:
+        self.dedup = dedup
         self.calls: list[Call] = []
+        self._effects: Counter[str] = Counter()
+        self._answers: dict[str, asyncio.Future[tuple[int, Any]]] = {}
         self.overlaps: list[tuple[str, str]] = []
         self.scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
@@ -96,6 +104,11 @@ class Ledger:
         with self._lock:
             return sum(1 for c in self.calls if c.key == key)
 
+    def effects(self, key: str) -> int:
+        """How many calls with ``Idempotency-Key: key`` took effect (``dedup``: at most one)."""
+        with self._lock:
+            return self._effects[key]
+
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
         call = Call(
@@ -115,6 +128,10 @@ class Ledger:
                     self.overlaps.append((call.saga_id, call.path))
                 self._in_flight[call.saga_id] += 1
         try:
+            if self.dedup and call.key is not None:
+                return await self._once(call, nth, call.key)
+            with self._lock:
+                self._effects[call.key or ""] += 1
             return await self._answer(call, nth)
         finally:
             if call.saga_id is not None:
@@ -136,3 +153,18 @@ class Ledger:
             {"id": f"{call.path.strip('/').replace('/', '-')}-{nth}", "key": call.key},
             status=script.status,
         )
+
+    async def _once(self, call: Call, nth: int, key: str) -> web.Response:
+        """The first call of ``key`` takes effect; the others get its answer."""
+        with self._lock:
+            first = self._answers.get(key)
+            if first is None:
+                self._answers[key] = asyncio.get_running_loop().create_future()
+                self._effects[key] += 1
+        if first is not None:
+            status, body = await asyncio.shield(first)
+            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
+        response = await self._answer(call, nth)
+        assert isinstance(response.body, bytes)
+        self._answers[key].set_result((response.status, json.loads(response.body)))
+        return response

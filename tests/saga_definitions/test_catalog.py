@@ -36,14 +36,20 @@ def test_bundled_config_glob_loads_the_demo_sagas() -> None:
     catalog = load_definitions(REPO / "config", ["sagas/*.yaml"], SERVICES, env={})
     payment = catalog.by_name["payment"]
     withdrawal = catalog.by_name["withdrawal"]
+    checkout = catalog.by_name["checkout"]
+    transfer = catalog.by_name["transfer"]
     assert catalog.by_route[("POST", "/api/v1/payments")] is payment
     assert catalog.by_hash[payment.definition_hash] is payment
     assert catalog.match("post", "/api/v1/payments") is payment
     assert catalog.match("GET", "/api/v1/payments") is None
     assert catalog.match("POST", "/api/v1/withdrawals") is withdrawal
     assert catalog.sources["payment"] == (REPO / "config" / "sagas" / "payment.yaml").resolve()
-    assert sorted(catalog, key=lambda d: d.name) == [payment, withdrawal]
-    assert len(catalog) == 2
+    assert catalog.match("POST", "/api/v1/checkouts") is checkout
+    assert catalog.match("POST", "/api/v1/transfers") is transfer
+    assert [len(stage.orders) for stage in checkout.stages] == [3, 1]  # a group, then the charge
+    assert (checkout.kind, transfer.kind) == ("saga", "tcc")
+    assert sorted(catalog, key=lambda d: d.name) == [checkout, payment, transfer, withdrawal]
+    assert len(catalog) == 4
 
 
 def test_every_matching_file_is_loaded_once(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ async def test_show_lists_a_groups_members_side_by_side_by_stage(
     assert "kind:         saga" in lines
     assert "  0  reserve compensated | coupon compensated | fraud failed  (parallel)" in lines
     assert "  1  charge pending" in lines
-    assert "  #2 fraud  stage 0  failed  (action attempts 1/1)" in lines
+    assert "  #2 fraud  failed  (action attempts 1/1)  stage 0" in lines
 
 
 async def test_show_has_a_tcc_sagas_phase_and_each_steps_try_confirm_and_cancel(
