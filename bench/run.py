@@ -132,7 +132,9 @@ def main() -> int:
     results = Results(extra={"commit": commit(), "load_start": extras.loadavg()})
     stack = Stack(rundir.resolve(), settings.workers)
     try:
-        stack.start(with_sagas=any(settings.wants(s) for s in SCENARIOS if s.script == "saga"))
+        stack.start(
+            with_sagas=any(settings.wants(s) for s in SCENARIOS if s.target.startswith("saga"))
+        )
         print(f"warming up; results in {rundir}", file=sys.stderr)
         run_round(stack, settings, Results(), 1.0)
         for number in range(settings.rounds):

@@ -55,6 +55,13 @@ SCENARIOS = (
         connections=32,
     ),
     Scenario("saga.sqlite", "2-step saga, SQLite", "saga-sqlite", "saga", connections=32),
+    Scenario(
+        "saga.pg-parallel",
+        "3-member parallel saga, PostgreSQL",
+        "saga-pg",
+        "saga_parallel",
+        connections=32,
+    ),
 )
 
 

@@ -2,8 +2,9 @@
 
 Input is the redacted JSON of ``saga_runner.views``; output is aligned columns for a list and, for
 one saga, its stages (a parallel group's members side by side on one line), then an indented step
-timeline (a TCC step with how its try, confirm and cancel went). Control characters in stored values (which are user input)
-are shown escaped, so a saga cannot rewrite the operator's terminal.
+timeline (a TCC step with how its try, confirm and cancel went). Control characters in stored
+values (which are user input) are shown escaped, so a saga cannot rewrite the operator's
+terminal.
 """
 
 from __future__ import annotations

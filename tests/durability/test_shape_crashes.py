@@ -24,9 +24,7 @@ MEMBERS = ("a", "b", "c")
 
 
 @pytest.fixture
-def effects(
-    cluster: SagaCluster, app_in_thread: Callable[..., Upstream]
-) -> Iterator[Ledger]:
+def effects(cluster: SagaCluster, app_in_thread: Callable[..., Upstream]) -> Iterator[Ledger]:
     """An idempotent recording service, named ``effects`` in the cluster's configs."""
     ledger = Ledger(dedup=True)
     upstream = app_in_thread(ledger.app())
@@ -74,18 +72,32 @@ def verbs_of(ledger: Ledger, saga_id: str, name: str) -> list[str]:
     return [c.path.split("/")[2] for c in ledger.of_saga(saga_id) if c.path.split("/")[1] == name]
 
 
+async def crash_mid_call(
+    cluster: SagaCluster,
+    http: aiohttp.ClientSession,
+    doc: dict[str, Any],
+    reached: Callable[[str], Callable[[], bool]],
+) -> str:
+    """Run saga ``doc`` on one process, ``kill -9`` it once ``reached(saga_id)()`` holds, start
+    another process; return the saga's id."""
+    cluster.write_saga(doc)
+    first = cluster.start()
+    saga_id = await cluster.trigger(http, first, doc["name"], {"order": "O-1"})
+    await eventually(reached(saga_id), "the calls to crash in reached the service")
+    kill(first)
+    cluster.start()
+    return saga_id
+
+
 async def test_killed_while_a_group_is_in_flight_another_process_finishes_it_each_effect_once(
     cluster: SagaCluster, effects: Ledger, pg: Db, http: aiohttp.ClientSession
 ) -> None:
     effects.script("/b", delay=2.0)
     effects.script("/c", delay=2.0)
-    cluster.write_saga(group_saga())
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "grouped", {"order": "G-1"})
-    await eventually(in_flight(effects, saga_id, ("/a", "/b", "/c")), "members mid-call")
-    kill(first)
-
-    cluster.start()
+    members = tuple(f"/{m}" for m in MEMBERS)
+    saga_id = await crash_mid_call(
+        cluster, http, group_saga(), lambda saga: in_flight(effects, saga, members)
+    )
     row = await pg.wait_status(saga_id)
 
     assert row["status"] == "completed"
@@ -101,13 +113,10 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
 ) -> None:
     effects.script("/b", delay=2.0)
     effects.script("/c", status=409)
-    cluster.write_saga(group_saga())
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "grouped", {"order": "G-2"})
-    await eventually(in_flight(effects, saga_id, ("/a", "/b", "/c")), "c refused, b mid-call")
-    kill(first)
-
-    cluster.start()
+    members = tuple(f"/{m}" for m in MEMBERS)  # c refused at once, b mid-call
+    saga_id = await crash_mid_call(
+        cluster, http, group_saga(), lambda saga: in_flight(effects, saga, members)
+    )
     row = await pg.wait_status(saga_id)
 
     assert row["status"] == "compensated"
@@ -121,7 +130,12 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
     assert effects.effects(f"{saga_id}:c:compensation") == 1
     assert not effects.calls_to("/last", saga_id)
     statuses = {s["step_name"]: s["status"] for s in await pg.steps(saga_id)}
-    assert statuses == {"a": "compensated", "b": "compensated", "c": "compensated", "last": "pending"}
+    assert statuses == {
+        "a": "compensated",
+        "b": "compensated",
+        "c": "compensated",
+        "last": "pending",
+    }
 
 
 @pytest.mark.parametrize("delayed", ["confirm", "cancel"])
@@ -133,15 +147,11 @@ async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_the
         effects.script(f"/{name}/{delayed}", delay=2.0)
     if delayed == "cancel":
         effects.script("/fee/try", status=409)
-    cluster.write_saga(tcc_saga())
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "transfer", {"order": "T-1"})
     waiting = ("credit", "fee") if delayed == "cancel" else names
     paths = tuple(f"/{name}/{delayed}" for name in waiting)
-    await eventually(in_flight(effects, saga_id, paths), f"{delayed}s mid-call")
-    kill(first)
-
-    cluster.start()
+    saga_id = await crash_mid_call(
+        cluster, http, tcc_saga(), lambda saga: in_flight(effects, saga, paths)
+    )
     row = await pg.wait_status(saga_id)
 
     assert row["status"] == ("completed" if delayed == "confirm" else "compensated")
@@ -154,4 +164,3 @@ async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_the
     assert {s["phase"] for s in steps} == {delayed}
     expected = "succeeded" if delayed == "confirm" else "compensated"
     assert [s["status"] for s in steps] == [expected] * 3
-

@@ -97,8 +97,9 @@ async def test_show_has_a_tcc_sagas_phase_and_each_steps_try_confirm_and_cancel(
     shown = await run_cli("sagas", "show", cancelled, "--config", sidecar.config_path)
     assert shown.code == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert ["kind:         tcc", "phase:        cancel"] == [
-        line for line in lines if line.startswith(("kind:", "phase:"))
+    assert [line for line in lines if line.startswith(("kind:", "phase:"))] == [
+        "kind:         tcc",
+        "phase:        cancel",
     ]
     assert (
         "      try: ended (1 call, last 409)   confirm: -   cancel: compensated (1 call, last 200)"
@@ -106,23 +107,32 @@ async def test_show_has_a_tcc_sagas_phase_and_each_steps_try_confirm_and_cancel(
     )
 
 
+async def abort_mid_call(
+    client: aiohttp.ClientSession, sidecar: Sidecar, shop: Shop, saga: str, held: str
+) -> dict[str, Any]:
+    """Start ``saga``, abort it while the call ``held`` is in flight, release the call; return
+    the saga once the abort ended it ``compensated``. A group's call in flight is left to
+    finish (nothing is undone meanwhile); a single step's is cut off, as in a plain saga."""
+    gate, entered = shop.hold(held)
+    saga_id = await start(client, sidecar, saga)
+    await entered.wait()
+    status, accepted = await post(client, f"{sidecar.admin_url}/sagas/{saga_id}/abort")
+    assert status == 202, accepted
+    if saga == "checkout":
+        _, meanwhile = await get_json(client, f"{sidecar.admin_url}/sagas/{saga_id}", TOKEN)
+        assert meanwhile["status"] == "running", "the call in flight is left to finish"
+        assert not any(c.startswith("DELETE") for c in shop.calls)
+    gate.set()
+    return await wait_for_status(
+        client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN, event="abort_finished"
+    )
+
+
 async def test_abort_of_a_group_in_flight_lets_the_call_finish_then_compensates_every_member(
     make_sidecar: MakeSidecar, shop: Shop, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(token=TOKEN)
-    gate, entered = shop.hold("POST /shape/fraud")
-    saga_id = await start(client, sidecar, "checkout")
-    await entered.wait()
-
-    status, accepted = await post(client, f"{sidecar.admin_url}/sagas/{saga_id}/abort")
-    assert status == 202, accepted
-    _, meanwhile = await get_json(client, f"{sidecar.admin_url}/sagas/{saga_id}", TOKEN)
-    assert meanwhile["status"] == "running", "the call in flight is left to finish"
-    assert not any(c.startswith("DELETE") for c in shop.calls)
-    gate.set()
-    saga = await wait_for_status(
-        client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN, event="abort_finished"
-    )
+    saga = await abort_mid_call(client, sidecar, shop, "checkout", "POST /shape/fraud")
 
     assert saga["failure_reason"].startswith("aborted by admin-api:")
     assert calls(saga) == {
@@ -140,15 +150,8 @@ async def test_abort_of_a_tcc_saga_cancels_its_tries_and_is_refused_once_it_conf
     make_sidecar: MakeSidecar, shop: Shop, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(token=TOKEN)
-    gate, entered = shop.hold("POST /shape/credit")
-    trying = await start(client, sidecar, "transfer")
-    await entered.wait()
-    status, _ = await post(client, f"{sidecar.admin_url}/sagas/{trying}/abort")
-    assert status == 202
-    gate.set()
-    cancelled = await wait_for_status(
-        client, sidecar.admin_url, trying, {"compensated"}, TOKEN, event="abort_finished"
-    )
+    cancelled = await abort_mid_call(client, sidecar, shop, "transfer", "POST /shape/credit")
+    trying = cancelled["id"]
     assert cancelled["phase"] == "cancel"
     assert [c for c in shop.calls if c.startswith("DELETE")] == [
         f"DELETE /shape/credit/{trying}",
@@ -167,22 +170,32 @@ async def test_abort_of_a_tcc_saga_cancels_its_tries_and_is_refused_once_it_conf
     assert calls(done)["debit"] == [("try", 201), ("confirm", 201)]
 
 
+async def fail_then_retry(
+    client: aiohttp.ClientSession, sidecar: Sidecar, shop: Shop, saga: str, ends: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``saga`` until it ends ``failed`` (``shop.fails`` set by the caller), clear the
+    failures, retry it over the admin API; return the saga as it failed and as it ``ends``."""
+    saga_id = await start(client, sidecar, saga)
+    failed = await wait_for_status(client, sidecar.admin_url, saga_id, TERMINAL, TOKEN)
+    assert failed["status"] == "failed", failed
+    shop.fails.clear()
+    status, accepted = await post(client, f"{sidecar.admin_url}/sagas/{saga_id}/retry")
+    assert status == 202, accepted
+    ended = await wait_for_status(
+        client, sidecar.admin_url, saga_id, {ends}, TOKEN, event="retry_finished"
+    )
+    return failed, ended
+
+
 async def test_retry_of_a_tcc_saga_whose_confirm_ran_out_confirms_again_never_cancels(
     make_sidecar: MakeSidecar, shop: Shop, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(token=TOKEN)
     shop.fails.add("POST /shape/credit/*/confirm")
-    saga_id = await start(client, sidecar, "transfer")
-    failed = await wait_for_status(client, sidecar.admin_url, saga_id, TERMINAL, TOKEN)
-    assert (failed["status"], failed["phase"]) == ("failed", "confirm")
-    assert failed["steps"][1]["phases"]["confirm"]["status"] == "failed"
+    failed, saga = await fail_then_retry(client, sidecar, shop, "transfer", "completed")
 
-    shop.fails.clear()
-    status, accepted = await post(client, f"{sidecar.admin_url}/sagas/{saga_id}/retry")
-    assert status == 202, accepted
-    saga = await wait_for_status(
-        client, sidecar.admin_url, saga_id, {"completed"}, TOKEN, event="retry_finished"
-    )
+    assert failed["phase"] == "confirm"
+    assert failed["steps"][1]["phases"]["confirm"]["status"] == "failed"
     assert calls(saga)["credit"] == [
         ("try", 201),
         ("confirm", 500),
@@ -198,26 +211,18 @@ async def test_retry_of_a_group_whose_member_undo_ran_out_compensates_it(
     sidecar = await make_sidecar(token=TOKEN)
     shop.refuses.add("POST /shape/charge")
     shop.fails.add("DELETE /shape/coupon/*")
-    saga_id = await start(client, sidecar, "checkout")
-    failed = await wait_for_status(client, sidecar.admin_url, saga_id, TERMINAL, TOKEN)
-    assert failed["status"] == "failed"
+    failed, saga = await fail_then_retry(client, sidecar, shop, "checkout", "compensated")
+
     assert [s["status"] for s in failed["steps"]] == [
         "compensated",
         "compensation_failed",
         "compensated",
         "failed",
     ]
-
-    shop.fails.clear()
-    status, _ = await post(client, f"{sidecar.admin_url}/sagas/{saga_id}/retry")
-    assert status == 202
-    saga = await wait_for_status(
-        client, sidecar.admin_url, saga_id, {"compensated"}, TOKEN, event="retry_finished"
-    )
     assert calls(saga)["coupon"] == [
         ("action", 201),
         ("compensation", 500),
         ("compensation", 500),
         ("compensation", 200),
     ]
-    assert shop.calls.count(f"DELETE /shape/reserve/{saga_id}") == 1
+    assert shop.calls.count(f"DELETE /shape/reserve/{saga['id']}") == 1
