@@ -186,7 +186,9 @@ def saga_facts(saga: Mapping[str, Any]) -> str:
     """The instance's fields as a definition list."""
     items = [f"<dt>status</dt><dd>{badge(saga['status'])}</dd>"]
     if saga["phase"]:
-        items.append(f'<dt>TCC phase</dt><dd class="saga-phase">{esc(saga["phase"])}</dd>')
+        items.append(
+            f'<dt>TCC phase</dt><dd><span class="saga-phase">{esc(saga["phase"])}</span></dd>'
+        )
     items += [f"<dt>{label}</dt><dd>{esc(saga[key] or '-')}</dd>" for label, key in FACTS]
     items += [f"<dt>{label}</dt><dd>{when(saga[key])}</dd>" for label, key in TIMES if saga[key]]
     return f'<dl class="facts">{"".join(items)}</dl>'
@@ -218,10 +220,11 @@ def phases_strip(step: Mapping[str, Any]) -> str:
         current = " current" if name == step["phase"] else ""
         state = call["status"] or ("-" if not call["calls"] else "ended")
         last = call["last_status_code"] if call["last_status_code"] is not None else "-"
+        calls = f"{call['calls']} call{'' if call['calls'] == 1 else 's'}"
         cells.append(
             f'<span class="phase phase-{esc(name)} status-{esc(state)}{current}">'
             f'<span class="phase-name">{esc(name)}</span> <b>{esc(state)}</b>'
-            f'<span class="phase-calls">{esc(call["calls"])} calls · last {esc(last)}</span></span>'
+            f'<span class="phase-calls">{esc(calls)} · last {esc(last)}</span></span>'
         )
     return f'<div class="phases">{"".join(cells)}</div>'
 
