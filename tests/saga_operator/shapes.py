@@ -2,7 +2,8 @@
 
 ``checkout``: ``parallel: [reserve, coupon, fraud]``, then ``charge`` (``POST /api/checkout``);
 each step is ``POST /shape/<step>``, undone by ``DELETE /shape/<step>/<saga id>``.
-``transfer`` (``kind: tcc``, ``POST /api/transfer``): ``debit`` then ``credit``, each tried with
+``transfer`` (``kind: tcc``, ``POST /api/transfer``): ``debit``, then ``parallel: [credit, fee]``,
+each tried with
 ``POST /shape/<step>``, confirmed with ``POST /shape/<step>/<saga id>/confirm`` and cancelled
 with ``DELETE /shape/<step>/<saga id>``. Both are async, with one forward attempt per step and
 two fast attempts per compensation, confirm and cancel.
@@ -59,7 +60,7 @@ TRANSFER_SAGA: dict[str, Any] = {
     "kind": "tcc",
     "trigger": {"method": "POST", "path": "/api/transfer"},
     "mode": "async",
-    "steps": [_tcc_step("debit"), _tcc_step("credit")],
+    "steps": [_tcc_step("debit"), {"parallel": [_tcc_step("credit"), _tcc_step("fee")]}],
 }
 
 SHAPE_SAGAS = (CHECKOUT_SAGA, TRANSFER_SAGA)

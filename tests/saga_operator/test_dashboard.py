@@ -344,4 +344,6 @@ async def test_a_groups_members_are_drawn_side_by_side_and_tcc_phases_are_shown(
                    ["cancel", "compensated", True, True]]],
         ["credit", [["try", "ended", False, True], ["confirm", "-", False, True],
                     ["cancel", "compensated", True, True]]],
+        ["fee", [["try", "ended", False, True], ["confirm", "-", False, True],
+                 ["cancel", "compensated", True, True]]],
     ]  # fmt: skip
