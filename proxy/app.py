@@ -19,20 +19,33 @@ from proxy.admin.dashboard import setup_dashboard_routes
 from proxy.admin.guard import admin_guard_middleware
 from proxy.admin.idempotency_api import setup_idempotency_admin_routes
 from proxy.admin.listener import admin_token_middleware, setup_admin_routes
+from proxy.admin.reload_api import setup_reload_route
 from proxy.admin.sagas_api import setup_saga_admin_routes
-from proxy.config import LoadedConfig
+from proxy.config import LiveConfig, LoadedConfig
 from proxy.forward_executor import ForwardExecutor
 from proxy.idempotency import idempotency_ctx
+from proxy.idempotency.executor import Executor
 from proxy.idempotency.middleware import guarded
-from proxy.keys import CONFIG, EXECUTORS, METRICS, PUBLIC_APP, READINESS, REQUEST_ID, SAGAS, TASKS
+from proxy.keys import (
+    CONFIG,
+    EXECUTORS,
+    METRICS,
+    PUBLIC_APP,
+    READINESS,
+    RELOADER,
+    REQUEST_ID,
+    SAGAS,
+    TASKS,
+)
 from proxy.logs import log_access, request_id_for
 from proxy.metrics import SidecarMetrics
 from proxy.paths import refuse_escape
 from proxy.problems import problem_for_failure, problems_middleware
 from proxy.readiness import Readiness
+from proxy.reload import Reloader
 from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 from proxy.sagas.brokers import brokers_ctx
-from proxy.sagas.routes import setup_saga_routes
+from proxy.sagas.routes import SagaTriggers
 from proxy.sagas.service import SagaService, saga_service_ctx
 from proxy.sagas.status import setup_status_routes
 
@@ -50,12 +63,12 @@ SERVER_NAME = "saga-sidecar"
 
 def _shared(
     app: web.Application,
-    loaded: LoadedConfig,
+    live: LiveConfig,
     metrics: SidecarMetrics,
     ready: Readiness,
     sagas: SagaService | None,
 ) -> None:
-    app[CONFIG] = loaded
+    app[CONFIG] = live
     app[METRICS] = metrics
     app[READINESS] = ready
     if sagas is not None:
@@ -109,13 +122,13 @@ def public_middleware(metrics: SidecarMetrics) -> Middleware:
 
 
 def build_public_app(
-    loaded: LoadedConfig,
+    live: LiveConfig,
     metrics: SidecarMetrics,
     ready: Readiness,
     sagas: SagaService | None = None,
 ) -> web.Application:
     """The proxy listener's application."""
-    limits = loaded.config.limits
+    limits = live.config.limits
     app = web.Application(
         middlewares=[public_middleware(metrics)],
         client_max_size=limits.max_request_body,
@@ -124,25 +137,29 @@ def build_public_app(
             "max_line_size": limits.max_header_size,
         },
     )
-    _shared(app, loaded, metrics, ready, sagas)
-    app[EXECUTORS] = {}
+    _shared(app, live, metrics, ready, sagas)
     app[TASKS] = new_task_scheduler()
     app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
         app.cleanup_ctx.append(brokers_ctx)  # before the saga service: closed after it stops
         app.cleanup_ctx.append(saga_service_ctx)
-        setup_status_routes(app)  # before the triggers: no trigger shadows it
-        setup_saga_routes(app)
+        setup_status_routes(app)  # a route of its own: the catch-all below never shadows it
     app.cleanup_ctx.append(task_scheduler_ctx)
-    forward = ForwardExecutor()  # the catch-all route, after the saga triggers
-    app.router.add_route("*", "/{tail:.*}", forward.handle)
-    app[EXECUTORS][forward.handle] = forward
+    # The catch-all route: the forwarder, or the saga triggers of the catalog loaded now in
+    # front of it (a reload changes them without touching the router).
+    forward = ForwardExecutor()
+    route: ForwardExecutor | SagaTriggers = forward
+    if sagas is not None:
+        route = SagaTriggers(sagas, forward, limits.read_timeout)
+    app.router.add_route("*", "/{tail:.*}", route.handle)
+    executors: dict[Handler, Executor] = {route.handle: route}
+    app[EXECUTORS] = executors
     return app
 
 
 def build_admin_app(
-    loaded: LoadedConfig,
+    live: LiveConfig,
     metrics: SidecarMetrics,
     ready: Readiness,
     sagas: SagaService | None = None,
@@ -151,8 +168,9 @@ def build_admin_app(
     app = web.Application(
         middlewares=[problems_middleware, admin_token_middleware, admin_guard_middleware]
     )
-    _shared(app, loaded, metrics, ready, sagas)
+    _shared(app, live, metrics, ready, sagas)
     setup_admin_routes(app)
+    setup_reload_route(app)
     setup_idempotency_admin_routes(app)
     if sagas is not None:
         setup_saga_admin_routes(app)
@@ -160,12 +178,21 @@ def build_admin_app(
     return app
 
 
-def build_apps(loaded: LoadedConfig) -> SidecarApps:
-    """Build both applications for one sidecar process."""
+def build_apps(loaded: LoadedConfig, *, signal_parent: bool = False) -> SidecarApps:
+    """Build both applications for one sidecar process.
+
+    Args:
+        loaded: the config the process started with.
+        signal_parent: this process is one of ``workers`` > 1: ``POST /reload`` sends SIGHUP to
+            the supervising parent, which passes it to every worker.
+    """
+    live = LiveConfig(loaded)
     metrics = SidecarMetrics()
     ready = Readiness()
     sagas = SagaService(loaded, metrics) if loaded.config.sagas is not None else None
-    public = build_public_app(loaded, metrics, ready, sagas)
-    admin = build_admin_app(loaded, metrics, ready, sagas)
+    public = build_public_app(live, metrics, ready, sagas)
+    admin = build_admin_app(live, metrics, ready, sagas)
     admin[PUBLIC_APP] = public  # operator retries/aborts run on the public app's scheduler
+    reloader = Reloader(live, public, metrics, signal_parent=signal_parent)
+    public[RELOADER] = admin[RELOADER] = reloader
     return SidecarApps(public=public, admin=admin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"saga-sidecar {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser(
-        "serve", help="run the proxy and admin listeners until SIGTERM/SIGINT, then drain"
+        "serve",
+        help="run the proxy and admin listeners until SIGTERM/SIGINT, then drain; SIGHUP "
+        "reloads the config and saga files",
     )
     _config_arg(serve_cmd)
     check_cmd = commands.add_parser(
@@ -148,7 +151,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the sidecar (``workers`` processes) until a stop signal."""
+    """Run the sidecar (``workers`` processes) until a stop signal; SIGHUP reloads."""
+    # Until the listeners handle it, a SIGHUP must not end the process (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = load_or_report(args.config)
     if loaded is None:
         return EXIT_INVALID

@@ -355,6 +355,21 @@ class RedactConfig(Model):
     fields: tuple[str, ...] = ("card_number", "cvv", "password")
 
 
+class ReloadConfig(Model):
+    """Hot reload (docs/OPERATIONS.md, Reloading): SIGHUP always reloads; ``watch`` also reloads
+    when the config file or a saga file changes, looked for every ``interval``."""
+
+    watch: bool = False
+    interval: Duration = 2.0
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
 class SidecarConfig(Model):
     """The whole sidecar config file. Only ``upstream.url`` is required."""
 
@@ -373,6 +388,7 @@ class SidecarConfig(Model):
     sagas: SagasConfig | None = None
     log: LogConfig = LogConfig()
     redact: RedactConfig = RedactConfig()
+    reload: ReloadConfig = ReloadConfig()
 
     @field_validator("listen")
     @classmethod
@@ -434,6 +450,29 @@ class LoadedConfig(Model):
     def base_dir(self) -> Path:
         """The directory relative paths in the config (saga globs, sqlite files) resolve against."""
         return self.path.parent
+
+
+class LiveConfig:
+    """The config in effect, which a reload (``proxy.reload``) replaces as a whole.
+
+    The apps hold one under ``proxy.keys.CONFIG``; code that reads a reloadable setting reads
+    ``.config`` when it needs the value, and never keeps the section it got.
+    """
+
+    __slots__ = ("loaded",)
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+
+    @property
+    def config(self) -> SidecarConfig:
+        """The settings in effect now."""
+        return self.loaded.config
+
+    @property
+    def path(self) -> Path:
+        """The config file (absolute)."""
+        return self.loaded.path
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> LoadedConfig:

@@ -8,16 +8,18 @@ from aiohttp import web
 from aiojobs import Scheduler
 
 if TYPE_CHECKING:
-    from proxy.config import LoadedConfig
+    from proxy.config import LiveConfig
     from proxy.forward import Forwarder
     from proxy.idempotency.executor import Executor, Handler
     from proxy.idempotency.keys import KeyScoper
     from proxy.metrics import SidecarMetrics
     from proxy.readiness import Readiness
+    from proxy.reload import Reloader
     from proxy.sagas.service import SagaService
     from saga_runner.brokers.registry import BrokerRegistry
 
-CONFIG: web.AppKey[LoadedConfig] = web.AppKey("config")
+# The config in effect (a reload replaces what it holds): read ``.config`` per use.
+CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 METRICS: web.AppKey[SidecarMetrics] = web.AppKey("metrics")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 TASKS: web.AppKey[Scheduler] = web.AppKey("tasks")
@@ -35,6 +37,8 @@ KEY_SCOPER: web.AppKey[KeyScoper] = web.AppKey("key_scoper")
 # On the admin app: the public app, whose TASKS scheduler runs operator retries and aborts (it is
 # drained at shutdown before the saga runtime closes).
 PUBLIC_APP: web.AppKey[web.Application] = web.AppKey("public_app")
+# On both apps: what re-reads the config and saga files (SIGHUP, the file watch, POST /reload).
+RELOADER: web.AppKey[Reloader] = web.AppKey("reloader")
 
 # Typed request keys: aiohttp 3.14 warns (NotAppKeyWarning) on plain string keys.
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -162,6 +162,21 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        self.config_reload_failures = Counter(
+            "config_reload_failures",
+            "Reloads refused because a file was invalid (the config in effect was kept)",
+            registry=r,
+        )
+        self.config_last_reload_success = Gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "When the config in effect was loaded (start, or the last successful reload)",
+            registry=r,
+        )
+        self.config_last_reload_successful = Gauge(
+            "config_last_reload_successful",
+            "1 when the last reload succeeded (or none was tried yet), 0 when it was refused",
+            registry=r,
+        )
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.
         self._http_children: dict[tuple[str, int], Counter] = {}

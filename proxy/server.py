@@ -2,6 +2,8 @@
 
 On a stop signal the public listener stops accepting at once, in-flight requests get up to
 ``shutdown_grace`` to finish, tracked background tasks are drained, then stores and pools close.
+SIGHUP (and, with ``reload.watch``, a change of the files) reloads the config and the saga
+files (``proxy.reload``).
 With ``workers`` > 1 this runs in every worker process (``proxy.workers``): all bind the public
 address with SO_REUSEPORT, worker 0 alone binds the admin address, and the others serve their
 metrics on a Unix socket that worker 0's ``/metrics`` sums.
@@ -13,13 +15,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+from functools import partial
 
 from aiohttp import web
 
 from proxy.app import build_apps
 from proxy.config import LoadedConfig, split_hostport
-from proxy.keys import READINESS
+from proxy.keys import READINESS, RELOADER
 from proxy.limits import LimitedAppRunner
+from proxy.reload import watch
 from proxy.workers import WorkerSlot, metrics_app, pod_metrics_middleware
 
 log = logging.getLogger("saga_sidecar.server")
@@ -69,7 +73,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    apps = build_apps(loaded)
+    apps = build_apps(loaded, signal_parent=worker is not None)
+    reloader = apps.public[RELOADER]
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
     public = LimitedAppRunner(
         apps.public,
         read_timeout=config.limits.read_timeout,
@@ -89,6 +96,7 @@ async def serve(
     admin = LimitedAppRunner(
         admin_app, read_timeout=config.limits.read_timeout, shutdown_timeout=2.0, access_log=None
     )
+    reloading: list[asyncio.Task[None]] = []
     try:
         await start_site(public, config.listen, reuse_port=worker is not None)
         if worker is None or worker.serves_admin:
@@ -99,10 +107,20 @@ async def serve(
         admin_listen = config.admin.listen if worker is None or worker.serves_admin else None
         where = {"listen": config.listen, "admin": admin_listen}
         log.info("listening", extra=where | ({"worker": worker.index} if worker else {}))
+        # A SIGHUP that came during start is acted on now, with everything open.
+        reloading.append(asyncio.create_task(reloader.run()))
+        if config.reload.watch:
+            changed = partial(reloader.request, "watch")
+            reloading.append(
+                asyncio.create_task(watch(reloader.live, config.reload.interval, changed))
+            )
         await stop.wait()
         apps.public[READINESS].mark_draining()
         log.info("stop signal received, draining", extra={"grace_s": config.shutdown_grace})
     finally:
+        for task in reloading:
+            task.cancel()
+        await asyncio.gather(*reloading, return_exceptions=True)
         await public.cleanup()
         await admin.cleanup()
     log.info("stopped")

@@ -2,9 +2,10 @@
 
 The parent forks the workers before any event loop exists and then only supervises: it forwards
 SIGTERM/SIGINT to every worker (each drains its own in-flight requests within
-``shutdown_grace``), waits for them, and exits 0 when they all did. A worker that exits on its own
-(a crash, a port it cannot bind) stops the others and the parent exits 1, so the orchestrator
-restarts the whole pod instead of running on with fewer processes than configured.
+``shutdown_grace``), waits for them, and exits 0 when they all did. It forwards SIGHUP too: each
+worker reloads the config and saga files on its own (``proxy.reload``). A worker that exits on
+its own (a crash, a port it cannot bind) stops the others and the parent exits 1, so the
+orchestrator restarts the whole pod instead of running on with fewer processes than configured.
 
 Every worker binds the public address with SO_REUSEPORT and the kernel spreads connections over
 them. Only worker 0 binds the admin address (probes, saga API, dashboard, ``/metrics``); the
@@ -13,8 +14,9 @@ others serve their own metrics on a Unix socket in a private runtime directory, 
 Gauges that describe the shared saga store rather than one process (``STORE_GAUGES``), and those
 every worker reports alike (``ALIKE_GAUGES``: the release, the Python, a per-process limit, a
 start time) are the maximum instead of the sum; so ``process_*`` CPU, memory and open files are
-the pod's. Each worker runs its own saga recovery loop; sagas are leased, so
-workers share the backlog as replicas do.
+the pod's. The reload gauges (``POD_MIN_GAUGES``) are the minimum: the pod runs the reloaded
+files only when every worker does. Each worker runs its own saga recovery loop; sagas are
+leased, so workers share the backlog as replicas do.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ ALIKE_GAUGES = frozenset(
     {"saga_sidecar_build_info", "python_info", "process_max_fds", "process_start_time_seconds"}
 )
 _MAXIMA = STORE_GAUGES | ALIKE_GAUGES
+# Gauges of the pod's least up-to-date worker: the pod runs the reloaded files only when every
+# worker does.
+POD_MIN_GAUGES = frozenset(
+    {"config_last_reload_success_timestamp_seconds", "config_last_reload_successful"}
+)
 _SCRAPE_TIMEOUT = 2.0
 _KILL_MARGIN = 10.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -75,7 +82,7 @@ class WorkerSlot:
 
 def merge_expositions(texts: Iterable[str]) -> bytes:
     """Several Prometheus text expositions as one: samples summed (``STORE_GAUGES`` and
-    ``ALIKE_GAUGES``: maximum)."""
+    ``ALIKE_GAUGES``: maximum; ``POD_MIN_GAUGES``: minimum)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
@@ -84,7 +91,7 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
                 family.name, Metric(family.name, family.documentation, family.type, family.unit)
             )
             merged = values.setdefault(family.name, {})
-            combine = max if family.name in _MAXIMA else _add
+            combine = _combine(family.name)
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 seen = merged.get(key)
@@ -96,6 +103,12 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(list(families.values())))
     return generate_latest(registry)
+
+
+def _combine(name: str) -> Callable[[float, float], float]:
+    if name in _MAXIMA:
+        return max
+    return min if name in POD_MIN_GAUGES else _add
 
 
 def _add(a: float, b: float) -> float:
@@ -174,6 +187,8 @@ def _fork_worker(slot: WorkerSlot, serve: Callable[[WorkerSlot], int]) -> int:
     try:
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # Until the worker's loop handles it, a SIGHUP must not end the worker (its default).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         code = serve(slot)
     except SystemExit as exc:
         if isinstance(exc.code, str):
@@ -197,24 +212,39 @@ class Supervisor:
         self.children: dict[int, int] = {}
         self.stopping_since: float | None = None
         self.failed = False
+        self.reload_wanted = False
 
     def run(self, serve: Callable[[WorkerSlot], int]) -> int:
         """Run ``count`` workers, each ``serve(slot)``, until they have all exited."""
         with _runtime_dir() as runtime:
             for sig in _STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_reload)
             for index in range(self.count):
                 slot = WorkerSlot(index, self.count, runtime)
                 self.children[_fork_worker(slot, serve)] = index
             log.info("started %d workers", self.count, extra={"pids": sorted(self.children)})
             while self.children:
                 self._reap()
+                self._pass_reload()
                 self._enforce_deadline()
                 time.sleep(0.1)
         return 1 if self.failed else 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_wanted = True  # passed on by the supervising loop, which may log
+
+    def _pass_reload(self) -> None:
+        if not self.reload_wanted or self.stopping_since is not None:
+            return
+        self.reload_wanted = False
+        log.info("SIGHUP: every worker reloads", extra={"pids": sorted(self.children)})
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
 
     def stop(self) -> None:
         """Ask every worker to drain and exit."""

@@ -13,7 +13,7 @@ import fnmatch
 import glob
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +55,12 @@ class SagaCatalog:
             by_hash={d.definition_hash: d for d, _ in pairs},
             sources={d.name: path for d, path in pairs},
         )
+
+    def retaining(self, previous: SagaCatalog) -> SagaCatalog:
+        """This catalog, still knowing ``previous``'s versions by hash (a reload): instances
+        pinned to a version that is no longer in the files keep running under it, and show
+        their step names, while new triggers start the versions loaded now."""
+        return replace(self, by_hash={**previous.by_hash, **self.by_hash})
 
     def match(self, method: str, path: str) -> SagaDefinition | None:
         """The saga triggered by ``method`` on ``path``, if any."""
@@ -132,6 +138,15 @@ def load_definitions(
     if issues:
         raise ConfigError(issues)
     return SagaCatalog.of((definition, path) for definition, _, path in loaded)
+
+
+def definition_files(base_dir: Path, globs: Sequence[str]) -> list[Path]:
+    """Every file the ``globs`` name now, once each, in the order ``load_definitions`` reads them
+    (what a file watch looks at)."""
+    files: dict[Path, None] = {}
+    for pattern in globs:
+        files.update(dict.fromkeys(_matched_files(base_dir, pattern)))
+    return list(files)
 
 
 def _matched_files(base_dir: Path, pattern: str) -> list[Path]:

@@ -20,6 +20,10 @@ class Redactor:
     """Replaces configured sensitive headers and body fields with a marker."""
 
     def __init__(self, headers: Iterable[str] = (), fields: Iterable[str] = ()) -> None:
+        self.configure(headers, fields)
+
+    def configure(self, headers: Iterable[str], fields: Iterable[str]) -> None:
+        """Redact these header and field names from now on (a config reload changes them)."""
         self.headers = ALWAYS_REDACTED_HEADERS | {h.lower() for h in headers}
         self.fields = frozenset(f.lower() for f in fields)
 

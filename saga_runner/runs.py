@@ -47,7 +47,8 @@ class EngineSettings:
     owner: str
     lease_seconds: float
     default_timeout: float
-    services: Mapping[str, str]
+    # Looked up at each call: a config reload updates it in place (``SagaRuntime.reload``).
+    services: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,16 @@ class SagaRuntime:
         leases.start()
         return cls(store, engine, catalog, transport)
 
+    def reload(self, catalog: SagaCatalog, settings: RuntimeSettings) -> None:
+        """Apply a config reload: new instances start from ``catalog``, while instances already
+        running keep their version (it stays known by hash); later step calls and records use
+        ``settings``' services and redaction lists. The store, lease and keys stay as opened."""
+        self.catalog = catalog.retaining(self.catalog)
+        services = self.engine.settings.services
+        services.clear()
+        services.update(settings.services)
+        self.engine.redactor.configure(settings.redact_headers, settings.redact_fields)
+
     async def definition_for(self, definition_hash: str) -> SagaDefinition:
         """The definition an instance is pinned to: loaded now, or its stored snapshot.
 

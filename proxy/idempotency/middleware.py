@@ -102,6 +102,16 @@ class IdempotencyGuard:
         for reason in NOT_STORED_REASONS:
             metrics.idem_not_stored.labels(reason)
 
+    def reconfigure(self, config: IdempotencyConfig) -> None:
+        """Apply a reloaded ``idempotency`` section to the requests that arrive from now on.
+
+        Its ``store``, ``key_secret`` and ``scope_headers`` are those of the section in effect
+        (``proxy.reload.plan`` keeps them): they name the keys already stored.
+        """
+        self.config = config
+        self.bodies = BodyReader(config.max_request_body, self.bodies.read_timeout)
+        self.policy = IdempotencyPolicy(config)
+
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request``: pass it through, refuse it, replay it, or execute it once."""
         policy = self.policy.for_request(request.method, request.raw_path)

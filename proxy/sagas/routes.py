@@ -9,25 +9,29 @@ as the idempotency guard's ``KeyScoper`` scopes it, so both name a request the s
 caller's scope is recorded with the instance (``proxy.sagas.scope``) for its status URL.
 
 A ``TriggerRoute`` is the route's aiohttp handler (the body read by its ``BodyReader``) and the
-idempotency guard's executor for it (the body the guard read already).
+idempotency guard's executor for it (the body the guard read already). ``SagaTriggers`` picks
+the ``TriggerRoute`` of each request from the catalog loaded now (a reload replaces it), or the
+forwarder.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
 
 from proxy.bodies import BodyReader
 from proxy.errors import BadTrigger, InvalidKey, StoreUnavailable
+from proxy.forward_executor import ForwardExecutor
 from proxy.idempotency.executor import Answer, CoveredRequest, captured
 from proxy.idempotency.keys import KeyScoper, parse_key
 from proxy.idempotency.replies import REPLAYED_HEADER
-from proxy.keys import CONFIG, EXECUTORS, KEY_SCOPER, SAGAS, TASKS
+from proxy.keys import CONFIG, KEY_SCOPER, SAGAS, TASKS
 from proxy.problems import problem_document, problem_of, problem_response
 from proxy.sagas.scope import UNREADABLE, request_scope
+from proxy.sagas.service import SagaService
 from saga_runner import offload
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
@@ -307,13 +311,38 @@ async def _run(
     return await terminal_answer(runtime.store, saga, definition)
 
 
-def setup_saga_routes(app: web.Application) -> None:
-    """Add one route per saga trigger (before the catch-all forwarder), with its executor."""
-    config = app[CONFIG].config
-    limit = app[SAGAS].max_input  # sagas.max_input, not idempotency.max_request_body
-    bodies = BodyReader(limit, config.limits.read_timeout)
-    for definition in app[SAGAS].catalog:
-        route = TriggerRoute(definition, bodies)
-        trigger = definition.trigger
-        app.router.add_route(trigger.method, trigger.path, route.handle)
-        app[EXECUTORS][route.handle] = route
+class SagaTriggers:
+    """The public listener's catch-all route when sagas are configured: a request whose method
+    and path are a saga's trigger in the catalog loaded now starts that saga (``TriggerRoute``),
+    any other goes to the forwarder. It is both the aiohttp handler and the idempotency guard's
+    executor, so a config reload changes the trigger routes without touching the router."""
+
+    def __init__(self, service: SagaService, forward: ForwardExecutor, read_timeout: float) -> None:
+        self.service = service
+        self.forward = forward
+        self.read_timeout = read_timeout
+
+    def route_for(self, request: web.Request) -> TriggerRoute | ForwardExecutor:
+        """The trigger route ``request`` takes now, or the forwarder.
+
+        The path is matched as aiohttp matches a plain route: exactly, percent-decoded except
+        ``%2F``.
+        """
+        route = (request.method, request.rel_url.path_safe)
+        definition = self.service.catalog.by_route.get(route)
+        if definition is None:
+            return self.forward
+        # sagas.max_input, not idempotency.max_request_body
+        return TriggerRoute(definition, BodyReader(self.service.max_input, self.read_timeout))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The route's handler (a request the idempotency guard does not cover)."""
+        return await self.route_for(request).handle(request)
+
+    def run(self, call: CoveredRequest, max_body: int) -> AbstractAsyncContextManager[Answer]:
+        """Run a covered request on its route (see ``proxy.idempotency.executor``)."""
+        return self.route_for(call.request).run(call, max_body)
+
+    async def run_unprotected(self, call: CoveredRequest) -> web.StreamResponse:
+        """Run a covered request on its route while the idempotency store is unavailable."""
+        return await self.route_for(call.request).run_unprotected(call)

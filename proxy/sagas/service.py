@@ -1,8 +1,11 @@
 """The saga runner as the proxy uses it: definitions, runtime lifecycle, and metrics.
 
-``SagaService`` is built with the apps (definitions are loaded and validated synchronously, so
-trigger routes can be added to the router) and opened in the public app's cleanup context, where
-it connects to the store. Both the public and the admin app reach it through ``SAGAS``.
+``SagaService`` is built with the apps (definitions are loaded and validated synchronously, so a
+sidecar with an invalid saga file does not start) and opened in the public app's cleanup
+context, where it connects to the store. Both the public and the admin app reach it through
+``SAGAS``. A config reload (``proxy.reload``) hands it a new catalog with ``reload``: the trigger
+routes (``proxy.sagas.routes.SagaTriggers``) follow it at once, and instances already running
+keep the version they started with.
 """
 
 from __future__ import annotations
@@ -21,6 +24,47 @@ from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import RuntimeSettings, SagaRuntime
 from saga_runner.states import AttemptKind, SagaStatus
+
+
+def runtime_settings(loaded: LoadedConfig) -> RuntimeSettings:
+    """What the saga runtime needs from a config with a ``sagas`` section."""
+    config = loaded.config
+    assert config.sagas is not None
+    return RuntimeSettings(
+        store_url=config.sagas.store,
+        base_dir=loaded.base_dir,
+        migrate=config.sagas.migrate,
+        lease_seconds=config.sagas.lease,
+        default_timeout=config.upstream.timeout,
+        services=config.services,
+        redact_headers=config.redact.headers,
+        redact_fields=config.redact.fields,
+        encryption_keys=config.sagas.encryption_keys,
+    )
+
+
+def load_catalog(loaded: LoadedConfig, *, require_matches: bool = False) -> SagaCatalog:
+    """The saga files a config with a ``sagas`` section names, validated.
+
+    Args:
+        loaded: the config.
+        require_matches: a pattern that matches no file is an error (a reload, which must not
+            drop every trigger because a directory was briefly empty); False: a warning
+            (``serve``: see ``load_definitions``).
+
+    Raises:
+        ConfigError: listing every problem in every file.
+    """
+    config = loaded.config
+    assert config.sagas is not None
+    return load_definitions(
+        loaded.base_dir,
+        config.sagas.definitions,
+        config.services,
+        reserved_routes(config.sagas.status_path),
+        origin=loaded,
+        require_matches=require_matches,
+    )
 
 
 class MetricsObserver:
@@ -69,25 +113,8 @@ class SagaService:
         config = loaded.config
         if config.sagas is None:
             raise ValueError("the config has no sagas section")
-        self.settings = RuntimeSettings(
-            store_url=config.sagas.store,
-            base_dir=loaded.base_dir,
-            migrate=config.sagas.migrate,
-            lease_seconds=config.sagas.lease,
-            default_timeout=config.upstream.timeout,
-            services=config.services,
-            redact_headers=config.redact.headers,
-            redact_fields=config.redact.fields,
-            encryption_keys=config.sagas.encryption_keys,
-        )
-        self.catalog: SagaCatalog = load_definitions(
-            loaded.base_dir,
-            config.sagas.definitions,
-            config.services,
-            reserved_routes(config.sagas.status_path),
-            origin=loaded,
-            require_matches=False,
-        )
+        self.settings = runtime_settings(loaded)
+        self.catalog: SagaCatalog = load_catalog(loaded)
         self.observer = MetricsObserver(metrics)
         self.recovery_settings = RecoverySettings(
             interval=config.sagas.recovery_interval,
@@ -101,6 +128,16 @@ class SagaService:
         self._metrics = metrics
         self._runtime: SagaRuntime | None = None
         self._recovery: RecoveryWorker | None = None
+
+    def reload(self, loaded: LoadedConfig, catalog: SagaCatalog) -> None:
+        """Apply a reloaded config and its already validated ``catalog`` (``proxy.reload``):
+        the next trigger starts the new versions; running instances finish on theirs."""
+        assert loaded.config.sagas is not None
+        self.settings = runtime_settings(loaded)
+        self.catalog = catalog.retaining(self.catalog)
+        self.max_input = loaded.config.sagas.max_input
+        if self._runtime is not None:
+            self._runtime.reload(catalog, self.settings)
 
     @property
     def runtime(self) -> SagaRuntime:

@@ -66,6 +66,7 @@ log: {format: json, level: info}
 redact:
   headers: [Authorization, Cookie, Set-Cookie, X-Api-Key]
   fields: [card_number, cvv, password]
+reload: {watch: false, interval: 2s}
 """
 YAML_NOISE = [*":-,{}[]\"'&*!|>#%@`? \t\\$", "\x00", "\ufeff", "é", "\u2028", "{{", "}}"]
 SCALARS = ["", "0", "-1", "1e999", "99999999999999999999", "true", "null", "~", "[]", "{}",
