@@ -360,14 +360,7 @@ class ReloadConfig(Model):
     when the config file or a saga file changes, looked for every ``interval``."""
 
     watch: bool = False
-    interval: Duration = 2.0
-
-    @field_validator("interval")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
+    interval: Duration = Field(default=2.0, gt=0)
 
 
 class SidecarConfig(Model):

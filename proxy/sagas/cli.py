@@ -17,9 +17,11 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 from proxy.config import LoadedConfig
+from proxy.sagas.settings import runtime_settings
 from proxy.sagas.text import detail_text, page_text, saga_line
 from saga_runner.catalog import SagaCatalog
 from saga_runner.errors import (
@@ -30,7 +32,7 @@ from saga_runner.errors import (
     StoreError,
 )
 from saga_runner.operations import ListQuery, SagaOperations, clean_actor, clean_reason
-from saga_runner.runtime import RuntimeSettings, SagaRuntime
+from saga_runner.runtime import SagaRuntime
 from saga_runner.states import SagaStatus
 from saga_runner.views import catalog_step_names, detail_view, page_view, saga_view
 
@@ -69,23 +71,6 @@ def add_sagas_parser(commands: Any, config_arg: Callable[[argparse.ArgumentParse
     for action in (listing, show, retry, abort):
         config_arg(action)
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-def runtime_settings(loaded: LoadedConfig) -> RuntimeSettings:
-    """How the CLI opens the saga runtime: the config's store and services, never migrating."""
-    config = loaded.config
-    assert config.sagas is not None
-    return RuntimeSettings(
-        store_url=config.sagas.store,
-        base_dir=loaded.base_dir,
-        migrate=False,
-        lease_seconds=config.sagas.lease,
-        default_timeout=config.upstream.timeout,
-        services=config.services,
-        redact_headers=config.redact.headers,
-        redact_fields=config.redact.fields,
-        encryption_keys=config.sagas.encryption_keys,
-    )
 
 
 def print_json(value: Any) -> None:
@@ -151,7 +136,10 @@ COMMANDS: Final[dict[str, Command]] = {
 
 async def run_command(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     """Open the runtime, run the sub-command, close the runtime."""
-    runtime = await SagaRuntime.open(runtime_settings(loaded), SagaCatalog())
+    # The config's store and services, never migrating (that is `migrate`'s job).
+    runtime = await SagaRuntime.open(
+        replace(runtime_settings(loaded), migrate=False), SagaCatalog()
+    )
     try:
         return await COMMANDS[args.sagas_command](SagaOperations(runtime), args)
     finally:

@@ -18,29 +18,13 @@ from proxy.config import LoadedConfig, reserved_routes
 from proxy.errors import RuntimeUnavailable
 from proxy.keys import READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
+from proxy.sagas.settings import runtime_settings
 from proxy.sagas.step_transport import UpstreamStepTransport
 from proxy.sagas.watch import SagaWatch
 from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
-from saga_runner.runtime import RuntimeSettings, SagaRuntime
+from saga_runner.runtime import SagaRuntime
 from saga_runner.states import AttemptKind, SagaStatus
-
-
-def runtime_settings(loaded: LoadedConfig) -> RuntimeSettings:
-    """What the saga runtime needs from a config with a ``sagas`` section."""
-    config = loaded.config
-    assert config.sagas is not None
-    return RuntimeSettings(
-        store_url=config.sagas.store,
-        base_dir=loaded.base_dir,
-        migrate=config.sagas.migrate,
-        lease_seconds=config.sagas.lease,
-        default_timeout=config.upstream.timeout,
-        services=config.services,
-        redact_headers=config.redact.headers,
-        redact_fields=config.redact.fields,
-        encryption_keys=config.sagas.encryption_keys,
-    )
 
 
 def load_catalog(loaded: LoadedConfig, *, require_matches: bool = False) -> SagaCatalog:
