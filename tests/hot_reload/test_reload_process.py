@@ -136,13 +136,17 @@ async def test_post_reload_answers_what_changed_or_every_error(
     assert metric(sidecar, "config_last_reload_successful") == 1
 
 
-async def test_a_listener_change_is_named_and_kept_while_the_admin_token_changes(
+async def test_a_listener_change_is_named_and_kept_while_token_and_idempotency_change(
     cluster: SagaCluster, http: aiohttp.ClientSession, free_port: Callable[[], int]
 ) -> None:
     cluster.write_saga(v1())
     sidecar = cluster.start(admin={"token": "old-token"})
     moved = f"127.0.0.1:{free_port()}"
-    rewrite_config(sidecar, listen=moved, admin={"token": "new-token"})
+    async with http.post(f"{sidecar.url}/orders", json={}) as response:
+        assert response.status == 200, "a POST without a key is forwarded"
+    rewrite_config(
+        sidecar, listen=moved, admin={"token": "new-token"}, idempotency={"require_key": True}
+    )
 
     sidecar.signal(signal.SIGHUP)
     kept = await next_event(sidecar, "config_reload_restart_needed")
@@ -150,7 +154,9 @@ async def test_a_listener_change_is_named_and_kept_while_the_admin_token_changes
 
     assert kept["not_reloaded"] == ["listen"]
     assert "listen" in kept["msg"] and "restart" in kept["msg"]
-    assert reloaded["applied"] == ["admin.token"]
+    assert reloaded["applied"] == ["admin.token", "idempotency.require_key"]
+    async with http.post(f"{sidecar.url}/orders", json={}) as response:
+        assert response.status == 400, "idempotency.require_key is in effect"
     async with http.get(f"{sidecar.url}/still-here") as response:
         assert response.status == 200, "the old listener still serves"
     with pytest.raises(aiohttp.ClientConnectionError):
