@@ -5,9 +5,9 @@ A reload applies the settings under ``RELOADED``: the saga files (``sagas.defini
 since a running saga may still call it), ``idempotency`` except ``KEPT`` (the store, and the
 secret and headers that name the keys already stored), ``admin.token``,
 ``admin.allowed_hosts``, ``admin.allow_public_without_token``, ``log.level`` and ``redact``.
-Every other setting is bound to something opened at start (listeners, stores, connection
-pools, worker processes, the file watch) and keeps its old value until a restart: ``plan``
-names each one that changed, so the reload can say so.
+Every other setting is bound to something opened at start (listeners, stores, brokers,
+connection pools, worker processes, the file watch) and keeps its old value until a restart:
+``plan`` names each one that changed, so the reload can say so.
 """
 
 from __future__ import annotations
