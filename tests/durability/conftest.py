@@ -1,14 +1,19 @@
-"""Fixtures of the durability suite: real sidecar processes on a fresh PostgreSQL schema.
+"""Fixtures of the durability suite: real sidecar processes on a fresh saga store.
 
-Every test gets its own schema (migrated, dropped afterwards), its own recording upstream
-(``Ledger``, served from a background thread) and a ``SagaCluster`` that writes saga files and
-starts ``saga-sidecar serve`` subprocesses on that schema with a short lease (1 s), a fast
-recovery loop (200 ms) and 10 ms backoffs, so crashes and takeovers happen within seconds.
+Every test gets its own store (a PostgreSQL schema, or a SQLite file in its ``tmp_path``;
+migrated, dropped afterwards), its own recording upstream (``Ledger``, served from a background
+thread) and a ``SagaCluster`` that writes saga files and starts ``saga-sidecar serve``
+subprocesses on that store with a short lease (1 s), a fast recovery loop (200 ms) and 10 ms
+backoffs, so crashes and takeovers happen within seconds.
 
 Fixtures:
+    store_kind       ``postgresql`` (default) or ``sqlite``: a test runs on both with
+                     ``@pytest.mark.parametrize("store_kind", STORES)``.
+    records          a ``Records``: the test's store read through ``SagaStore`` (either kind).
     ledger_upstream  ``(Ledger, url)``: the test's recording upstream on a real port.
     ledger           that ``Ledger`` alone.
-    pg               a ``Db``: the test's schema, read and written behind the sidecars' backs.
+    pg               a ``Db``: the test's PostgreSQL schema, read and written behind the
+                     sidecars' backs (PostgreSQL only).
     cluster          a ``SagaCluster``: ``write_saga(doc)``, ``start(**overrides) -> Sidecar``,
                      ``await trigger(http, sidecar, name, body) -> saga id``.
     http             an ``aiohttp.ClientSession``.
@@ -38,8 +43,10 @@ from conftest import Sidecar, Upstream, deep_merge
 from saga_store.helpers import new_schema, with_schema
 
 from durability.ledger import Ledger
+from saga_runner.records import SagaInstance, SagaStep
 from saga_runner.store import SagaStore
 
+STORES = ("postgresql", "sqlite")
 LEASE = "1s"
 RECOVERY_INTERVAL = "200ms"
 FAST_RETRY = {"attempts": 3, "backoff": "10ms", "multiplier": 1, "max_backoff": "10ms"}
@@ -126,6 +133,41 @@ def log_events(sidecar: Sidecar, saga_id: str) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Records:
+    """The test's saga store (PostgreSQL or SQLite) read through saga_runner's ``SagaStore``.
+
+    ``url`` is the store URL the sidecars use; ``schema`` the PostgreSQL schema (empty on SQLite).
+    """
+
+    kind: str
+    url: str
+    schema: str
+    store: SagaStore
+
+    async def instance(self, saga_id: str) -> SagaInstance:
+        """The saga's instance record."""
+        return await self.store.get_instance(saga_id)
+
+    async def steps(self, saga_id: str) -> tuple[SagaStep, ...]:
+        """The saga's step records, in step order."""
+        return (await self.store.get(saga_id)).steps
+
+    async def wait_status(
+        self, saga_id: str, statuses: tuple[str, ...] = TERMINAL, within: float = 15.0
+    ) -> SagaInstance:
+        """Wait until the saga is in one of ``statuses``; return its instance record."""
+
+        async def reached() -> SagaInstance | None:
+            found = await self.instance(saga_id)
+            return found if found.status in statuses else None
+
+        instance: SagaInstance = await eventually(
+            reached, f"saga {saga_id} in {statuses}", within=within
+        )
+        return instance
+
+
+@dataclass
 class Db:
     """The test's schema, queried directly (not through a sidecar).
 
@@ -136,6 +178,7 @@ class Db:
     dsn: str
     schema: str
     conn: Any
+    records: Records
     stores: list[SagaStore] = field(default_factory=list)
     connections: list[Any] = field(default_factory=list)
 
@@ -159,15 +202,8 @@ class Db:
         self, saga_id: str, statuses: tuple[str, ...] = TERMINAL, within: float = 15.0
     ) -> dict[str, Any]:
         """Wait until the saga is in one of ``statuses``; return its row."""
-
-        async def reached() -> dict[str, Any] | None:
-            row = await self.instance(saga_id)
-            return row if row["status"] in statuses else None
-
-        found: dict[str, Any] = await eventually(
-            reached, f"saga {saga_id} in {statuses}", within=within
-        )
-        return found
+        await self.records.wait_status(saga_id, statuses, within)
+        return await self.instance(saga_id)
 
     async def open_connection(self) -> Any:
         """Another raw asyncpg connection on this schema (closed after the test)."""
@@ -184,7 +220,7 @@ class Db:
 
 @dataclass
 class SagaCluster:
-    """Saga files and saga-sidecar processes sharing the test's PostgreSQL schema."""
+    """Saga files and saga-sidecar processes sharing the test's saga store."""
 
     launch: Callable[..., Sidecar]
     workdir: Path
@@ -205,7 +241,7 @@ class SagaCluster:
         return path
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        """A saga-sidecar config on the test schema, with ``overrides`` merged in."""
+        """A saga-sidecar config on the test's store, with ``overrides`` merged in."""
         base = {
             "shutdown_grace": "1s",
             "upstream": {"url": self.ledger_url},
@@ -250,15 +286,37 @@ def ledger(ledger_upstream: tuple[Ledger, str]) -> Ledger:
 
 
 @pytest.fixture
-async def pg(database_url: str) -> AsyncIterator[Db]:
-    """A fresh, migrated schema for this test; dropped afterwards."""
-    schema = new_schema()
-    url = with_schema(database_url, schema)
+def store_kind() -> str:
+    """The saga store the test runs on; ``postgresql`` unless the test parametrizes it."""
+    return "postgresql"
+
+
+@pytest.fixture
+async def records(store_kind: str, database_url: str, tmp_path: Path) -> AsyncIterator[Records]:
+    """A fresh, migrated store of ``store_kind`` for this test; dropped afterwards."""
+    schema = new_schema() if store_kind == "postgresql" else ""
+    if schema:
+        url = with_schema(database_url, schema)
+    else:
+        url = f"sqlite:///{tmp_path / 'store' / 'sagas.db'}"
     store = await SagaStore.from_url(url, Path.cwd())
-    await store.migrate()
-    await store.close()
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
-    db = Db(url, database_url, schema, conn)
+    try:
+        await store.migrate()
+        yield Records(store_kind, url, schema, store)
+    finally:
+        await store.close()
+        if schema:
+            conn = await asyncpg.connect(database_url)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+
+@pytest.fixture
+async def pg(records: Records, database_url: str) -> AsyncIterator[Db]:
+    """The test's PostgreSQL schema, queried behind the sidecars' backs."""
+    assert records.kind == "postgresql", "pg reads a PostgreSQL store; use records"
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": records.schema})
+    db = Db(records.url, database_url, records.schema, conn, records)
     try:
         yield db
     finally:
@@ -266,18 +324,17 @@ async def pg(database_url: str) -> AsyncIterator[Db]:
             await opened.close()
         for other in db.connections:
             await other.close()
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
 
 
 @pytest.fixture
 def cluster(
-    pg: Db,
+    records: Records,
     ledger_upstream: tuple[Ledger, str],
     sidecar_process: Callable[..., Sidecar],
     tmp_path: Path,
 ) -> Iterator[SagaCluster]:
-    """Saga sidecars on the test schema; any left stopped by SIGSTOP are continued first."""
+    """Saga sidecars on the test's store; any left stopped by SIGSTOP are continued first."""
     launched: list[Sidecar] = []
 
     def launch(config: dict[str, Any], env: dict[str, str] | None = None) -> Sidecar:
@@ -285,7 +342,7 @@ def cluster(
         launched.append(sidecar)
         return sidecar
 
-    yield SagaCluster(launch, tmp_path, pg.url, ledger_upstream[1])
+    yield SagaCluster(launch, tmp_path, records.url, ledger_upstream[1])
     for sidecar in launched:
         if sidecar.process.poll() is None:
             sidecar.signal(signal.SIGCONT)

@@ -6,6 +6,10 @@ The steps' service is an idempotent recording upstream (``Ledger(dedup=True)``):
 of each ``Idempotency-Key`` takes effect, a repeat gets the first answer, so ``effects(key)``
 counts what really happened however often the resumed process re-sends a call whose outcome it
 could not know.
+
+Every test runs on both saga stores: on PostgreSQL the process that finishes is another replica;
+on SQLite it is a new process started on the same database file, the way a SQLite sidecar is
+restarted after a crash.
 """
 
 from __future__ import annotations
@@ -17,10 +21,21 @@ import aiohttp
 import pytest
 from conftest import Upstream
 
-from durability.conftest import FAST_RETRY, Db, SagaCluster, eventually, kill, saga, step
+from durability.conftest import (
+    FAST_RETRY,
+    STORES,
+    Records,
+    SagaCluster,
+    eventually,
+    kill,
+    saga,
+    step,
+)
 from durability.ledger import Ledger
 
 MEMBERS = ("a", "b", "c")
+
+pytestmark = pytest.mark.parametrize("store_kind", STORES)
 
 
 @pytest.fixture
@@ -90,7 +105,7 @@ async def crash_mid_call(
 
 
 async def test_killed_while_a_group_is_in_flight_another_process_finishes_it_each_effect_once(
-    cluster: SagaCluster, effects: Ledger, pg: Db, http: aiohttp.ClientSession
+    cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession
 ) -> None:
     effects.script("/b", delay=2.0)
     effects.script("/c", delay=2.0)
@@ -98,18 +113,18 @@ async def test_killed_while_a_group_is_in_flight_another_process_finishes_it_eac
     saga_id = await crash_mid_call(
         cluster, http, group_saga(), lambda saga: in_flight(effects, saga, members)
     )
-    row = await pg.wait_status(saga_id)
+    row = await records.wait_status(saga_id)
 
-    assert row["status"] == "completed"
+    assert row.status == "completed"
     for name in (*MEMBERS, "last"):
         assert effects.effects(f"{saga_id}:{name}:action") == 1, name
     assert len(effects.calls_to("/b", saga_id)) == 2, "re-sent with its key after the crash"
-    assert [s["status"] for s in await pg.steps(saga_id)] == ["succeeded"] * 4
+    assert [s.status for s in await records.steps(saga_id)] == ["succeeded"] * 4
     assert not [c for c in effects.of_saga(saga_id) if c.path.endswith("/undo")]
 
 
 async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_once(
-    cluster: SagaCluster, effects: Ledger, pg: Db, http: aiohttp.ClientSession
+    cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession
 ) -> None:
     effects.script("/b", delay=2.0)
     effects.script("/c", status=409)
@@ -117,9 +132,9 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
     saga_id = await crash_mid_call(
         cluster, http, group_saga(), lambda saga: in_flight(effects, saga, members)
     )
-    row = await pg.wait_status(saga_id)
+    row = await records.wait_status(saga_id)
 
-    assert row["status"] == "compensated"
+    assert row.status == "compensated"
     for name in ("a", "b"):
         assert effects.effects(f"{saga_id}:{name}:action") == 1, name
         assert effects.effects(f"{saga_id}:{name}:compensation") == 1, name
@@ -129,7 +144,7 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
     assert effects.effects(f"{saga_id}:c:action") == 1
     assert effects.effects(f"{saga_id}:c:compensation") == 1
     assert not effects.calls_to("/last", saga_id)
-    statuses = {s["step_name"]: s["status"] for s in await pg.steps(saga_id)}
+    statuses = {s.step_name: s.status for s in await records.steps(saga_id)}
     assert statuses == {
         "a": "compensated",
         "b": "compensated",
@@ -140,7 +155,7 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
 
 @pytest.mark.parametrize("delayed", ["confirm", "cancel"])
 async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_them_once(
-    cluster: SagaCluster, effects: Ledger, pg: Db, http: aiohttp.ClientSession, delayed: str
+    cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession, delayed: str
 ) -> None:
     names = ("debit", "credit", "fee")
     for name in names:
@@ -152,15 +167,15 @@ async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_the
     saga_id = await crash_mid_call(
         cluster, http, tcc_saga(), lambda saga: in_flight(effects, saga, paths)
     )
-    row = await pg.wait_status(saga_id)
+    row = await records.wait_status(saga_id)
 
-    assert row["status"] == ("completed" if delayed == "confirm" else "compensated")
+    assert row.status == ("completed" if delayed == "confirm" else "compensated")
     for name in names:
         verbs = verbs_of(effects, saga_id, name)
         assert not ({"confirm", "cancel"} <= set(verbs)), f"{name} confirmed and cancelled: {verbs}"
         assert effects.effects(f"{saga_id}:{name}:try") == 1, name
         assert effects.effects(f"{saga_id}:{name}:{delayed}") == 1, name
-    steps = await pg.steps(saga_id)
-    assert {s["phase"] for s in steps} == {delayed}
+    steps = await records.steps(saga_id)
+    assert {s.phase for s in steps} == {delayed}
     expected = "succeeded" if delayed == "confirm" else "compensated"
-    assert [s["status"] for s in steps] == [expected] * 3
+    assert [s.status for s in steps] == [expected] * 3
