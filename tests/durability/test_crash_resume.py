@@ -4,6 +4,9 @@ The saga's service is an idempotency-enabled sidecar (``concurrent: wait``, memo
 front of the recording app, as docs/SAGAS.md intends: the resumed process re-sends the step whose
 outcome it cannot know with the same ``Idempotency-Key``, the front sidecar sees that key twice,
 and the app behind it applies the effect once.
+
+Every test runs on both saga stores: on PostgreSQL the process that finishes is another replica;
+on SQLite it is a new process started on the same database file.
 """
 
 from __future__ import annotations
@@ -12,10 +15,22 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Sidecar
 
-from durability.conftest import Db, SagaCluster, eventually, kill, log_events, saga, step
+from durability.conftest import (
+    STORES,
+    Records,
+    SagaCluster,
+    eventually,
+    kill,
+    log_events,
+    saga,
+    step,
+)
 from durability.ledger import Ledger
+
+pytestmark = pytest.mark.parametrize("store_kind", STORES)
 
 
 def idempotent_front(launch: Callable[..., Sidecar], app_url: str) -> Sidecar:
@@ -50,7 +65,7 @@ def order_saga() -> dict[str, Any]:
 async def test_saga_killed_mid_step_completes_in_a_new_process_with_the_step_applied_once(
     cluster: SagaCluster,
     ledger: Ledger,
-    pg: Db,
+    records: Records,
     http: aiohttp.ClientSession,
     sidecar_process: Callable[..., Sidecar],
 ) -> None:
@@ -64,17 +79,17 @@ async def test_saga_killed_mid_step_completes_in_a_new_process_with_the_step_app
     kill(first)
 
     second = cluster.start()
-    row = await pg.wait_status(saga_id)
+    row = await records.wait_status(saga_id)
 
-    assert row["status"] == "completed"
+    assert row.status == "completed"
     for name in ("reserve", "charge", "ship"):
         assert ledger.executions(f"{saga_id}:{name}:action") == 1, name
     seen = front_requests(front, "/charge")
     assert len(seen) == 2
     assert sorted(r["idempotency"] for r in seen) == ["hit", "miss"]
-    steps = await pg.steps(saga_id)
-    assert [s["status"] for s in steps] == ["succeeded"] * 3
-    assert steps[1]["retry_count"] == 2  # the resumed call counts as the second attempt
+    steps = await records.steps(saga_id)
+    assert [s.status for s in steps] == ["succeeded"] * 3
+    assert steps[1].retry_count == 2  # the resumed call counts as the second attempt
     events = [r.get("event") for r in log_events(second, saga_id)]
     assert "resume" in events
     assert "resending step with unknown outcome" in events
@@ -83,7 +98,7 @@ async def test_saga_killed_mid_step_completes_in_a_new_process_with_the_step_app
 async def test_saga_killed_mid_compensation_ends_compensated_with_each_undo_applied_once(
     cluster: SagaCluster,
     ledger: Ledger,
-    pg: Db,
+    records: Records,
     http: aiohttp.ClientSession,
     sidecar_process: Callable[..., Sidecar],
 ) -> None:
@@ -98,9 +113,9 @@ async def test_saga_killed_mid_compensation_ends_compensated_with_each_undo_appl
     kill(first)
 
     cluster.start()
-    row = await pg.wait_status(saga_id)
+    row = await records.wait_status(saga_id)
 
-    assert row["status"] == "compensated"
+    assert row.status == "compensated"
     assert ledger.executions(f"{saga_id}:charge:compensation") == 1
     assert ledger.executions(f"{saga_id}:reserve:compensation") == 1
     assert [c.path for c in ledger.of_saga(saga_id)] == [
@@ -111,12 +126,12 @@ async def test_saga_killed_mid_compensation_ends_compensated_with_each_undo_appl
         "/release",
     ]
     assert sorted(r["idempotency"] for r in front_requests(front, "/refund")) == ["hit", "miss"]
-    steps = await pg.steps(saga_id)
-    assert [s["status"] for s in steps] == ["compensated", "compensated", "failed"]
+    steps = await records.steps(saga_id)
+    assert [s.status for s in steps] == ["compensated", "compensated", "failed"]
 
 
 async def test_sidecar_stopped_mid_step_hands_its_saga_over_and_it_completes_elsewhere(
-    cluster: SagaCluster, ledger: Ledger, pg: Db, http: aiohttp.ClientSession
+    cluster: SagaCluster, ledger: Ledger, records: Records, http: aiohttp.ClientSession
 ) -> None:
     ledger.script("/pack", first_delay=3.0)
     cluster.write_saga(saga("drain", [step("pack", "/pack"), step("send", "/send")]))
@@ -125,9 +140,9 @@ async def test_sidecar_stopped_mid_step_hands_its_saga_over_and_it_completes_els
     await eventually(lambda: ledger.calls_to("/pack", saga_id), "pack reached the app")
 
     assert draining.stop() == 0
-    row = await pg.instance(saga_id)
-    assert (row["status"], row["owner"]) == ("running", None), "released at shutdown"
+    row = await records.instance(saga_id)
+    assert (row.status, row.owner) == ("running", None), "released at shutdown"
 
     cluster.start()
-    assert (await pg.wait_status(saga_id))["status"] == "completed"
+    assert (await records.wait_status(saga_id)).status == "completed"
     assert [c.path for c in ledger.of_saga(saga_id)] == ["/pack", "/pack", "/send"]
