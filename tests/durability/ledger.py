@@ -9,7 +9,8 @@ or only a key's first), held until a gate opens, or failing a number of times fi
 
 ``Ledger(dedup=True)`` is an idempotent service: the first call of each ``Idempotency-Key``
 takes effect (``effects(key)`` counts them), and every later call with that key, in flight or
-after, gets the first one's answer (marked ``Idempotent-Replayed: true``) without taking effect.
+after, gets the first one's answer (marked ``Idempotent-Replayed: true``) without taking effect;
+``effects_on(path, saga_id)`` counts the effects of a saga's calls to ``path`` over all keys.
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ class Ledger:
         """How many calls with ``Idempotency-Key: key`` took effect (``dedup``: at most one)."""
         with self._lock:
             return self._effects[key]
+
+    def effects_on(self, path: str, saga_id: str) -> int:
+        """How many calls to ``path`` of one saga took effect, whatever key they carried (a
+        resumed run re-sending with a new key counts twice)."""
+        with self._lock:
+            keys = {c.key or "" for c in self.calls if c.path == path and c.saga_id == saga_id}
+            return sum(self._effects[key] for key in keys)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None

@@ -84,6 +84,7 @@ async def test_saga_killed_mid_step_completes_in_a_new_process_with_the_step_app
     assert row.status == "completed"
     for name in ("reserve", "charge", "ship"):
         assert ledger.executions(f"{saga_id}:{name}:action") == 1, name
+    assert [c.path for c in ledger.of_saga(saga_id)] == ["/reserve", "/charge", "/ship"]
     seen = front_requests(front, "/charge")
     assert len(seen) == 2
     assert sorted(r["idempotency"] for r in seen) == ["hit", "miss"]

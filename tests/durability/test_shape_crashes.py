@@ -118,6 +118,7 @@ async def test_killed_while_a_group_is_in_flight_another_process_finishes_it_eac
     assert row.status == "completed"
     for name in (*MEMBERS, "last"):
         assert effects.effects(f"{saga_id}:{name}:action") == 1, name
+        assert effects.effects_on(f"/{name}", saga_id) == 1, name
     assert len(effects.calls_to("/b", saga_id)) == 2, "re-sent with its key after the crash"
     assert [s.status for s in await records.steps(saga_id)] == ["succeeded"] * 4
     assert not [c for c in effects.of_saga(saga_id) if c.path.endswith("/undo")]
@@ -135,6 +136,9 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
     row = await records.wait_status(saga_id)
 
     assert row.status == "compensated"
+    for name in MEMBERS:
+        assert effects.effects_on(f"/{name}", saga_id) == 1, name
+        assert effects.effects_on(f"/{name}/undo", saga_id) == 1, name
     for name in ("a", "b"):
         assert effects.effects(f"{saga_id}:{name}:action") == 1, name
         assert effects.effects(f"{saga_id}:{name}:compensation") == 1, name
@@ -175,6 +179,8 @@ async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_the
         assert not ({"confirm", "cancel"} <= set(verbs)), f"{name} confirmed and cancelled: {verbs}"
         assert effects.effects(f"{saga_id}:{name}:try") == 1, name
         assert effects.effects(f"{saga_id}:{name}:{delayed}") == 1, name
+        for verb in ("try", delayed):
+            assert effects.effects_on(f"/{name}/{verb}", saga_id) == 1, f"{name} {verb}"
     steps = await records.steps(saga_id)
     assert {s.phase for s in steps} == {delayed}
     expected = "succeeded" if delayed == "confirm" else "compensated"
