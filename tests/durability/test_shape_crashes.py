@@ -28,6 +28,7 @@ from durability.conftest import (
     SagaCluster,
     eventually,
     kill,
+    log_events,
     saga,
     step,
 )
@@ -124,6 +125,24 @@ async def test_killed_while_a_group_is_in_flight_another_process_finishes_it_eac
     assert not [c for c in effects.of_saga(saga_id) if c.path.endswith("/undo")]
 
 
+async def test_killed_while_a_group_is_in_flight_a_peer_sharing_the_store_finishes_it_once(
+    cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession
+) -> None:
+    effects.script("/b", delay=2.0)
+    cluster.write_saga(group_saga())
+    first, peer = cluster.start(), cluster.start()  # on SQLite: two processes, one file
+    saga_id = await cluster.trigger(http, first, "grouped", {"order": "O-2"})
+    await eventually(in_flight(effects, saga_id, ("/b",)), "b reached the service")
+    kill(first)
+    row = await records.wait_status(saga_id)
+
+    assert row.status == "completed"
+    for name in (*MEMBERS, "last"):
+        assert effects.effects_on(f"/{name}", saga_id) == 1, name
+    assert len(effects.calls_to("/b", saga_id)) == 2, "re-sent with its key after the crash"
+    assert "resume" in [r.get("event") for r in log_events(peer, saga_id)]
+
+
 async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_once(
     cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession
 ) -> None:
@@ -159,7 +178,11 @@ async def test_killed_while_a_failed_groups_call_finishes_the_group_is_undone_on
 
 @pytest.mark.parametrize("delayed", ["confirm", "cancel"])
 async def test_killed_while_tcc_confirms_or_cancels_run_another_process_ends_them_once(
-    cluster: SagaCluster, effects: Ledger, records: Records, http: aiohttp.ClientSession, delayed: str
+    cluster: SagaCluster,
+    effects: Ledger,
+    records: Records,
+    http: aiohttp.ClientSession,
+    delayed: str,
 ) -> None:
     names = ("debit", "credit", "fee")
     for name in names:
