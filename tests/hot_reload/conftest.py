@@ -3,7 +3,7 @@ PostgreSQL schema, a recording upstream behind the saga steps, and helpers to re
 sidecar's files and wait for what its log says about a reload.
 
 Fixtures (from ``durability.conftest``): ``cluster``, ``ledger``, ``ledger_upstream``, ``pg``,
-``http``.
+``records``, ``store_kind`` (PostgreSQL), ``http``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,18 @@ from typing import Any
 
 import yaml
 from conftest import Sidecar, deep_merge
-from durability.conftest import cluster, eventually, http, ledger, ledger_upstream, pg
+from durability.conftest import (
+    cluster,
+    eventually,
+    http,
+    ledger,
+    ledger_upstream,
+    pg,
+    records,
+    store_kind,
+)
 
-__all__ = ["cluster", "http", "ledger", "ledger_upstream", "pg"]
+__all__ = ["cluster", "http", "ledger", "ledger_upstream", "pg", "records", "store_kind"]
 
 
 def rewrite_config(sidecar: Sidecar, **changes: Any) -> dict[str, Any]:
