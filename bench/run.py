@@ -5,7 +5,9 @@ Environment: ``BENCH_QUICK=1`` (one short round, ~2 minutes), ``BENCH_ROUNDS``,
 ``BENCH_ONLY`` (comma-separated scenario keys or prefixes, e.g. ``get,miss.redis``),
 ``BENCH_SERVER_CPUS`` / ``BENCH_LOAD_CPUS`` (taskset lists, default ``0`` / ``1``),
 ``BENCH_DATABASE_URL`` (else ``DATABASE_URL``, else the local PostgreSQL), ``BENCH_AIOHTTP_STEPS=1``
-(one more PostgreSQL saga sidecar whose step calls use aiohttp's client: ``saga.pg-aiohttp``).
+(one more PostgreSQL saga sidecar whose step calls use aiohttp's client: ``saga.pg-aiohttp``),
+``BENCH_TRACING=1`` (one more pass-through sidecar with tracing on, exporting every span to a
+local OTLP sink: ``get.traced``).
 Results also go to ``.run/bench/<time>/results.json``.
 """
 

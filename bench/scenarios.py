@@ -36,6 +36,8 @@ SCENARIOS = (
     Scenario("get.aiohttp", "GET, minimal aiohttp proxy", "aiohttp", "get"),
     Scenario("get.nginx", "GET, nginx", "nginx", "get"),
     Scenario("get.sidecar", "GET pass-through, sidecar", "sidecar", "get"),
+    # BENCH_TRACING=1 only: the same sidecar exporting every span to a local OTLP sink.
+    Scenario("get.traced", "GET pass-through, sidecar, tracing on", "sidecar-traced", "get"),
     Scenario("post.direct", "POST, direct to upstream", "direct", "post"),
     Scenario("post.aiohttp", "POST, minimal aiohttp proxy", "aiohttp", "post"),
     Scenario("post.nginx", "POST, nginx", "nginx", "post"),

@@ -33,8 +33,11 @@ class Target:
     accounted: dict[str, Server | External] = field(default_factory=dict)
 
 
-def sidecar_yaml(ports: dict[str, int], store: str, workers: int, sagas: str | None) -> str:
-    """A sidecar config for the benchmark (defaults everywhere else, JSON access log on)."""
+def sidecar_yaml(
+    ports: dict[str, int], store: str, workers: int, sagas: str | None, tracing: str | None = None
+) -> str:
+    """A sidecar config for the benchmark (defaults everywhere else, JSON access log on);
+    ``tracing`` is an OTLP endpoint to export spans to."""
     upstream = f"http://127.0.0.1:{ports['upstream']}"
     text = f"""listen: "127.0.0.1:{ports["public"]}"
 workers: {workers}
@@ -47,6 +50,8 @@ log: {{format: json, level: info}}
 """
     if sagas:
         text += f'sagas: {{store: "{sagas}", definitions: ["{BENCH_DIR / "saga"}/*.yaml"]}}\n'
+    if tracing:
+        text += f'tracing: {{endpoint: "{tracing}"}}\n'
     return text
 
 
@@ -88,6 +93,8 @@ class Stack:
         self._baselines()
         self._sidecar("sidecar", f"{self.redis_url}?prefix=bench", self.workers)
         self._sidecar("sidecar-memory", "memory://", 1)
+        if os.environ.get("BENCH_TRACING", "") not in ("", "0"):
+            self._traced_sidecar()
         if with_sagas:
             pg = (
                 f"{self.database_url}{'&' if '?' in self.database_url else '?'}schema={self.schema}"
@@ -141,18 +148,26 @@ class Stack:
         workers: int,
         sagas: str | None = None,
         program: list[str] | None = None,
+        tracing: str | None = None,
     ) -> None:
         """A sidecar target; ``program`` replaces the ``saga-sidecar`` executable."""
         assert self.upstream is not None
         ports = {"public": free_port(), "admin": free_port(), "upstream": self.upstream.port}
         config = self.rundir / f"{name}.yaml"
-        config.write_text(sidecar_yaml(ports, store, workers, sagas))
+        config.write_text(sidecar_yaml(ports, store, workers, sagas, tracing))
         program = program or [str(VENV_BIN / "saga-sidecar")]
         argv = [*program, "serve", "--config", str(config)]
         server = self._start(name, argv, ports["public"])
         self.targets[name] = Target(
             name, ports["public"], self._accounted(server, "redis:" in store)
         )
+
+    def _traced_sidecar(self) -> None:
+        """``sidecar-traced``: the pass-through sidecar exporting its spans to an OTLP sink."""
+        port = free_port()
+        self._start("otlp-sink", [sys.executable, "-m", "bench.otlp_sink", str(port)], port)
+        endpoint = f"http://127.0.0.1:{port}"
+        self._sidecar("sidecar-traced", f"{self.redis_url}?prefix=traced", 1, tracing=endpoint)
 
     def stop(self) -> None:
         """Stop every server (sidecars first) and drop the benchmark's PostgreSQL schema."""

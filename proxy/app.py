@@ -3,13 +3,15 @@
 The public request path is one middleware, ``public_middleware``, reading top to bottom: request
 id → idempotency → handler (a saga's status URL and the saga trigger routes first, then the
 catch-all forwarder) → every sidecar error as problem+json → metrics and the access line, which
-see the final status.
+see the final status. With tracing on (``proxy.tracing``) a server-span middleware wraps
+it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -22,7 +24,7 @@ from proxy.admin.listener import admin_token_middleware, setup_admin_routes
 from proxy.admin.reload_api import setup_reload_route
 from proxy.admin.sagas_api import setup_saga_admin_routes
 from proxy.config import LiveConfig, LoadedConfig
-from proxy.forward_executor import ForwardExecutor
+from proxy.forward_executor import FORWARD_ROUTE, ForwardExecutor
 from proxy.idempotency import idempotency_ctx
 from proxy.idempotency.executor import Executor
 from proxy.idempotency.middleware import guarded
@@ -36,6 +38,7 @@ from proxy.keys import (
     REQUEST_ID,
     SAGAS,
     TASKS,
+    TRACING,
 )
 from proxy.logs import log_access, request_id_for
 from proxy.metrics import SidecarMetrics
@@ -48,6 +51,11 @@ from proxy.sagas.brokers import brokers_ctx
 from proxy.sagas.routes import SagaTriggers
 from proxy.sagas.service import SagaService, saga_service_ctx
 from proxy.sagas.status import setup_status_routes
+from proxy.tracing import open_tracing, tracing_ctx
+from saga_runner.tracing import NULL_TRACER
+
+if TYPE_CHECKING:
+    from proxy.tracing.otel import Tracing
 
 
 @dataclass(frozen=True)
@@ -126,11 +134,15 @@ def build_public_app(
     metrics: SidecarMetrics,
     ready: Readiness,
     sagas: SagaService | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
-    """The proxy listener's application."""
+    """The proxy listener's application (traced when ``tracing`` is given)."""
     limits = live.config.limits
+    middlewares = [public_middleware(metrics)]
+    if tracing is not None:
+        middlewares.insert(0, tracing.middleware())
     app = web.Application(
-        middlewares=[public_middleware(metrics)],
+        middlewares=middlewares,
         client_max_size=limits.max_request_body,
         handler_args={
             "max_field_size": limits.max_header_size,
@@ -139,6 +151,9 @@ def build_public_app(
     )
     _shared(app, live, metrics, ready, sagas)
     app[TASKS] = new_task_scheduler()
+    if tracing is not None:
+        app[TRACING] = tracing
+        app.cleanup_ctx.append(tracing_ctx)  # first: closed after everything that makes spans
     app.cleanup_ctx.append(upstream_client_ctx)
     app.cleanup_ctx.append(idempotency_ctx)  # before the scheduler: closed after it drains
     if sagas is not None:
@@ -152,7 +167,7 @@ def build_public_app(
     route: ForwardExecutor | SagaTriggers = forward
     if sagas is not None:
         route = SagaTriggers(sagas, forward, limits.read_timeout)
-    app.router.add_route("*", "/{tail:.*}", route.handle)
+    app.router.add_route("*", "/{tail:.*}", route.handle, name=FORWARD_ROUTE)
     executors: dict[Handler, Executor] = {route.handle: route}
     app[EXECUTORS] = executors
     return app
@@ -189,8 +204,10 @@ def build_apps(loaded: LoadedConfig, *, signal_parent: bool = False) -> SidecarA
     live = LiveConfig(loaded)
     metrics = SidecarMetrics()
     ready = Readiness()
-    sagas = SagaService(loaded, metrics) if loaded.config.sagas is not None else None
-    public = build_public_app(live, metrics, ready, sagas)
+    tracing = open_tracing(loaded.config.tracing)
+    saga_tracer = NULL_TRACER if tracing is None else tracing.sagas
+    sagas = SagaService(loaded, metrics, saga_tracer) if loaded.config.sagas is not None else None
+    public = build_public_app(live, metrics, ready, sagas, tracing)
     admin = build_admin_app(live, metrics, ready, sagas)
     admin[PUBLIC_APP] = public  # operator retries/aborts run on the public app's scheduler
     reloader = Reloader(live, public, metrics, signal_parent=signal_parent)

@@ -363,6 +363,46 @@ class ReloadConfig(Model):
     interval: Duration = Field(default=2.0, gt=0)
 
 
+class TracingConfig(Model):
+    """OpenTelemetry traces, exported over OTLP/HTTP (protobuf); off while ``endpoint`` is empty.
+
+    ``endpoint`` is the collector's base URL (spans go to ``/v1/traces`` under it) or, when it
+    has a path, the full URL spans are posted to.
+    """
+
+    endpoint: str = ""
+    service_name: str = "saga-sidecar"
+    # The share of new traces recorded; a request whose traceparent says sampled (or not) is
+    # recorded (or not) as its caller decided.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Sent with every export (a collector's API key, say).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # How long one export (all its retries) may take; shutdown waits for it at most this long.
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return _http_url(value) if value else value
+
+    @field_validator("service_name")
+    @classmethod
+    def _service_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN_RE.match(name):
+                raise ValueError(f"not a valid header name: {name!r}")
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+                raise ValueError(f"the value of {name} holds a control character")
+        return value
+
+
 class SidecarConfig(Model):
     """The whole sidecar config file. Only ``upstream.url`` is required."""
 
@@ -382,6 +422,7 @@ class SidecarConfig(Model):
     log: LogConfig = LogConfig()
     redact: RedactConfig = RedactConfig()
     reload: ReloadConfig = ReloadConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("listen")
     @classmethod

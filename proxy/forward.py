@@ -82,9 +82,9 @@ class Forwarder:
         self.bodies = BodyReader(max_request_body, read_timeout)
         self.write_timeout = write_timeout
 
-    def upstream_header_lines(self, request: web.Request) -> bytes:
+    def upstream_header_lines(self, request: web.Request, trace: bytes | None = None) -> bytes:
         """End-to-end request header lines plus X-Forwarded-* (``trust_forwarded``) and the
-        request id."""
+        request id; ``trace`` lines replace the client's trace context (tracing on)."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return forwarded_header_lines(
             request.raw_headers,
@@ -92,6 +92,7 @@ class Forwarder:
             proto=request.scheme,
             request_id=request.get(REQUEST_ID),
             trust_forwarded=self.trust_forwarded,
+            trace=trace,
         )
 
     async def open(self, request: web.Request, body: RequestBody) -> UpstreamResponse:
@@ -140,11 +141,13 @@ class Forwarder:
             raise upgrade
         return response
 
-    async def _send(self, request: web.Request, body: RequestBody) -> UpstreamResponse:
+    async def _send(
+        self, request: web.Request, body: RequestBody, trace_lines: bytes | None = None
+    ) -> UpstreamResponse:
         return await self.client.send(
             request.method,
             request_target(request).encode("latin-1"),
-            self.upstream_header_lines(request),
+            self.upstream_header_lines(request, trace_lines),
             body,
             request.content_length,
             client=request.remote,

@@ -25,6 +25,9 @@ from proxy.upstream import UpstreamResponse
 
 log = logging.getLogger("saga_sidecar.forward")
 
+FORWARD_ROUTE = "forward"
+"""The name of the catch-all route (after the saga triggers) that ``ForwardExecutor`` serves."""
+
 
 def buffered_response(
     status: int, reason: str, headers: CIMultiDict[str], body: bytes

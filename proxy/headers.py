@@ -51,6 +51,8 @@ _NOT_FORWARDED = frozenset(name.encode() for name in HOP_BY_HOP) | {
     b"x-request-id",
     b"expect",
 }
+# Replaced by the sidecar's own when tracing is on.
+_NOT_FORWARDED_TRACED = _NOT_FORWARDED | {b"traceparent", b"tracestate"}
 _XFF = b"x-forwarded-for"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # What a client says about earlier hops: dropped unless ``trust_forwarded`` (the sidecar sets its
@@ -75,6 +77,7 @@ def forwarded_header_lines(
     proto: str,
     request_id: str | None,
     trust_forwarded: bool = False,
+    trace: bytes | None = None,
 ) -> bytes:
     """Header lines for the upstream: end-to-end fields as received plus ``X-Forwarded-*``.
 
@@ -84,9 +87,11 @@ def forwarded_header_lines(
     ``trust_forwarded`` (the sidecar sits behind a proxy that sets them) they are kept and
     appended to as proxies do: the peer is added to ``X-Forwarded-For``, an element to
     ``Forwarded``, and ``X-Forwarded-Proto``/``-Host`` are added only when absent.
-    ``X-Request-Id`` is set to ``request_id``.
+    ``X-Request-Id`` is set to ``request_id``. ``trace`` (tracing on: the sidecar's own
+    ``traceparent``/``tracestate`` lines) replaces the client's trace context.
     """
     listed = _raw_connection_listed(raw)
+    skipped = _NOT_FORWARDED if trace is None else _NOT_FORWARDED_TRACED
     lines: list[bytes] = []
     forwarded_for: list[bytes] = []
     forwarded: list[bytes] = []
@@ -94,7 +99,7 @@ def forwarded_header_lines(
     host = b""
     for name, value in raw:
         lower = name.lower()
-        if lower in _NOT_FORWARDED or lower in listed:
+        if lower in skipped or lower in listed:
             if lower == b"host":
                 host = value
             continue
@@ -118,6 +123,8 @@ def forwarded_header_lines(
     lines.extend(_this_hop(ip, proto.encode("ascii"), host, has_proto, has_host, forwarded))
     if request_id:
         lines.append(b"X-Request-Id: %s\r\n" % request_id.encode("ascii"))
+    if trace:
+        lines.append(trace)
     return b"".join(lines)
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from proxy.readiness import Readiness
     from proxy.reload import Reloader
     from proxy.sagas.service import SagaService
+    from proxy.tracing.otel import Tracing
     from saga_runner.brokers.registry import BrokerRegistry
 
 # The config in effect (a reload replaces what it holds): read ``.config`` per use.
@@ -27,6 +28,8 @@ READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 SAGAS: web.AppKey[SagaService] = web.AppKey("sagas")
 # The configured message brokers (``sagas.brokers``), open between app startup and cleanup.
 BROKERS: web.AppKey[BrokerRegistry] = web.AppKey("brokers")
+# Only when tracing is on (``tracing.endpoint`` is set).
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing")
 # The idempotency executor of each route handler that has one (filled as routes are added).
 EXECUTORS: web.AppKey[dict[Handler, Executor]] = web.AppKey("executors")
 # Route handlers the idempotency guard never covers: the sidecar's own endpoints on the public

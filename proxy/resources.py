@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiojobs import Scheduler
 
 from proxy.forward import Forwarder
-from proxy.keys import CONFIG, FORWARDER, METRICS, TASKS
+from proxy.keys import CONFIG, FORWARDER, METRICS, TASKS, TRACING
 from proxy.upstream import UpstreamClient
 
 # Response header lines the app may send (aiohttp's default, 8190 bytes, turns a large
@@ -30,7 +30,11 @@ async def upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
         max_per_client=config.upstream.max_connections_per_client,
         on_body_error=metrics.upstream_failed,
     )
-    app[FORWARDER] = Forwarder(
+    tracing = app.get(TRACING)
+    forwarder: Callable[..., Forwarder] = (
+        Forwarder if tracing is None else tracing.forwarder(config.upstream.url)
+    )
+    app[FORWARDER] = forwarder(
         client,
         config.limits.max_request_body,
         config.limits.read_timeout,

@@ -30,6 +30,7 @@ from saga_runner.runs import EngineSettings, Run
 from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
+from saga_runner.tracing import NULL_TRACER, SagaTracer, StepCall, carrying
 
 log = logging.getLogger("saga_sidecar.saga")
 
@@ -99,6 +100,7 @@ class AttemptLoop:
         *,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        tracer: SagaTracer = NULL_TRACER,
     ) -> None:
         self.store = store
         self.caller = caller
@@ -106,6 +108,7 @@ class AttemptLoop:
         self.redactor = redactor
         self.rng = rng or random.Random()
         self.sleep = sleep
+        self.tracer = tracer
 
     async def run(
         self,
@@ -200,7 +203,13 @@ class AttemptLoop:
         self, saga_id: str, spec: CallSpec, attempt: int
     ) -> tuple[CallResult, AttemptRecord]:
         started = datetime.now(UTC)
-        result = await self.caller.call(spec.request, success=spec.success, seconds=spec.timeout)
+        call = StepCall(
+            saga_id, spec.saga_name, spec.step_name, spec.kind.value, attempt, spec.request
+        )
+        with self.tracer.call(call) as span:
+            request = carrying(spec.request, span.headers())
+            result = await self.caller.call(request, success=spec.success, seconds=spec.timeout)
+            span.answered(result)
         record = AttemptRecord(
             spec.step_order,
             spec.kind,

@@ -55,6 +55,7 @@ from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, WriteBatch
 from saga_runner.template import RenderContext
+from saga_runner.tracing import NULL_TRACER, TRACE_KEY, RunSpan, SagaTracer, recorded_trace
 
 log = logging.getLogger("saga_sidecar.saga")
 
@@ -71,6 +72,7 @@ class SagaEngine:
         settings: EngineSettings,
         leases: LeaseRenewer,
         sealer: Sealer | None = None,
+        tracer: SagaTracer = NULL_TRACER,
     ) -> None:
         self.store = store
         self.attempts = attempts
@@ -79,6 +81,7 @@ class SagaEngine:
         self.settings = settings
         self.leases = leases
         self.sealer = sealer or Sealer()
+        self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
         self.forward = Forward(store, attempts, redactor, settings)
         self._saved_definitions: set[str] = set()
@@ -137,6 +140,12 @@ class SagaEngine:
         sealed = self.sealer.seal(self.redactor, saga_id, input_data, lowered)
         if sealed is not None:
             started[SEALED] = sealed
+        # The first run's span starts with the instance, so the instance can record it for the
+        # runs that resume it. A span never ended (the key's saga existed) is never exported.
+        span = self.tracer.run(saga_id, definition.name, first_run=None)
+        trace = span.trace_context()
+        if trace:
+            started[TRACE_KEY] = trace
         sent_at = asyncio.get_running_loop().time()
         created = await self.store.create_instance(
             business_type=definition.name,
@@ -157,7 +166,7 @@ class SagaEngine:
         # From here on: the run starts only after more work, and the lease is ticking.
         self.leases.track(created.lease, sent_at=sent_at)
         self.observer.saga_started(definition.name)
-        return Started(created.saga, created.lease, created.steps, first)
+        return Started(created.saga, created.lease, created.steps, first, span)
 
     def _first_calls(
         self,
@@ -220,10 +229,14 @@ class SagaEngine:
         try:
             async with self.leases.hold(lease) as hold:
                 run, steps = await self._load(definition, hold, headers, input_data, started)
+                span = self._run_span(run, started)
                 self.observer.run_started(definition.name)
                 self._runs[lease.saga_id] = run
                 try:
-                    return await self._drive(run, steps)
+                    with span.running():
+                        saga = await self._drive(run, steps)
+                        span.ended_as(saga.status)
+                        return saga
                 finally:
                     if self._runs.get(lease.saga_id) is run:
                         del self._runs[lease.saga_id]
@@ -259,6 +272,13 @@ class SagaEngine:
         run.stage_stop.set()
         return run
 
+    def _run_span(self, run: Run, started: CreateResult | None) -> RunSpan:
+        """The span ``start`` opened for this run, or a new one linked to the first run's."""
+        span = started.span if isinstance(started, Started) else None
+        if span is not None and started is not None and started.lease == run.lease:
+            return span
+        return self.tracer.run(run.saga.id, run.definition.name, first_run=run.first_trace)
+
     async def _load(
         self,
         definition: SagaDefinition,
@@ -280,9 +300,9 @@ class SagaEngine:
             return run, started.steps
         detail = await self.store.get(lease.saga_id)
         withheld: str | None = None
+        event = next((e for e in detail.events if e.action == "started"), None)
+        recorded = None if event is None else event.detail
         if headers is None or input_data is None:
-            event = next((e for e in detail.events if e.action == "started"), None)
-            recorded = None if event is None else event.detail
             sealed = recorded.get(SEALED) if isinstance(recorded, dict) else None
             known = self.sealer.unseal(
                 lease.saga_id, detail.instance.input, started_headers(recorded), sealed
@@ -292,6 +312,7 @@ class SagaEngine:
             withheld = known.reason
         run = Run(definition, lease, hold, detail.instance, _lowered(headers), input_data)
         run.withheld = withheld
+        run.first_trace = recorded_trace(recorded)
         run.results.update(known_results(detail.steps))
         return run, detail.steps
 

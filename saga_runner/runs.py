@@ -23,6 +23,7 @@ from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import WriteBatch
 from saga_runner.template import RenderContext, StepResult
+from saga_runner.tracing import RunSpan
 
 log = logging.getLogger("saga_sidecar.saga")
 T = TypeVar("T")
@@ -59,9 +60,11 @@ class Started(CreateResult):
         first_calls: those calls by ``step_order`` (one, or one per member of a parallel
             group), rendered with the trigger's own (unredacted) input and headers; the run
             started with this result makes them without writing again.
+        span: the first run's span, opened with the instance (``saga_runner.tracing``).
     """
 
     first_calls: Mapping[int, StepRequest] = field(default_factory=dict)
+    span: RunSpan | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Run:
     released: bool = False
     # Set when ``input``/``headers`` hold redaction placeholders that could not be recovered.
     withheld: str | None = None
+    # The trace context the instance's first run recorded (None: this is the first run).
+    first_trace: dict[str, str] | None = None
     # The members of a parallel group write concurrently: one write of the run at a time, so
     # ``saga`` is always the instance as last written.
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

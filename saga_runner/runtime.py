@@ -28,6 +28,7 @@ from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings
 from saga_runner.seal import Sealer
 from saga_runner.store import SagaStore
+from saga_runner.tracing import NULL_TRACER, SagaTracer
 from saga_runner.transport import AiohttpTransport, StepTransport
 
 
@@ -79,11 +80,12 @@ class SagaRuntime:
         catalog: SagaCatalog,
         observer: SagaObserver | None = None,
         transport: StepTransport | None = None,
+        tracer: SagaTracer = NULL_TRACER,
     ) -> SagaRuntime:
         """Connect to the store (migrating it when configured) and build the engine.
 
         ``transport`` carries the step calls (default: an ``AiohttpTransport``); the runtime
-        closes it in ``close``.
+        closes it in ``close``. ``tracer`` opens the spans of runs and step calls.
         """
         store = await SagaStore.from_url(settings.store_url, settings.base_dir)
         try:
@@ -99,7 +101,7 @@ class SagaRuntime:
         leases = LeaseRenewer(store, settings.lease_seconds)
         engine = SagaEngine(
             store,
-            AttemptLoop(store, StepCaller(transport), observer, redactor),
+            AttemptLoop(store, StepCaller(transport), observer, redactor, tracer=tracer),
             observer,
             redactor,
             EngineSettings(
@@ -110,6 +112,7 @@ class SagaRuntime:
             ),
             leases,
             Sealer.from_base64(settings.encryption_keys),
+            tracer,
         )
         leases.start()
         return cls(store, engine, catalog, transport)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from functools import partial
 
 from aiohttp import web
@@ -49,9 +49,11 @@ from proxy.keys import (
     METRICS,
     READINESS,
     TASKS,
+    TRACING,
     UNGUARDED,
 )
 from proxy.metrics import SidecarMetrics
+from proxy.tracing import NULL_DECISION, DecisionSpan
 
 log = logging.getLogger("saga_sidecar.idempotency")
 
@@ -84,6 +86,7 @@ class IdempotencyGuard:
         read_timeout: float | None = None,
         executors: Mapping[Handler, Executor] | None = None,
         unguarded: Collection[Handler] = (),
+        decision: Callable[[web.Request], DecisionSpan] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -92,6 +95,8 @@ class IdempotencyGuard:
         self.bodies = BodyReader(config.max_request_body, read_timeout)
         self.executors: Mapping[Handler, Executor] = executors or {}
         self.unguarded = frozenset(unguarded)
+        # The span of each decision (``proxy.tracing``); one that does nothing when untraced.
+        self.decision = decision or _untraced
         self.policy = IdempotencyPolicy(config)
         self.scoper = KeyScoper(config.scope_headers, config.key_secret, store)
         # Best-effort releases of locks whose acquire reply was lost: not requests, so they
@@ -128,15 +133,22 @@ class IdempotencyGuard:
         body = await self.bodies.read(request)
         call = CoveredRequest(request, body, fingerprint(request.method, request.raw_path, body))
         executor = self.executors.get(handler) or LocalHandler(handler)
-        return await self._protect(call, executor, key, policy)
+        with self.decision(request) as decision:
+            return await self._protect(call, executor, key, policy, decision)
 
     async def _protect(
-        self, call: CoveredRequest, executor: Executor, key: str, policy: RoutePolicy
+        self,
+        call: CoveredRequest,
+        executor: Executor,
+        key: str,
+        policy: RoutePolicy,
+        decision: DecisionSpan,
     ) -> web.StreamResponse:
         token = new_token()
         lookup = None
         try:
             lookup = await self.scoper.lookup_key(call.request.headers, key)
+            decision.keyed(lookup)
             state = await self._acquire(lookup, call.fingerprint, token, policy)
             if isinstance(state, InFlight) and state.fingerprint == call.fingerprint:
                 state = await self._wait(call, state, lookup, token, policy)
@@ -353,6 +365,10 @@ class IdempotencyGuard:
         self.metrics.idem_store_errors.labels(action).inc()
 
 
+def _untraced(request: web.Request) -> DecisionSpan:
+    return NULL_DECISION
+
+
 IDEMPOTENCY_GUARD: web.AppKey[IdempotencyGuard] = web.AppKey("idempotency_guard")
 
 
@@ -381,6 +397,7 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
     answers stored) before the store closes.
     """
     loaded = app[CONFIG].config
+    tracing = app.get(TRACING)
     store = store_from_url(loaded.idempotency.store)
     unguarded: frozenset[Handler] = app.get(UNGUARDED) or frozenset()
     guard = IdempotencyGuard(
@@ -391,6 +408,7 @@ async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded.limits.read_timeout,
         executors=app.get(EXECUTORS),
         unguarded=unguarded,
+        decision=None if tracing is None else tracing.decision,
     )
     app[IDEMPOTENCY_GUARD] = guard
     app[KEY_SCOPER] = guard.scoper

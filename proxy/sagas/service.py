@@ -25,6 +25,7 @@ from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import SagaRuntime
 from saga_runner.states import AttemptKind, SagaStatus
+from saga_runner.tracing import NULL_TRACER, SagaTracer
 
 
 def load_catalog(loaded: LoadedConfig, *, require_matches: bool = False) -> SagaCatalog:
@@ -93,13 +94,16 @@ class MetricsObserver:
 class SagaService:
     """Loaded saga definitions plus, once opened, the runtime that executes them."""
 
-    def __init__(self, loaded: LoadedConfig, metrics: SidecarMetrics) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, metrics: SidecarMetrics, tracer: SagaTracer = NULL_TRACER
+    ) -> None:
         config = loaded.config
         if config.sagas is None:
             raise ValueError("the config has no sagas section")
         self.settings = runtime_settings(loaded)
         self.catalog: SagaCatalog = load_catalog(loaded)
         self.observer = MetricsObserver(metrics)
+        self.tracer = tracer
         self.recovery_settings = RecoverySettings(
             interval=config.sagas.recovery_interval,
             lease_seconds=config.sagas.lease,
@@ -141,7 +145,7 @@ class SagaService:
         runtime closes.
         """
         self._runtime = await SagaRuntime.open(
-            self.settings, self.catalog, self.observer, UpstreamStepTransport()
+            self.settings, self.catalog, self.observer, UpstreamStepTransport(), self.tracer
         )
         self._recovery = RecoveryWorker(
             self._runtime,

@@ -67,6 +67,12 @@ redact:
   headers: [Authorization, Cookie, Set-Cookie, X-Api-Key]
   fields: [card_number, cvv, password]
 reload: {watch: false, interval: 2s}
+tracing:
+  endpoint: "http://127.0.0.1:4318"
+  service_name: saga-sidecar
+  sample_ratio: 0.5
+  headers: {x-api-key: "${OTLP_KEY:-}"}
+  timeout: 10s
 """
 YAML_NOISE = [*":-,{}[]\"'&*!|>#%@`? \t\\$", "\x00", "\ufeff", "é", "\u2028", "{{", "}}"]
 SCALARS = ["", "0", "-1", "1e999", "99999999999999999999", "true", "null", "~", "[]", "{}",
