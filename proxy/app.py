@@ -48,6 +48,7 @@ from proxy.readiness import Readiness
 from proxy.reload import Reloader
 from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 from proxy.sagas.brokers import brokers_ctx
+from proxy.sagas.callbacks import setup_callback_routes
 from proxy.sagas.routes import SagaTriggers
 from proxy.sagas.service import SagaService, saga_service_ctx
 from proxy.sagas.status import setup_status_routes
@@ -160,6 +161,7 @@ def build_public_app(
         app.cleanup_ctx.append(brokers_ctx)  # before the saga service: closed after it stops
         app.cleanup_ctx.append(saga_service_ctx)
         setup_status_routes(app)  # a route of its own: the catch-all below never shadows it
+        setup_callback_routes(app)  # a route of its own too, never forwarded
     app.cleanup_ctx.append(task_scheduler_ctx)
     # The catch-all route: the forwarder, or the saga triggers of the catalog loaded now in
     # front of it (a reload changes them without touching the router).

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from proxy.config import (
+    CallbacksConfig,
     LoadedConfig,
     SagasConfig,
     SidecarConfig,
@@ -83,7 +84,7 @@ def check_files(path: Path, env: Mapping[str, str] | None = None) -> Findings:
         return Findings(issues, loaded, 0)
     base_dir = path.resolve().parent
     try:
-        reserved = reserved_routes(_status_path(doc))
+        reserved = reserved_routes(*_own_paths(doc))
         catalog = load_definitions(base_dir, globs, services, reserved, env=env, origin=doc)
     except ConfigError as exc:
         return Findings(issues + exc.issues, loaded, 0)
@@ -153,15 +154,24 @@ def _salvaged(doc: LocatedDocument) -> tuple[Sequence[str] | None, Collection[st
         return None, names
 
 
-def _status_path(doc: LocatedDocument) -> str:
-    """``sagas.status_path`` of a config, valid or not (its default when itself invalid)."""
+def _own_paths(doc: LocatedDocument) -> tuple[str, str]:
+    """``sagas.status_path`` and ``sagas.callbacks.path`` of a config, valid or not (each its
+    default when itself invalid)."""
     data = doc.data if isinstance(doc.data, dict) else {}
     sagas = data.get("sagas")
-    value = sagas.get("status_path") if isinstance(sagas, dict) else None
+    sagas = sagas if isinstance(sagas, dict) else {}
+    callbacks = sagas.get("callbacks")
+    callbacks = callbacks if isinstance(callbacks, dict) else {}
+    return (
+        _valid_path(sagas.get("status_path"), SagasConfig.model_fields["status_path"].default),
+        _valid_path(callbacks.get("path"), CallbacksConfig.model_fields["path"].default),
+    )
+
+
+def _valid_path(value: Any, default: str) -> str:
     with contextlib.suppress(ValueError):
         if isinstance(value, str):
             return reserved_path(value)
-    default: str = SagasConfig.model_fields["status_path"].default
     return default
 
 

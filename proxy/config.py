@@ -80,10 +80,11 @@ def reserved_path(value: str) -> str:
     return value
 
 
-def reserved_routes(status_path: str) -> tuple[tuple[str, str], ...]:
-    """The (method, path pattern) pairs of the public listener no saga trigger may take: the
-    status path and everything under it (``*`` any method; ``fnmatch`` patterns)."""
-    return (("*", status_path), ("*", status_path + "/*"))
+def reserved_routes(*paths: str) -> tuple[tuple[str, str], ...]:
+    """The (method, path pattern) pairs of the public listener no saga trigger may take: each
+    of the sidecar's own paths (the status path, the callbacks path) and everything under it
+    (``*`` any method; ``fnmatch`` patterns)."""
+    return tuple(route for path in paths for route in (("*", path), ("*", path + "/*")))
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
@@ -301,6 +302,21 @@ class BrokerConfig(Model):
         return self
 
 
+class CallbacksConfig(Model):
+    """Where services complete the steps that await a callback (``sagas.callbacks``)."""
+
+    # How services reach any replica's public listener; empty: this one's ``listen`` address
+    # (0.0.0.0 read as 127.0.0.1), which only a service on the same host can reach.
+    url: HttpUrl | None = None
+    # ``POST <url><path>/<token>`` completes a step; reserved on the public listener.
+    path: str = "/_saga/callbacks"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return reserved_path(value)
+
+
 class SagasConfig(Model):
     """The saga runner: where instances are recorded and which definition files to load."""
 
@@ -319,6 +335,8 @@ class SagasConfig(Model):
     status_path: str = "/_saga/sagas"
     # Named brokers for ``publish:`` steps and ``await.message`` (docs/SAGAS.md, Brokers).
     brokers: dict[BrokerName, BrokerConfig] = Field(default_factory=dict)
+    # Where services complete the steps that await a callback (docs/SAGAS.md).
+    callbacks: CallbacksConfig = CallbacksConfig()
 
     @field_validator("store")
     @classmethod
@@ -332,6 +350,17 @@ class SagasConfig(Model):
     @classmethod
     def _status_path(cls, value: str) -> str:
         return reserved_path(value)
+
+    @model_validator(mode="after")
+    def _apart(self) -> SagasConfig:
+        status, callbacks = self.status_path, self.callbacks.path
+        if (
+            status == callbacks
+            or (status + "/").startswith(callbacks + "/")
+            or (callbacks + "/").startswith(status + "/")
+        ):
+            raise ValueError("status_path and callbacks.path must not contain one another")
+        return self
 
     @field_validator("encryption_keys")
     @classmethod
@@ -457,6 +486,17 @@ class SidecarConfig(Model):
                 "more than one worker needs a shared idempotency store (redis://), not memory://"
             )
         return value
+
+    def callback_url(self) -> str:
+        """The callback URL of awaiting steps without its token: ``sagas.callbacks.url`` (or
+        this listener's own address) followed by ``sagas.callbacks.path``."""
+        callbacks = CallbacksConfig() if self.sagas is None else self.sagas.callbacks
+        base = callbacks.url
+        if base is None:
+            host, port = split_hostport(self.listen)
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return base + callbacks.path
 
     def worker_count(self) -> int:
         """The number of worker processes (``auto``: the CPU count)."""

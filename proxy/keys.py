@@ -35,6 +35,9 @@ EXECUTORS: web.AppKey[dict[Handler, Executor]] = web.AppKey("executors")
 # Route handlers the idempotency guard never covers: the sidecar's own endpoints on the public
 # listener (a saga's status URL), whatever ``idempotency.methods`` and ``routes`` say.
 UNGUARDED: web.AppKey[frozenset[Handler]] = web.AppKey("unguarded")
+# Paths whose last segment is a secret (the callbacks path: its tokens): logs show
+# ``<path>/<redacted>`` instead of what follows them.
+SECRET_PATHS: web.AppKey[tuple[str, ...]] = web.AppKey("secret_paths")
 # The one key scoper: the idempotency guard's, which saga triggers scope their keys with too.
 KEY_SCOPER: web.AppKey[KeyScoper] = web.AppKey("key_scoper")
 # On the admin app: the public app, whose TASKS scheduler runs operator retries and aborts (it is

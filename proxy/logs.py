@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from proxy.ids import UniqueIds
-from proxy.keys import IDEMPOTENCY_OUTCOME, UPSTREAM_SECONDS
+from proxy.keys import IDEMPOTENCY_OUTCOME, SECRET_PATHS, UPSTREAM_SECONDS
 
 access_log = logging.getLogger("saga_sidecar.access")
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -234,6 +234,20 @@ def access_json_line(
     )
 
 
+REDACTED_SEGMENT = "<redacted>"
+"""What logs show instead of a secret path segment (a callback token)."""
+
+
+def loggable_path(request: web.Request) -> str:
+    """``request.path`` as logs may show it: under a secret path (``SECRET_PATHS``, the
+    callbacks path), what follows it is replaced by ``REDACTED_SEGMENT``."""
+    path = request.path
+    for prefix in request.app.get(SECRET_PATHS, ()):
+        if path.startswith(prefix + "/"):
+            return f"{prefix}/{REDACTED_SEGMENT}"
+    return path
+
+
 def log_access(request: web.Request, status: int, seconds: float, request_id: str) -> None:
     """Log the access line of ``request``, answered with ``status`` after ``seconds``.
 
@@ -243,7 +257,7 @@ def log_access(request: web.Request, status: int, seconds: float, request_id: st
     if not access_log.isEnabledFor(logging.INFO):
         return
     method = request.method
-    path = request.path
+    path = loggable_path(request)
     upstream = request.get(UPSTREAM_SECONDS)
     duration_ms = round(seconds * 1000, 3)
     upstream_ms = None if upstream is None else round(upstream * 1000, 3)

@@ -177,6 +177,25 @@ class SidecarMetrics:
             "1 when the last reload succeeded (or none was tried yet), 0 when it was refused",
             registry=r,
         )
+        self.saga_waiting = Gauge(
+            "saga_waiting",
+            "Steps waiting for their outcome (all replicas: read from the saga store)",
+            ["saga"],
+            registry=r,
+        )
+        self.saga_callbacks = Counter(
+            "saga_callbacks",
+            "Callbacks applied (recorded, or the same outcome again), by transport and outcome",
+            ["via", "outcome"],
+            registry=r,
+        )
+        self.saga_deadline_exceeded = Counter(
+            "saga_deadline_exceeded",
+            "Sagas whose deadline passed before their forward steps were done",
+            ["saga"],
+            registry=r,
+        )
+        self._waiting_sagas: set[str] = set()
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.
         self._http_children: dict[tuple[str, int], Counter] = {}
@@ -207,6 +226,14 @@ class SidecarMetrics:
     def upstream_failed(self, exc: BaseException) -> None:
         """Count one forwarded request that failed at the upstream (see ``upstream_error_kind``)."""
         self._upstream_error_children[upstream_error_kind(exc)].inc()
+
+    def report_waiting(self, counts: dict[str, int]) -> None:
+        """Set ``saga_waiting`` to ``counts`` (by saga name); a saga no longer listed is 0."""
+        for saga in self._waiting_sagas.difference(counts):
+            self.saga_waiting.labels(saga).set(0)
+        for saga, count in counts.items():
+            self.saga_waiting.labels(saga).set(count)
+        self._waiting_sagas.update(counts)
 
     def observe_step(self, saga: str, step: str, kind: str, seconds: float) -> None:
         """Time one call of ``step``'s action or compensation (``kind``)."""

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.errors import PathEscape, RequestBodyError, UpstreamError
+from proxy.logs import loggable_path
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 log = logging.getLogger("saga_sidecar.problems")
@@ -92,7 +93,7 @@ def problem_for_failure(request: web.Request, exc: Exception) -> web.Response | 
         return problem_for_exception(exc) if exc.status >= 400 else None
     if isinstance(exc, (UpstreamError, RequestBodyError, PathEscape)):
         return problem_for_exception(exc)
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    log.error("unhandled error on %s %s", request.method, loggable_path(request), exc_info=exc)
     if request.writer.output_size > 0:
         return None
     return problem_for_exception(exc)

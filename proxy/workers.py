@@ -47,7 +47,7 @@ from proxy.keys import METRICS
 
 log = logging.getLogger("saga_sidecar.workers")
 
-STORE_GAUGES = frozenset({"saga_oldest_unfinished_age_seconds"})
+STORE_GAUGES = frozenset({"saga_oldest_unfinished_age_seconds", "saga_waiting"})
 ALIKE_GAUGES = frozenset(
     {"saga_sidecar_build_info", "python_info", "process_max_fds", "process_start_time_seconds"}
 )

@@ -285,6 +285,53 @@ SHAPE_CALLS: Final = ("action", "compensation", "try", "confirm", "cancel")
 in a TCC saga (``kind: tcc``)."""
 
 
+class CallbackAwait(_Model):
+    """An await completed through the callback URL the step's calls carry."""
+
+    timeout: Duration | None = None
+    """How long to wait for the outcome after the action was accepted (required; a heartbeat
+    starts it again)."""
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | None) -> float | None:
+        return _positive_duration(value)
+
+
+AWAIT_KINDS: Final = ("callback", "poll", "message")
+"""The ways a step may await its outcome (exactly one; only ``callback`` is supported)."""
+
+
+class AwaitDefinition(_Model):
+    """How a step whose action only starts its work learns the outcome (``await``)."""
+
+    callback: CallbackAwait | None = None
+    """Completed through the callback URL (``Saga-Callback`` header of every call)."""
+
+    poll: JsonValue = None
+    """Not supported yet (``check`` says so)."""
+
+    message: JsonValue = None
+    """Not supported yet (``check`` says so)."""
+
+    @model_serializer(mode="wrap")
+    def _declared(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
+    @property
+    def kind(self) -> str:
+        """Which await this is (``callback``)."""
+        return next((k for k in AWAIT_KINDS if getattr(self, k) is not None), "callback")
+
+    @property
+    def timeout(self) -> float:
+        """How long to wait for the outcome, in seconds."""
+        if self.callback is None or self.callback.timeout is None:
+            raise ValueError("only a callback await with a timeout can be run")
+        return self.callback.timeout
+
+
 class StepDefinition(_Model):
     """One saga step: its calls (an action and optional compensation, or a TCC step's try,
     confirm and cancel), and the forward call's retry and the calls' timeout."""
@@ -313,6 +360,9 @@ class StepDefinition(_Model):
     timeout: Duration | None = None
     """Per-attempt timeout of every call of the step; absent: the config's ``upstream.timeout``."""
 
+    await_: AwaitDefinition | None = Field(default=None, alias="await")
+    """The action only starts the work: the step waits for its outcome (``waiting``)."""
+
     @field_validator("retry", mode="before")
     @classmethod
     def _retry_defaults(cls, value: Any) -> Any:
@@ -328,7 +378,7 @@ class StepDefinition(_Model):
         # The calls a step does not have are left out (``compensation`` excepted, as it always
         # was), so a plain saga's snapshot and hash are what they were before TCC existed.
         data: dict[str, Any] = handler(self)
-        for key in ("action", "try", "try_", "confirm", "cancel"):
+        for key in ("action", "try", "try_", "confirm", "cancel", "await", "await_"):
             if key in data and data[key] is None:
                 del data[key]
         return data
@@ -352,6 +402,11 @@ class StepDefinition(_Model):
             AttemptKind.CANCEL: self.cancel,
         }
         return calls.get(kind)
+
+    @property
+    def awaits(self) -> bool:
+        """Whether the step waits for its outcome after its action was accepted."""
+        return self.await_ is not None
 
     def timeout_or(self, default: float) -> float:
         """This step's timeout in seconds, or ``default`` (``upstream.timeout``) when unset."""
@@ -483,6 +538,14 @@ class SagaDefinition(_Model):
     response: ResponseDefinition = ResponseDefinition()
     """The sync answer on success."""
 
+    deadline: Duration | None = None
+    """How long after its start the saga may run forward; then it compensates."""
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: float | None) -> float | None:
+        return _positive_duration(value)
+
     @field_validator("steps")
     @classmethod
     def _some_steps(
@@ -503,6 +566,8 @@ class SagaDefinition(_Model):
         data: dict[str, Any] = handler(self)
         if data.get("kind") == "saga":
             del data["kind"]
+        if data.get("deadline") is None:
+            data.pop("deadline", None)
         return data
 
     @model_validator(mode="after")

@@ -3,10 +3,11 @@
 ``find_problems`` walks the raw (parsed YAML) data of one saga file and returns every problem with
 its key path: malformed templates or unknown template roots, unsafe call paths, CR/LF in header
 values, template references to unknown steps, to steps that have not run yet or to a sibling in
-the same parallel group, duplicate step names (groups included), steps whose calls do not fit
-the saga's ``kind`` (a saga step needs an ``action``; a TCC step needs ``try``, ``confirm`` and
-``cancel`` and has no ``action`` or ``compensation``), and calls to services that are not
-configured. It is tolerant of a wrong shape (the schema reports those), so
+the same parallel group, duplicate step names (groups included), an ``await`` that is not
+exactly one supported kind with a timeout on a plain step of an async saga, steps whose calls do
+not fit the saga's ``kind`` (a saga step needs an ``action``; a TCC step needs ``try``,
+``confirm`` and ``cancel`` and has no ``action`` or ``compensation``), and calls to services that
+are not configured. It is tolerant of a wrong shape (the schema reports those), so
 a file's schema errors and its template errors are reported together.
 
 Which steps a template may use ("earlier" means earlier items of ``steps``, never a member of
@@ -135,6 +136,7 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     tcc = data.get("kind") == "tcc"
     for one in placed:
         problems += _shape_problems(one, tcc)
+        problems += _await_problems(one, data, tcc)
         problems += _check_step(one, placed, has_business_id, services, tcc)
     response = data.get("response")
     if isinstance(response, Mapping):
@@ -195,6 +197,34 @@ def _shape_problems(one: _Placed, tcc: bool) -> list[Problem]:
                 else f"{key} belongs to a TCC step (kind: tcc at the saga's top level)"
             )
             problems.append(((*one.loc, key), message))
+    return problems
+
+
+def _await_problems(one: _Placed, data: Mapping[str, Any], tcc: bool) -> list[Problem]:
+    """An ``await``: exactly one kind, a supported one (``callback``) with a timeout, on a
+    plain step of an async saga."""
+    awaited = one.step.get("await")
+    if not isinstance(awaited, Mapping):
+        return []  # absent, or the schema's to report
+    loc: Loc = (*one.loc, "await")
+    kinds = [kind for kind in ("callback", "poll", "message") if awaited.get(kind) is not None]
+    problems: list[Problem] = []
+    if len(kinds) != 1:
+        problems.append((loc, "needs exactly one of callback, poll or message"))
+    for kind in kinds:
+        if kind != "callback":
+            problems.append(((*loc, kind), f"await {kind} is not supported yet (use callback)"))
+    callback = awaited.get("callback")
+    if isinstance(callback, Mapping) and callback.get("timeout") is None:
+        problems.append(
+            ((*loc, "callback", "timeout"), "required: how long to wait for the outcome")
+        )
+    if data.get("mode", "sync") != "async":
+        problems.append((loc, "a step that awaits its outcome needs the saga's mode: async"))
+    if tcc:
+        problems.append((loc, "a TCC step cannot await its outcome"))
+    if len(one.loc) > 2:
+        problems.append((loc, "a member of a parallel group cannot await its outcome"))
     return problems
 
 

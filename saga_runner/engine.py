@@ -38,7 +38,15 @@ from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.leases import LeaseHold, LeaseRenewer
 from saga_runner.observer import SagaObserver
-from saga_runner.records import CreateResult, JsonValue, Lease, NewStep, SagaInstance, SagaStep
+from saga_runner.records import (
+    Claim,
+    CreateResult,
+    JsonValue,
+    Lease,
+    NewStep,
+    SagaInstance,
+    SagaStep,
+)
 from saga_runner.redact import Redactor
 from saga_runner.runs import (
     EngineSettings,
@@ -56,6 +64,7 @@ from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, WriteBatch
 from saga_runner.template import RenderContext
 from saga_runner.tracing import NULL_TRACER, TRACE_KEY, RunSpan, SagaTracer, recorded_trace
+from saga_runner.waits import Waits
 
 log = logging.getLogger("saga_sidecar.saga")
 
@@ -83,7 +92,8 @@ class SagaEngine:
         self.sealer = sealer or Sealer()
         self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
-        self.forward = Forward(store, attempts, redactor, settings)
+        self.waits = Waits(store, settings.callback_url, observer)
+        self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
         self._runs: dict[str, Run] = {}
 
@@ -160,6 +170,7 @@ class SagaEngine:
             client_scope=client_scope,
             saga_id=saga_id,
             started=started,
+            deadline_seconds=definition.deadline,
         )
         if created.lease is None:
             return created
@@ -184,6 +195,8 @@ class SagaEngine:
             business_id=business_id,
         )
         kind = definition.forward_kind
+        if any(definition.all_steps[order].awaits for order in definition.stages[0].orders):
+            return {}  # its callback token is recorded before it is announced: the run does it
         try:
             return {
                 order: build_request(definition.all_steps[order], kind, ctx, self.settings.services)
@@ -225,6 +238,38 @@ class SagaEngine:
             LeaseLost: the saga was taken over: a fenced write was refused, or the lease
                 renewer found the lease lost and cut the run off, even mid-call; stop here.
         """
+        saga, run = await self._execute_once(definition, lease, headers, input_data, started)
+        while run is not None and run.parked_until is not None:
+            # A callback may have come before the step was parked: its replica could not claim
+            # the saga then, so this one goes on with it.
+            claim = await self._claim_if_answered(lease.saga_id)
+            if claim is None:
+                break
+            headers, input_data = run.headers, run.input
+            saga, run = await self._execute_once(definition, claim.lease, headers, input_data, None)
+        return saga
+
+    async def _claim_if_answered(self, saga_id: str) -> Claim | None:
+        """Claim a parked saga whose waiting step got its outcome already, if nobody has."""
+        detail = await self.store.get(saga_id)
+        if not any(row.status is StepStatus.WAITING and row.await_outcome for row in detail.steps):
+            return None
+        sent_at = asyncio.get_running_loop().time()
+        claim = await self.store.claim_one(
+            saga_id, self.settings.owner, self.settings.lease_seconds
+        )
+        if claim is not None:
+            self.leases.track(claim.lease, sent_at=sent_at)
+        return claim
+
+    async def _execute_once(
+        self,
+        definition: SagaDefinition,
+        lease: Lease,
+        headers: Mapping[str, str] | None,
+        input_data: Any,
+        started: CreateResult | None,
+    ) -> tuple[SagaInstance, Run | None]:
         run: Run | None = None
         try:
             async with self.leases.hold(lease) as hold:
@@ -236,7 +281,7 @@ class SagaEngine:
                     with span.running():
                         saga = await self._drive(run, steps)
                         span.ended_as(saga.status)
-                        return saga
+                        return saga, run
                 finally:
                     if self._runs.get(lease.saga_id) is run:
                         del self._runs[lease.saga_id]
@@ -322,6 +367,8 @@ class SagaEngine:
                 # The decision to confirm was recorded: confirms go on, a cancel never comes.
                 return await self._confirm(run, NOTHING)
             failure, done = await self.forward.run(run, steps)
+            if failure is None and run.parked_until is not None:
+                return await self._park(run, done)
             if failure is None:
                 if run.definition.kind == "tcc":
                     return await self._confirm(run, done)
@@ -339,6 +386,16 @@ class SagaEngine:
             log_run(run, "compensating", reason=failure.reason, step=failure.step_name)
         if run.saga.status is SagaStatus.COMPENSATING:
             return await self._compensate(run)
+        return run.saga
+
+    async def _park(self, run: Run, done: WriteBatch) -> SagaInstance:
+        """A step waits for its outcome: give the saga up until ``run.parked_until`` (its
+        outcome makes it due sooner), keeping no task and no memory for it."""
+        parked = WriteBatch(saga_columns={"next_run_at": run.parked_until}, release=True)
+        run.hold.settle()
+        await run.write(self.store, done.then(parked))
+        run.released = True
+        log_run(run, "waiting", until=run.parked_until.isoformat() if run.parked_until else None)
         return run.saga
 
     async def _confirm(self, run: Run, done: WriteBatch) -> SagaInstance:

@@ -32,6 +32,9 @@ class SagaObserver(Protocol):
     def run_stopped(self, saga: str) -> None:
         """This process stopped running a saga (finished, paused or lost its lease)."""
 
+    def deadline_exceeded(self, saga: str) -> None:
+        """A saga's deadline passed before it finished its forward steps."""
+
 
 class NullObserver:
     """An observer that ignores every event."""
@@ -51,4 +54,7 @@ class NullObserver:
         """Ignore."""
 
     def run_stopped(self, saga: str) -> None:
+        """Ignore."""
+
+    def deadline_exceeded(self, saga: str) -> None:
         """Ignore."""

@@ -95,6 +95,7 @@ class SagaInstance:
     completed_at: datetime | None
     compensated_at: datetime | None
     client_scope: str | None
+    deadline_at: datetime | None
 
     @property
     def name(self) -> str:
@@ -110,7 +111,10 @@ class SagaStep:
     plain ``<saga>:<step>:compensation``); an operator retry bumps it after a replayed failure.
     ``stage`` is the position of the step's item in the saga's ``steps`` (the members of a
     parallel group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in
-    a saga).
+    a saga). A step that awaits its outcome (``await_kind``, e.g. ``callback``) is ``waiting``
+    from ``waiting_since`` until ``wait_until`` (a heartbeat moves it ``wait_seconds`` on);
+    ``await_outcome`` is what ended the wait (``success``, ``failure``, ``timeout``,
+    ``deadline``) and ``await_result`` the result a callback reported.
     """
 
     id: int
@@ -130,6 +134,12 @@ class SagaStep:
     key_generation: int
     stage: int
     phase: AttemptKind | None
+    await_kind: str | None
+    waiting_since: datetime | None
+    wait_until: datetime | None
+    wait_seconds: float | None
+    await_outcome: str | None
+    await_result: JsonValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,11 @@ Each tick claims (atomically, so two replicas never get the same saga) the ``run
 resumes each under the definition it is pinned to; when the claim supersedes a run of this very
 worker (its own lease expired), that stale run is cancelled first. An instance whose definition
 is known neither to this replica nor to the store is marked ``failed`` with the reason, for an
-operator. Finished sagas older than the retention period are deleted in bounded batches, by one
-replica at a time on PostgreSQL.
+operator. A saga whose waiting step's outcome was just recorded is claimed and resumed here at
+once (``continue_now``); a parked saga's wait ends by the same tick that resumes every due
+saga (its ``next_run_at`` is the wait's end), so however many sagas wait, a tick makes the same
+few statements. Finished sagas older than the retention period are deleted in bounded batches,
+by one replica at a time on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ class RecoveryWorker:
         runtime: SagaRuntime,
         settings: RecoverySettings,
         report_oldest_age: Callable[[float], None] | None = None,
+        report_waiting: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.report_oldest_age = report_oldest_age
+        self.report_waiting = report_waiting
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -110,16 +115,31 @@ class RecoveryWorker:
             else []
         )
         for claim in claims:
-            self.runtime.leases.track(claim.lease, sent_at=sent_at)
-            stale = self._running.get(claim.saga.id)
-            task = asyncio.create_task(
-                self._resume_after(stale, claim), name=f"saga-resume-{claim.saga.id}"
-            )
-            self._running[claim.saga.id] = task
-            task.add_done_callback(self._forget(claim.saga.id))
+            self._start(claim, sent_at)
         await self.prune()
         await self._report_oldest()
+        if self.report_waiting is not None:
+            self.report_waiting(await self.runtime.store.waiting_counts())
         return [claim.saga.id for claim in claims]
+
+    async def continue_now(self, saga_id: str) -> bool:
+        """Claim ``saga_id`` unless someone holds it, and resume it here in the background
+        (its waiting step just got its outcome); return whether it was claimed."""
+        sent_at = asyncio.get_running_loop().time()
+        claim = await self.runtime.store.claim_one(saga_id, self.owner, self.settings.lease_seconds)
+        if claim is None:
+            return False
+        self._start(claim, sent_at)
+        return True
+
+    def _start(self, claim: Claim, sent_at: float) -> None:
+        self.runtime.leases.track(claim.lease, sent_at=sent_at)
+        stale = self._running.get(claim.saga.id)
+        task = asyncio.create_task(
+            self._resume_after(stale, claim), name=f"saga-resume-{claim.saga.id}"
+        )
+        self._running[claim.saga.id] = task
+        task.add_done_callback(self._forget(claim.saga.id))
 
     def _forget(self, saga_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(task: asyncio.Task[None]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from saga_runner.caller import StepRequest, replayed
@@ -33,6 +34,7 @@ TO_COMPENSATE = frozenset(
     {
         StepStatus.SUCCEEDED,
         StepStatus.RUNNING,
+        StepStatus.WAITING,
         StepStatus.COMPENSATING,
         StepStatus.COMPENSATION_FAILED,
     }
@@ -50,6 +52,8 @@ class EngineSettings:
     default_timeout: float
     # Looked up at each call: a config reload updates it in place (``SagaRuntime.reload``).
     services: dict[str, str]
+    # Where services call back awaiting steps: the callback URL without its token.
+    callback_url: str = "http://127.0.0.1:8080/_saga/callbacks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,8 @@ class Run:
     abort_reason: str | None = None
     # Set when the run has ended, however it ended.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a step waits for its outcome: the run parks the saga until then (``waits``).
+    parked_until: datetime | None = None
 
     async def write(self, store: SagaStore, batch: WriteBatch) -> SagaInstance:
         """Write ``batch`` under the run's lease (one write of the run at a time)."""
@@ -203,7 +209,8 @@ def needs_compensation(row: SagaStep, kind: AttemptKind = AttemptKind.COMPENSATI
     if row.status in TO_COMPENSATE:
         return True
     if row.status is StepStatus.FAILED and isinstance(row.result, dict):
-        return bool(row.result.get("outcome_unknown"))
+        # ``accepted``: an awaiting step's action was accepted, whatever ended its wait.
+        return bool(row.result.get("outcome_unknown") or row.result.get("accepted"))
     return False
 
 

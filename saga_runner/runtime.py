@@ -51,6 +51,8 @@ class RuntimeSettings:
     redact_fields: tuple[str, ...] = ()
     # base64 AES-256 keys sealing the redacted trigger values (the first encrypts).
     encryption_keys: tuple[str, ...] = ()
+    # The callback URL of awaiting steps without its token (``sagas.callbacks``).
+    callback_url: str = "http://127.0.0.1:8080/_saga/callbacks"
 
 
 class SagaRuntime:
@@ -109,6 +111,7 @@ class SagaRuntime:
                 lease_seconds=settings.lease_seconds,
                 default_timeout=settings.default_timeout,
                 services=dict(settings.services),
+                callback_url=settings.callback_url,
             ),
             leases,
             Sealer.from_base64(settings.encryption_keys),

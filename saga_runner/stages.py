@@ -1,13 +1,14 @@
 """The forward phase of a saga: its stages, one after another.
 
 A stage is one item of the saga's ``steps``: a single step, or a parallel group whose members
-start together (the long-running steps that wait for an outcome will be a third kind). ``Forward``
-walks the stages not done yet. For each one it announces every member's forward call (``action``,
-or a TCC step's ``try``) in one write, together with the previous stage's outcomes, then makes
-the calls concurrently. When a member fails for good, the others start no further attempt: the
-calls in flight finish and their outcomes are recorded, and the stage's outcomes are handed back
-to the engine, to be written with whatever comes next (the next stage's announcement, the saga's
-end, or the turn to compensation).
+start together; a step that awaits its outcome is a stage that may also wait (``Waits``).
+``Forward`` walks the stages not done yet, and starts none once the saga's deadline passed. For
+each one it announces every member's forward call (``action``, or a TCC step's ``try``) in one
+write, together with the previous stage's outcomes, then makes the calls concurrently. When a
+member fails for good, the others start no further attempt: the calls in flight finish and their
+outcomes are recorded, and the stage's outcomes are handed back to the engine, to be written with
+whatever comes next (the next stage's announcement, the saga's end, or the turn to
+compensation). An awaiting step's accepted action is written ``waiting``, and the run parks.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from saga_runner.attempts import CallSpec, RunPhase, outcome_unknown
+from saga_runner.attempts import AttemptLoop, CallSpec, RunPhase, outcome_unknown
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import Stage, StepDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue, SagaStep
-from saga_runner.runs import Run, StepFailure, build_request, log_run, together
+from saga_runner.redact import Redactor
+from saga_runner.runs import EngineSettings, Run, StepFailure, build_request, log_run, together
 from saga_runner.states import AttemptKind, SagaStatus, StepStatus
+from saga_runner.store import SagaStore
 from saga_runner.store.batch import NOTHING, AttemptRecord, StepChange, WriteBatch
 from saga_runner.template import StepResult
+from saga_runner.waits import Waits
 
 StageOutcome = tuple[StepFailure | None, WriteBatch]
 """Why a stage (or a member) failed, None when it succeeded, and the write recording it."""
@@ -41,10 +45,24 @@ class _Call:
     resumed: bool
     announce: StepChange | None
     """The write that announces it (None: the instance's creation already did)."""
+    token_hash: str | None = None
+    """The hash of the callback token its request carries (an awaiting step's), recorded
+    before the call is made."""
 
 
 class Forward(RunPhase):
     """Runs the stages of one run that are not done yet."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        attempts: AttemptLoop,
+        redactor: Redactor,
+        settings: EngineSettings,
+        waits: Waits,
+    ) -> None:
+        super().__init__(store, attempts, redactor, settings)
+        self.waits = waits
 
     async def run(self, run: Run, steps: Sequence[SagaStep]) -> StageOutcome:
         """Run the stages not done yet; return why they stopped (None: all succeeded) and the
@@ -54,12 +72,20 @@ class Forward(RunPhase):
             rows = [steps[order] for order in stage.orders]
             if all(row.status is StepStatus.SUCCEEDED for row in rows):
                 continue
+            if rows[0].status is StepStatus.WAITING:
+                failure, batch = await self.waits.settle(run, rows[0])
+                done = done.then(batch)
+                if failure is not None or run.parked_until is not None:
+                    return failure, done
+                continue
             for row in rows:
                 if row.status not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.SUCCEEDED):
                     reason = row.error or "step failed"
                     return StepFailure(row.step_order, row.step_name, reason, 502), done
+            if self.waits.past_deadline(run):
+                return self.waits.deadline_failure(run, rows[0]), done
             failure, done = await self._stage(run, stage, rows, done)
-            if failure is not None:
+            if failure is not None or run.parked_until is not None:
                 return failure, done
         return None, done
 
@@ -83,6 +109,7 @@ class Forward(RunPhase):
             for _failure, batch in unbuilt:
                 done = done.then(batch)
             return failure, done
+        await self._record_tokens(run, calls)
         announced = tuple(call.announce for call in calls if call.announce is not None)
         if announced:
             running = WriteBatch(
@@ -111,6 +138,13 @@ class Forward(RunPhase):
             first = calls[0]
             failures.append(StepFailure(first.order, first.step_def.name, run.abort_reason, 502))
         return (failures[0] if failures else None), batch
+
+    async def _record_tokens(self, run: Run, calls: Sequence[_Call]) -> None:
+        """Bind the callback tokens of the calls to their steps, before any call is made (a
+        callback may come before the call's own answer)."""
+        for call in calls:
+            if call.token_hash is not None:
+                await self.store.add_callback_token(run.saga.id, call.order, call.token_hash)
 
     def _prepare(self, run: Run, row: SagaStep) -> _Call | StageOutcome:
         """A member's call and its announcement, or why it cannot be sent (with the write
@@ -147,7 +181,11 @@ class Forward(RunPhase):
             },
             phase,
         )
-        return _Call(order, step_def, request, first_attempt, resumed, announce)
+        hashed = None
+        if step_def.awaits:
+            # The callback URL goes on the call only: never into the recorded request.
+            request, hashed = self.waits.with_callback(request)
+        return _Call(order, step_def, request, first_attempt, resumed, announce, hashed)
 
     async def _call(
         self, run: Run, call: _Call, stop: asyncio.Event | None, failures: list[StepFailure]
@@ -186,6 +224,11 @@ class Forward(RunPhase):
         phase = None if kind is AttemptKind.ACTION else kind
         attempts = () if attempt is None else (attempt,)
         record = self.redactor.redact_call(result.as_record())
+        if result.outcome is Outcome.SUCCESS and call.step_def.awaits:
+            run.results[name] = StepResult(result.status or 0, result.body, result.headers)
+            return None, WriteBatch(
+                steps=(self.waits.accepted(run, call.step_def, order, record),), attempts=attempts
+            )
         if result.outcome is Outcome.SUCCESS:
             succeeded = StepChange(
                 order, StepStatus.SUCCEEDED, {"result": record, "error": None}, phase

@@ -12,7 +12,9 @@ Allowed moves (each status also lists itself where a same-status write makes sen
           failed        -> compensating, running              (operator retry; running: a TCC
                                                                saga's confirms)
     step  pending       -> running, failed                     (failed: request could not be built)
-          running       -> running, succeeded, failed, compensating
+          running       -> running, waiting, succeeded, failed, compensating
+          waiting       -> succeeded, failed, compensating     (an awaiting step's outcome, or
+                                                               an abort while it waits)
           succeeded     -> compensating, compensated
           failed        -> compensating, compensated
           compensating  -> compensating, compensated, compensation_failed
@@ -56,6 +58,7 @@ class StepStatus(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     COMPENSATING = "compensating"
@@ -142,8 +145,9 @@ STEP_TRANSITIONS: Final = TransitionTable[StepStatus](
         {
             _Step.PENDING: frozenset({_Step.RUNNING, _Step.FAILED}),
             _Step.RUNNING: frozenset(
-                {_Step.RUNNING, _Step.SUCCEEDED, _Step.FAILED, _Step.COMPENSATING}
+                {_Step.RUNNING, _Step.WAITING, _Step.SUCCEEDED, _Step.FAILED, _Step.COMPENSATING}
             ),
+            _Step.WAITING: frozenset({_Step.SUCCEEDED, _Step.FAILED, _Step.COMPENSATING}),
             _Step.SUCCEEDED: frozenset({_Step.COMPENSATING, _Step.COMPENSATED}),
             _Step.FAILED: frozenset({_Step.COMPENSATING, _Step.COMPENSATED}),
             _Step.COMPENSATING: frozenset(

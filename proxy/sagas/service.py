@@ -46,7 +46,7 @@ def load_catalog(loaded: LoadedConfig, *, require_matches: bool = False) -> Saga
         loaded.base_dir,
         config.sagas.definitions,
         config.services,
-        reserved_routes(config.sagas.status_path),
+        reserved_routes(config.sagas.status_path, config.sagas.callbacks.path),
         origin=loaded,
         require_matches=require_matches,
     )
@@ -90,6 +90,10 @@ class MetricsObserver:
         """One saga fewer running in this process."""
         self.metrics.saga_in_flight.labels(saga).dec()
 
+    def deadline_exceeded(self, saga: str) -> None:
+        """Count a saga whose deadline passed."""
+        self.metrics.saga_deadline_exceeded.labels(saga).inc()
+
 
 class SagaService:
     """Loaded saga definitions plus, once opened, the runtime that executes them."""
@@ -112,6 +116,7 @@ class SagaService:
         self.shutdown_grace = config.shutdown_grace
         self.max_input = config.sagas.max_input
         self.status_path = config.sagas.status_path
+        self.callbacks_path = config.sagas.callbacks.path
         self.watch = SagaWatch()  # wakes status requests waiting for a saga's end
         self._metrics = metrics
         self._runtime: SagaRuntime | None = None
@@ -151,8 +156,20 @@ class SagaService:
             self._runtime,
             self.recovery_settings,
             self._metrics.saga_oldest_unfinished_age.set,
+            self._metrics.report_waiting,
         )
         self._recovery.start()
+
+    @property
+    def recovery(self) -> RecoveryWorker:
+        """The open recovery worker, which also resumes sagas whose wait a callback ended.
+
+        Raises:
+            RuntimeUnavailable: the runtime is not open.
+        """
+        if self._recovery is None:
+            raise RuntimeUnavailable("the saga runtime is not open")
+        return self._recovery
 
     async def close(self) -> None:
         """Stop the recovery loop (resumed sagas get the shutdown grace), close the runtime."""

@@ -20,4 +20,5 @@ def runtime_settings(loaded: LoadedConfig) -> RuntimeSettings:
         redact_headers=config.redact.headers,
         redact_fields=config.redact.fields,
         encryption_keys=config.sagas.encryption_keys,
+        callback_url=config.callback_url(),
     )

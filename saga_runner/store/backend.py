@@ -172,6 +172,44 @@ class StoreBackend(ABC):
     @abstractmethod
     async def oldest_in(self, statuses: frozenset[str]) -> datetime | None: ...
 
+    # -- awaits: callback tokens and the outcome that ends a wait (``saga_runner.awaits``) ------
+
+    @abstractmethod
+    async def insert_token(self, row: Row) -> None:
+        """Insert a ``saga_callback_tokens`` row (its step must exist)."""
+
+    @abstractmethod
+    async def record_outcome(
+        self, token_hash: str, outcome: str, result: Any, now: datetime
+    ) -> bool:
+        """In one statement or transaction: set the outcome of the step the token names if that
+        step is ``running`` or ``waiting`` with no outcome yet and its wait has not passed
+        ``now``, and its saga is ``running`` and not past its deadline; mark the saga due now
+        (``next_run_at``). Return whether it was set."""
+
+    @abstractmethod
+    async def extend_wait(self, token_hash: str, now: datetime) -> bool:
+        """Under the same conditions, for a ``waiting`` step: move its ``wait_until`` to ``now``
+        plus its ``wait_seconds`` and the saga's ``next_run_at`` to the earlier of that and its
+        deadline (when nobody holds the saga). Return whether it moved."""
+
+    @abstractmethod
+    async def token_state(self, token_hash: str) -> Row | None:
+        """The step and saga a token names (``saga_id``, ``step_order``, ``status``,
+        ``await_outcome``, ``wait_until``, ``saga_status``, ``deadline_at``,
+        ``business_type``), or None for an unknown token."""
+
+    @abstractmethod
+    async def stop_wait(
+        self, saga_id: str, step_order: int, outcome: str, now: datetime, force: bool
+    ) -> bool:
+        """Set the outcome of a ``waiting`` step that has none, if its wait has passed ``now``
+        (or ``force``); return whether it was set."""
+
+    @abstractmethod
+    async def count_waiting(self) -> dict[str, int]:
+        """How many steps are ``waiting``, by saga name."""
+
     # -- events and retention -------------------------------------------------------------------
 
     @abstractmethod

@@ -32,6 +32,12 @@ STEP_COLUMNS: Final = frozenset(
         "next_retry_at",
         "error",
         "key_generation",
+        "await_kind",
+        "waiting_since",
+        "wait_until",
+        "wait_seconds",
+        "await_outcome",
+        "await_result",
     }
 )
 """The ``saga_steps`` columns a batch may set besides ``status``."""

@@ -39,9 +39,11 @@ from saga_runner.store.batch import (
 
 Clock: TypeAlias = Callable[[], datetime]
 
-_TIME_COLUMNS: Final = frozenset({"next_run_at", "next_retry_at"})
+_TIME_COLUMNS: Final = frozenset({"next_run_at", "next_retry_at", "waiting_since", "wait_until"})
 _NEW_STEP: Final[Row] = {
     **dict.fromkeys(("compensate_data", "result", "next_retry_at", "error")),
+    **dict.fromkeys(("await_kind", "waiting_since", "wait_until", "wait_seconds", "await_outcome")),
+    "await_result": None,
     "key_generation": 1,
 }
 
@@ -189,6 +191,7 @@ class NewSaga:
     idempotency_key: str | None
     started: Mapping[str, JsonValue] | None
     client_scope: str | None = None
+    deadline_at: datetime | None = None
 
 
 def creation_rows(
@@ -207,6 +210,7 @@ def creation_rows(
         "definition_hash": new.definition_hash,
         "idempotency_key": new.idempotency_key,
         "client_scope": new.client_scope,
+        "deadline_at": new.deadline_at,
         "mode": new.mode,
         "owner": new.owner,
         "lease_expires_at": lease_expires,  # None: computed by the database's clock

@@ -26,6 +26,7 @@ from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, pg_batches, sqltext
 from saga_runner.store.backend import ListFilter, Row, StepUpdate, StoreBackend
+from saga_runner.store.pg_awaits import PostgresAwaits
 
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _OPTIONS: Final = ("schema", "min_size", "max_size", "command_timeout")
@@ -110,7 +111,7 @@ def _row(record: Any) -> Row | None:
     return None if record is None else dict(record)
 
 
-class PostgresBackend(StoreBackend):
+class PostgresBackend(PostgresAwaits, StoreBackend):
     """The saga tables on PostgreSQL (production; shared by every replica)."""
 
     name = "postgres"

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from saga_runner.awaits import AwaitOutcome, CallbackAnswer, Verdict, judge
 from saga_runner.errors import SagaNotFound, StoreError
 from saga_runner.records import (
     Claim,
@@ -176,6 +177,7 @@ class SagaStore:
         saga_id: str | None = None,
         started: Mapping[str, JsonValue] | None = None,
         client_scope: str | None = None,
+        deadline_seconds: float | None = None,
     ) -> CreateResult:
         """Insert a ``running`` instance claimed by ``owner`` and its steps atomically.
 
@@ -199,12 +201,18 @@ class SagaStore:
             started: the detail of a ``started`` event (actor ``owner``) written with it.
             client_scope: who may read the instance through the sidecar's status URL (an
                 opaque keyed hash of the trigger's scope; None: anyone with its id).
+            deadline_seconds: the saga's ``deadline``: no forward step starts this long after
+                its creation (``deadline_at``); None: no deadline.
 
         Returns:
             the new instance, its steps and its lease, or the existing instance (``created``
             False, no lease, no steps) when the idempotency key was already used.
         """
         require_positive("lease_seconds", lease_seconds)
+        now = self.now()
+        deadline_at = (
+            None if deadline_seconds is None else now + timedelta(seconds=deadline_seconds)
+        )
         new = policy.NewSaga(
             saga_id or str(uuid.uuid4()),
             business_type,
@@ -217,9 +225,10 @@ class SagaStore:
             idempotency_key,
             started,
             client_scope,
+            deadline_at,
         )
         instance, step_rows, event = policy.creation_rows(
-            new, steps, self.now(), self.lease_times(lease_seconds)[1]
+            new, steps, now, self.lease_times(lease_seconds)[1]
         )
         with self._guard("create_instance"):
             inserted = await self.backend.insert_instance(instance, step_rows, event, lease_seconds)
@@ -413,6 +422,54 @@ class SagaStore:
         """When the oldest ``running`` or ``compensating`` instance was created, if any."""
         with self._guard("oldest_unfinished_created_at"):
             return await self.backend.oldest_in(_ACTIVE)
+
+    # -- awaits ---------------------------------------------------------------------------------
+
+    async def add_callback_token(self, saga_id: str, step_order: int, hashed: str) -> None:
+        """Bind a callback token (its sha256, ``awaits.token_hash``) to one step of one saga;
+        done before the call carrying it is made."""
+        row = {"token_hash": hashed, "saga_id": saga_id, "step_order": step_order}
+        row["created_at"] = self.now()
+        with self._guard("add_callback_token"):
+            await self.backend.insert_token(row)
+
+    async def callback(
+        self, hashed: str, outcome: AwaitOutcome, result: JsonValue = None
+    ) -> CallbackAnswer:
+        """Apply a callback to the step its token names: record a ``success`` or ``failure``
+        (the saga becomes due at once), or extend the wait on a ``heartbeat``.
+
+        The database decides, in the statement that writes: the step must still have no
+        outcome, its wait and its saga's deadline must not have passed, its saga must be
+        ``running``. Whatever was refused is judged from the step's state (``awaits.judge``).
+        """
+        now = self.now()
+        with self._guard("callback"):
+            if outcome is AwaitOutcome.HEARTBEAT:
+                done = await self.backend.extend_wait(hashed, now)
+            else:
+                done = await self.backend.record_outcome(hashed, outcome.value, result, now)
+            state = await self.backend.token_state(hashed)
+        verdict = Verdict.RECORDED if done else judge(state, outcome, now)
+        if state is None:
+            return CallbackAnswer(verdict)
+        return CallbackAnswer(verdict, state["saga_id"], state["business_type"])
+
+    async def stop_wait(
+        self, saga_id: str, step_order: int, outcome: AwaitOutcome, *, force: bool = False
+    ) -> bool:
+        """End a ``waiting`` step's wait with ``outcome`` (``timeout``: only once its
+        ``wait_until`` has passed; ``force``: whenever), unless an outcome was recorded first;
+        return whether this call ended it."""
+        with self._guard("stop_wait"):
+            return await self.backend.stop_wait(
+                saga_id, step_order, outcome.value, self.now(), force
+            )
+
+    async def waiting_counts(self) -> dict[str, int]:
+        """How many steps wait for their outcome, by saga name."""
+        with self._guard("waiting_counts"):
+            return await self.backend.count_waiting()
 
     # -- events and retention -------------------------------------------------------------------
 

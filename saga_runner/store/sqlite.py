@@ -24,6 +24,7 @@ from saga_runner.errors import StoreError
 from saga_runner.records import Lease, PageCursor
 from saga_runner.store import migrations, sqltext
 from saga_runner.store.backend import ListFilter, Row, StepUpdate, StoreBackend
+from saga_runner.store.sqlite_awaits import SqliteAwaits
 from saga_runner.store.sqlite_rows import (
     all_rows,
     db_now,
@@ -65,7 +66,7 @@ async def _open(path: str, *, read_only: bool) -> aiosqlite.Connection:
     return conn
 
 
-class SqliteBackend(StoreBackend):
+class SqliteBackend(SqliteAwaits, StoreBackend):
     """The saga tables in one SQLite file (embedded default; one host)."""
 
     name = "sqlite"

@@ -19,7 +19,16 @@ import aiosqlite
 from saga_runner.store.backend import Row
 
 JSON_COLUMNS: Final = frozenset(
-    {"input", "response", "execute_data", "compensate_data", "result", "detail", "body"}
+    {
+        "input",
+        "response",
+        "execute_data",
+        "compensate_data",
+        "result",
+        "detail",
+        "body",
+        "await_result",
+    }
 )
 TIME_COLUMNS: Final = frozenset(
     {
@@ -32,6 +41,9 @@ TIME_COLUMNS: Final = frozenset(
         "next_retry_at",
         "started_at",
         "at",
+        "waiting_since",
+        "wait_until",
+        "deadline_at",
     }
 )
 

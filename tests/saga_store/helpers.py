@@ -23,7 +23,14 @@ from saga_runner.store import AttemptRecord, SagaStore, StepChange, WriteBatch
 
 T = TypeVar("T")
 
-TABLES = ("saga_events", "saga_step_attempts", "saga_steps", "saga_instances", "saga_definitions")
+TABLES = (
+    "saga_callback_tokens",
+    "saga_events",
+    "saga_step_attempts",
+    "saga_steps",
+    "saga_instances",
+    "saga_definitions",
+)
 
 
 @dataclass

@@ -101,7 +101,7 @@ async def test_the_shapes_migration_keeps_every_step_and_attempt(tmp_path: Path)
         conn.commit()
     store = await Target.sqlite(path).open()
     try:
-        assert await store.migrate() == [3, 4]
+        assert await store.migrate() == [3, 4, 5]
         detail = await store.get("s1")
         assert [(s.stage, s.phase) for s in detail.steps] == [(0, None), (1, None)]
         assert [(a.id, a.kind, a.status_code) for a in detail.attempts] == [

@@ -28,6 +28,7 @@ def test_status_values_are_exactly_the_contract_ones() -> None:
     assert [s.value for s in StepStatus] == [
         "pending",
         "running",
+        "waiting",
         "succeeded",
         "failed",
         "compensating",
@@ -54,6 +55,10 @@ def test_every_status_has_a_row_in_its_table() -> None:
         (StepStatus.PENDING, StepStatus.RUNNING),
         (StepStatus.RUNNING, StepStatus.RUNNING),
         (StepStatus.RUNNING, StepStatus.SUCCEEDED),
+        (StepStatus.RUNNING, StepStatus.WAITING),
+        (StepStatus.WAITING, StepStatus.SUCCEEDED),
+        (StepStatus.WAITING, StepStatus.FAILED),
+        (StepStatus.WAITING, StepStatus.COMPENSATING),
         (StepStatus.FAILED, StepStatus.COMPENSATING),
         (StepStatus.SUCCEEDED, StepStatus.COMPENSATING),
         (StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED),
@@ -77,6 +82,8 @@ def test_recovery_and_operator_transitions_are_allowed(
         (StepStatus.SUCCEEDED, StepStatus.RUNNING),
         (StepStatus.COMPENSATED, StepStatus.COMPENSATING),
         (StepStatus.PENDING, StepStatus.COMPENSATING),
+        (StepStatus.PENDING, StepStatus.WAITING),
+        (StepStatus.WAITING, StepStatus.RUNNING),
     ],
 )
 def test_illegal_transitions_raise_with_both_statuses(

@@ -114,11 +114,18 @@ class FakeServices:
         """The calls ``service`` received, in order."""
         return [call for call in self.calls if call.service == service]
 
-    async def wait_for_calls(self, count: int, within: float = 5.0) -> None:
-        """Wait until at least ``count`` calls arrived."""
+    async def wait_for_calls(
+        self, count: int, within: float = 5.0, service: str | None = None
+    ) -> None:
+        """Wait until at least ``count`` calls arrived (to ``service``, when given)."""
         condition = self._condition()
+
+        def arrived() -> bool:
+            calls = self.calls if service is None else self.calls_to(service)
+            return len(calls) >= count
+
         async with asyncio.timeout(within), condition:
-            await condition.wait_for(lambda: len(self.calls) >= count)
+            await condition.wait_for(arrived)
 
     def _condition(self) -> asyncio.Condition:
         if self._arrived is None:

@@ -1,0 +1,145 @@
+"""How a step that awaits its outcome waits: parked as a row, ended by a callback, a timeout
+or the saga's deadline.
+
+Every call of an awaiting step carries ``Saga-Callback: <callback URL>/<token>`` (``with_callback``;
+the token's hash is recorded before the call, the URL never is). When the action is accepted the
+step becomes ``waiting`` (``accepted``) and the run parks the saga: it releases its lease with
+``next_run_at`` at the wait's end (its timeout, or the saga's deadline if earlier), so the saga
+costs no task and no memory while it waits. Whoever runs it next (the replica that recorded a
+callback's outcome, or the recovery loop at the wake time) ``settle``s the wait: a recorded
+outcome ends it; otherwise, once the timeout or the deadline passed, the run ends it itself with
+that outcome, unless a callback got to the step row first (the database decides), and if
+neither passed yet (a heartbeat moved the timeout), the saga parks again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from saga_runner.awaits import AwaitOutcome, new_token, token_hash
+from saga_runner.caller import StepRequest
+from saga_runner.definition import StepDefinition
+from saga_runner.observer import SagaObserver
+from saga_runner.records import JsonValue, SagaStep
+from saga_runner.runs import Run, StepFailure
+from saga_runner.states import StepStatus
+from saga_runner.store import SagaStore
+from saga_runner.store.batch import NOTHING, StepChange, WriteBatch
+from saga_runner.template import StepResult
+
+CALLBACK_HEADER: Final = "Saga-Callback"
+"""The header of an awaiting step's calls that carries its callback URL."""
+
+DEADLINE_REASON: Final = "deadline exceeded"
+"""The saga's ``failure_reason`` when its deadline passed."""
+
+Ended = tuple[StepFailure | None, WriteBatch]
+
+
+class Waits:
+    """Parks and settles the waits of awaiting steps."""
+
+    def __init__(self, store: SagaStore, callback_url: str, observer: SagaObserver) -> None:
+        """Args:
+        store: the saga store.
+        callback_url: the callback URL without its token (``sagas.callbacks.url`` + ``path``).
+        observer: told when a saga's deadline passed.
+        """
+        self.store = store
+        self.callback_url = callback_url.rstrip("/")
+        self.observer = observer
+
+    def with_callback(self, request: StepRequest) -> tuple[StepRequest, str]:
+        """``request`` carrying a fresh callback URL, and the hash of its token."""
+        token = new_token()
+        headers = {**request.headers, CALLBACK_HEADER: f"{self.callback_url}/{token}"}
+        return replace(request, headers=headers), token_hash(token)
+
+    def accepted(
+        self, run: Run, step_def: StepDefinition, order: int, record: dict[str, Any]
+    ) -> StepChange:
+        """The action of ``step_def`` was accepted: the step waits (and the run parks)."""
+        assert step_def.await_ is not None
+        now = self.store.now()
+        seconds = step_def.await_.timeout
+        until = now + timedelta(seconds=seconds)
+        run.parked_until = self._wake(run, until)
+        columns: dict[str, JsonValue] = {
+            "result": record,
+            "error": None,
+            "await_kind": step_def.await_.kind,
+            "waiting_since": now,
+            "wait_until": until,
+            "wait_seconds": seconds,
+        }
+        return StepChange(order, StepStatus.WAITING, columns)
+
+    def past_deadline(self, run: Run) -> bool:
+        """Whether the saga's deadline has passed (no forward step may start)."""
+        deadline = run.saga.deadline_at
+        return deadline is not None and self.store.now() >= deadline
+
+    def deadline_failure(self, run: Run, row: SagaStep) -> StepFailure:
+        """The failure that turns a saga past its deadline to compensation (counted)."""
+        self.observer.deadline_exceeded(run.definition.name)
+        return StepFailure(row.step_order, row.step_name, DEADLINE_REASON, 502)
+
+    async def settle(self, run: Run, row: SagaStep) -> Ended:
+        """End the wait of ``row`` if it is over (its outcome as a write, and the failure when
+        it did not succeed), or park the run again (``run.parked_until``) if it is not."""
+        while True:
+            outcome = row.await_outcome
+            if outcome is None:
+                stop = self._due(run, row)
+                if stop is None:
+                    assert row.wait_until is not None
+                    run.parked_until = self._wake(run, row.wait_until)
+                    return None, NOTHING
+                force = stop is AwaitOutcome.DEADLINE
+                if not await self.store.stop_wait(run.saga.id, row.step_order, stop, force=force):
+                    # A callback or a heartbeat got to the step first: go by what it wrote.
+                    row = (await self.store.get(run.saga.id)).steps[row.step_order]
+                    continue
+                outcome = stop
+            return self._ended(run, row, AwaitOutcome(outcome))
+
+    def _due(self, run: Run, row: SagaStep) -> AwaitOutcome | None:
+        if self.past_deadline(run):
+            return AwaitOutcome.DEADLINE
+        if row.wait_until is not None and self.store.now() >= row.wait_until:
+            return AwaitOutcome.TIMEOUT
+        return None
+
+    def _wake(self, run: Run, until: datetime) -> datetime:
+        deadline = run.saga.deadline_at
+        return until if deadline is None else min(until, deadline)
+
+    def _ended(self, run: Run, row: SagaStep, outcome: AwaitOutcome) -> Ended:
+        answer = row.result if isinstance(row.result, dict) else {}
+        status = answer.get("status")
+        headers = answer.get("headers")
+        headers = headers if isinstance(headers, dict) else {}
+        name, order = row.step_name, row.step_order
+        if outcome is AwaitOutcome.SUCCESS:
+            result = {**answer, "body": row.await_result}
+            run.results[name] = StepResult(
+                status if isinstance(status, int) else 0, row.await_result, headers
+            )
+            change = StepChange(order, StepStatus.SUCCEEDED, {"result": result, "error": None})
+            return None, WriteBatch(steps=(change,))
+        # The action was accepted: whatever ended the wait, the step is compensated.
+        if outcome is AwaitOutcome.DEADLINE:
+            self.observer.deadline_exceeded(run.definition.name)
+            reason = DEADLINE_REASON
+            error = f"stopped waiting: {DEADLINE_REASON}"
+        elif outcome is AwaitOutcome.TIMEOUT:
+            error = "no outcome within the await's timeout (outcome unknown)"
+            reason = f"step {name}: {error}"
+        else:
+            error = "the service reported failure"
+            reason = f"step {name}: {error}"
+        columns: dict[str, JsonValue] = {"result": {**answer, "accepted": True}, "error": error}
+        change = StepChange(order, StepStatus.FAILED, columns)
+        return StepFailure(order, name, reason, 502), WriteBatch(steps=(change,))
