@@ -108,6 +108,7 @@ def saga_view(
         "lease_expires_at": stamp(saga.lease_expires_at),
         "lease_version": saga.lease_version,
         "next_run_at": stamp(saga.next_run_at),
+        "deadline_at": stamp(saga.deadline_at),
     }
 
 
@@ -130,7 +131,8 @@ def step_view(
 
     ``stage`` is the position of its item in the saga's ``steps`` (the members of a parallel
     group share it); ``phase`` a TCC step's ``try``, ``confirm`` or ``cancel`` (None in a saga),
-    and ``phases`` how each of its calls went (see ``phases_view``).
+    ``phases`` how each of its calls went (see ``phases_view``), and ``await`` how a step that
+    awaits its outcome waits (``await_view``).
     """
     return {
         "order": step.step_order,
@@ -148,8 +150,24 @@ def step_view(
         "result": redact(step.result),
         "created_at": stamp(step.created_at),
         "updated_at": stamp(step.updated_at),
+        "await": await_view(step, redact),
         "attempts": [attempt_view(a) for a in attempts],
         "phases": phases_view(step, attempts),
+    }
+
+
+def await_view(step: SagaStep, redact: OutputRedactor) -> dict[str, Any] | None:
+    """How a step that awaits its outcome waits or waited: which await, since when, until
+    when, and what ended it (None for a step that does not await; never its tokens)."""
+    if step.await_kind is None:
+        return None
+    return {
+        "kind": step.await_kind,
+        "waiting_since": stamp(step.waiting_since),
+        "wait_until": stamp(step.wait_until),
+        "timeout_seconds": step.wait_seconds,
+        "outcome": step.await_outcome,
+        "result": redact(step.await_result),
     }
 
 

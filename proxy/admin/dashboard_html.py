@@ -179,6 +179,7 @@ TIMES = (
     ("compensated", "compensated_at"),
     ("lease expires", "lease_expires_at"),
     ("next run", "next_run_at"),
+    ("deadline", "deadline_at"),
 )
 
 
@@ -240,7 +241,7 @@ def step_item(step: Mapping[str, Any]) -> str:
         f'<div class="step-head"><span class="order">#{esc(step["order"])}</span>'
         f"<strong>{esc(step['name'])}</strong>{badge(step['status'])}"
         f'<span class="tries">{forward} attempts {esc(step["retry_count"])}/'
-        f"{esc(step['max_retry_count'])}</span></div>{phases_strip(step)}{error}"
+        f"{esc(step['max_retry_count'])}</span></div>{phases_strip(step)}{error}{await_note(step)}"
         f"{attempts_table(step['attempts'])}{payload if data else ''}</li>"
     )
 
@@ -256,6 +257,20 @@ def stage_item(stage: Mapping[str, Any], steps: Mapping[str, Mapping[str, Any]])
         f"{len(stage['steps'])} steps</div>"
         f'<ol class="members">{members}</ol></li>'
     )
+
+
+def await_note(step: Mapping[str, Any]) -> str:
+    """How a step that awaits its outcome waits: which await, since when, until when (or what
+    ended its wait); empty for any other step."""
+    awaited = step.get("await")
+    if not awaited:
+        return ""
+    kind = esc(awaited["kind"])
+    since = when(awaited["waiting_since"])
+    if step["status"] == "waiting" and not awaited["outcome"]:
+        until = when(awaited["wait_until"])
+        return f'<p class="await">waiting for its {kind} since {since} until {until}</p>'
+    return f'<p class="await">awaited its {kind} from {since}: {esc(awaited["outcome"])}</p>'
 
 
 def events_table(events: Iterable[Mapping[str, Any]]) -> str:

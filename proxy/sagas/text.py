@@ -93,6 +93,9 @@ def _step_lines(step: Mapping[str, Any]) -> list[str]:
         lines.append("      " + "   ".join(_phase_text(n, c) for n, c in step["phases"].items()))
     if step["error"]:
         lines.append(f"      error: {clean(step['error'])}")
+    awaited = step.get("await")
+    if awaited:
+        lines.append(_await_line(awaited, step["status"] == "waiting"))
     lines += [_attempt_line(a) for a in step["attempts"]]
     return lines
 
@@ -108,6 +111,15 @@ def stage_lines(saga: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _await_line(awaited: Mapping[str, Any], waiting: bool) -> str:
+    """How the step waits (or what ended its wait): which await, since when, until when."""
+    kind = clean(awaited["kind"])
+    since, until = clean(awaited["waiting_since"]), clean(awaited["wait_until"])
+    if waiting and not awaited["outcome"]:
+        return f"      waiting for its {kind} since {since} until {until}"
+    return f"      awaited its {kind} from {since}: {clean(awaited['outcome'])}"
+
+
 def detail_text(saga: Mapping[str, Any]) -> str:
     """One saga of ``views.detail_view``: facts, stages, step timeline, events, input."""
     facts = [
@@ -120,6 +132,7 @@ def detail_text(saga: Mapping[str, Any]) -> str:
         ("failure", saga["failure_reason"]),
         ("failed step", saga["failed_step"]),
         ("current step", saga["current_step"]),
+        ("deadline", saga.get("deadline_at")),
         ("owner", saga["owner"]),
         ("created", saga["created_at"]),
         ("updated", saga["updated_at"]),

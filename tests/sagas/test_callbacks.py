@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from saga_runner.states import SagaStatus, StepStatus
 from sagas.awaiting import awaiting_saga, call_back, charge_token, step_in
@@ -191,3 +195,58 @@ async def test_tokens_are_stored_hashed_and_appear_in_no_log_record_or_admin_ans
     for text in (shown, stored, logged):
         assert token not in text
     assert "/_saga/callbacks/<redacted>" in logged
+
+
+async def test_the_admin_api_the_dashboard_and_the_cli_show_a_waiting_step(
+    make_sidecar: SidecarFactory,
+    client: aiohttp.ClientSession,
+    database: Database,
+    services: FakeServices,
+    tmp_path: Path,
+) -> None:
+    sidecar = await make_sidecar(awaiting_saga(timeout="15m", deadline="1h"))
+    saga_id = await started(sidecar, client)
+    token = await charge_token(sidecar)
+    step = await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    assert step.waiting_since is not None and step.wait_until is not None
+
+    async with client.get(f"{sidecar.admin_url}/sagas/{saga_id}") as response:
+        shown = await response.json()
+    charge = shown["steps"][1]
+    assert charge["status"] == "waiting"
+    assert charge["await"] == {
+        "kind": "callback",
+        "waiting_since": step.waiting_since.isoformat(),
+        "wait_until": step.wait_until.isoformat(),
+        "timeout_seconds": 900.0,
+        "outcome": None,
+        "result": None,
+    }
+    assert shown["deadline_at"] is not None
+    async with client.get(f"{sidecar.admin_url}/dashboard?saga={saga_id}") as response:
+        page = await response.text()
+    assert "waiting for its callback since" in page
+    assert step.wait_until.strftime("%Y-%m-%d %H:%M:%S") in page
+
+    config = tmp_path / "cli.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": {"url": services.urls["inventory"]},
+                "services": dict(services.urls),
+                "sagas": {"store": database.url, "definitions": ["sagas/*.yaml"]},
+            }
+        ),
+        encoding="utf-8",
+    )
+    printed = subprocess.run(
+        [sys.executable, "-m", "proxy", "sagas", "show", saga_id, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert f"waiting for its callback since {step.waiting_since.isoformat()}" in printed.stdout
+    assert f"until {step.wait_until.isoformat()}" in printed.stdout
+    for text in (json.dumps(shown), page, printed.stdout):
+        assert token not in text
