@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
+from saga_operator.harness import run_cli
 
 from saga_runner.states import SagaStatus, StepStatus
 from sagas.awaiting import awaiting_saga, call_back, charge_token, step_in
@@ -239,13 +238,8 @@ async def test_the_admin_api_the_dashboard_and_the_cli_show_a_waiting_step(
         ),
         encoding="utf-8",
     )
-    printed = subprocess.run(
-        [sys.executable, "-m", "proxy", "sagas", "show", saga_id, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert printed.returncode == 0, printed.stderr
+    printed = await run_cli("sagas", "show", saga_id, "--config", str(config))
+    assert printed.code == 0, printed.stderr
     assert f"waiting for its callback since {step.waiting_since.isoformat()}" in printed.stdout
     assert f"until {step.wait_until.isoformat()}" in printed.stdout
     for text in (json.dumps(shown), page, printed.stdout):
