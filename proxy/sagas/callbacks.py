@@ -21,7 +21,6 @@ never logged or counted: metrics carry the outcome and why a callback was refuse
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 from aiohttp import web
@@ -38,7 +37,8 @@ from saga_runner.awaits import (
     token_hash,
     well_formed,
 )
-from saga_runner.errors import StoreError
+from saga_runner.errors import StoreError, UnstorableJson
+from saga_runner.storable import parse_json
 
 MAX_BODY: Final = 1024**2
 """The largest callback body read (a larger one gets ``413``)."""
@@ -78,12 +78,15 @@ def parse_callback(raw: bytes) -> tuple[AwaitOutcome, Any]:
     """The outcome and result of a callback body.
 
     Raises:
-        BadCallback: not a JSON object with a known ``outcome`` (and, besides, only ``result``).
+        BadCallback: not a JSON object with a known ``outcome`` (and, besides, only ``result``),
+            or JSON a saga store cannot keep (``NaN``, ``\\u0000``, nested too deep ...).
     """
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadCallback("the body is not JSON", "bad_json") from None
+        document = parse_json(raw)
+    except UnstorableJson as exc:
+        raise BadCallback(
+            f"the body is not JSON every saga store can keep: {exc}", "bad_json"
+        ) from None
     if not isinstance(document, dict):
         raise BadCallback('the body must be a JSON object like {"outcome": "success"}')
     extra = sorted(set(document).difference({"outcome", "result"}))
