@@ -36,6 +36,8 @@ class Call:
     key: str | None
     saga_id: str | None
     body: Any
+    callback: str | None = None
+    """The ``Saga-Callback`` URL the call carried (an awaiting step's)."""
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Ledger:
             key=request.headers.get("Idempotency-Key"),
             saga_id=request.headers.get("Saga-Id"),
             body=body,
+            callback=request.headers.get("Saga-Callback"),
         )
         with self._lock:
             self.calls.append(call)
