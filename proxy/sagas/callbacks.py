@@ -27,8 +27,9 @@ from aiohttp import web
 
 from proxy.bodies import BodyReader
 from proxy.errors import RequestBodyTooLarge, RuntimeUnavailable
-from proxy.keys import CONFIG, METRICS, SAGAS, SECRET_PATHS, UNGUARDED
+from proxy.keys import CONFIG, METRICS, SAGAS, SECRET_PATHS
 from proxy.problems import problem_response
+from proxy.sagas.own_paths import serve_own_path
 from saga_runner.awaits import (
     CALLBACK_OUTCOMES,
     AwaitOutcome,
@@ -149,7 +150,5 @@ def setup_callback_routes(app: web.Application) -> None:
     """Serve the callbacks path and everything under it (before the saga triggers and the
     catch-all forwarder), outside the idempotency guard."""
     path = app[SAGAS].callbacks_path
-    app.router.add_route("*", path, handle_callback)
-    app.router.add_route("*", path + "/{token:.*}", handle_callback)
-    app[UNGUARDED] = app.get(UNGUARDED, frozenset()) | {handle_callback}
+    serve_own_path(app, path, "token", handle_callback)
     app[SECRET_PATHS] = (*app.get(SECRET_PATHS, ()), path)

@@ -21,8 +21,9 @@ from aiohttp import web
 
 from proxy.errors import RuntimeUnavailable, StoreUnavailable
 from proxy.idempotency.keys import parse_prefer_wait
-from proxy.keys import SAGAS, UNGUARDED
+from proxy.keys import SAGAS
 from proxy.problems import problem_response
+from proxy.sagas.own_paths import serve_own_path
 from proxy.sagas.routes import completed_response, failure_problem, terminal_detail
 from proxy.sagas.scope import may_read, request_scope
 from saga_runner.definition import SagaDefinition
@@ -125,8 +126,5 @@ async def _stop_waiting(app: web.Application) -> None:
 def setup_status_routes(app: web.Application) -> None:
     """Serve the status path and everything under it (before the saga triggers and the
     catch-all forwarder), outside the idempotency guard."""
-    path = app[SAGAS].status_path
-    app.router.add_route("*", path, handle_status)
-    app.router.add_route("*", path + "/{saga_id:.*}", handle_status)
-    app[UNGUARDED] = app.get(UNGUARDED, frozenset()) | {handle_status}
+    serve_own_path(app, app[SAGAS].status_path, "saga_id", handle_status)
     app.on_shutdown.append(_stop_waiting)

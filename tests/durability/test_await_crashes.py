@@ -59,12 +59,27 @@ async def waiting_token(ledger: Ledger, pg: Db, saga_id: str) -> str:
     return header.rsplit("/", 1)[1]
 
 
-def start_front(
-    cluster: SagaCluster, sidecar_process: Callable[..., Sidecar], ledger_url: str
-) -> None:
-    """The idempotent front sidecar as service ``shop``, and the payment saga written."""
-    cluster.services["shop"] = idempotent_front(sidecar_process, ledger_url).url
+async def parked_payment(
+    cluster: SagaCluster,
+    sidecar_process: Callable[..., Sidecar],
+    http: aiohttp.ClientSession,
+    pg: Db,
+    ledger: Ledger,
+    order: str,
+) -> tuple[Sidecar, str, str]:
+    """A replica whose payment saga (through the idempotent front sidecar) waits for its
+    charge's callback: the replica, the saga's id and the token."""
+    cluster.services["shop"] = idempotent_front(sidecar_process, cluster.ledger_url).url
     cluster.write_saga(payment_saga())
+    first = cluster.start()
+    saga_id = await cluster.trigger(http, first, "payment", {"order": order})
+    return first, saga_id, await waiting_token(ledger, pg, saga_id)
+
+
+def applied_once(ledger: Ledger, saga_id: str) -> None:
+    """Every action of the payment saga reached the ledger once."""
+    for name in ("reserve", "charge", "ship"):
+        assert ledger.executions(f"{saga_id}:{name}:action") == 1, name
 
 
 async def test_a_replica_killed_while_its_saga_waits_leaves_it_to_the_one_called_back(
@@ -74,10 +89,7 @@ async def test_a_replica_killed_while_its_saga_waits_leaves_it_to_the_one_called
     http: aiohttp.ClientSession,
     sidecar_process: Callable[..., Sidecar],
 ) -> None:
-    start_front(cluster, sidecar_process, cluster.ledger_url)
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "payment", {"order": "W-1"})
-    token = await waiting_token(ledger, pg, saga_id)
+    first, saga_id, token = await parked_payment(cluster, sidecar_process, http, pg, ledger, "W-1")
     row = await pg.instance(saga_id)
     assert row["owner"] is None and row["lease_expires_at"] is None
     kill(first)
@@ -87,8 +99,7 @@ async def test_a_replica_killed_while_its_saga_waits_leaves_it_to_the_one_called
     row = await pg.wait_status(saga_id)
 
     assert row["status"] == "completed"
-    for name in ("reserve", "charge", "ship"):
-        assert ledger.executions(f"{saga_id}:{name}:action") == 1, name
+    applied_once(ledger, saga_id)
     assert await callback(http, second, token, {"outcome": "success"}) == 200
 
 
@@ -99,12 +110,9 @@ async def test_a_replica_killed_going_on_after_a_callback_leaves_the_saga_to_ano
     http: aiohttp.ClientSession,
     sidecar_process: Callable[..., Sidecar],
 ) -> None:
-    start_front(cluster, sidecar_process, cluster.ledger_url)
     gate = threading.Event()
     ledger.script("/ship", gate=gate)
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "payment", {"order": "W-2"})
-    token = await waiting_token(ledger, pg, saga_id)
+    first, saga_id, token = await parked_payment(cluster, sidecar_process, http, pg, ledger, "W-2")
 
     assert await callback(http, first, token, {"outcome": "success"}) == 202
     await eventually(lambda: ledger.calls_to("/ship", saga_id), "the ship call went out")
@@ -115,8 +123,7 @@ async def test_a_replica_killed_going_on_after_a_callback_leaves_the_saga_to_ano
     row = await pg.wait_status(saga_id)
 
     assert row["status"] == "completed"
-    for name in ("reserve", "charge", "ship"):
-        assert ledger.executions(f"{saga_id}:{name}:action") == 1, name
+    applied_once(ledger, saga_id)
     steps = await pg.steps(saga_id)
     assert [s["status"] for s in steps] == ["succeeded"] * 3
     assert steps[1]["await_outcome"] == "success"
@@ -129,10 +136,7 @@ async def test_a_recorded_outcome_whose_replica_died_before_going_on_is_resumed_
     http: aiohttp.ClientSession,
     sidecar_process: Callable[..., Sidecar],
 ) -> None:
-    start_front(cluster, sidecar_process, cluster.ledger_url)
-    first = cluster.start()
-    saga_id = await cluster.trigger(http, first, "payment", {"order": "W-3"})
-    token = await waiting_token(ledger, pg, saga_id)
+    first, saga_id, token = await parked_payment(cluster, sidecar_process, http, pg, ledger, "W-3")
     kill(first)
     # What a replica that died right after its commit leaves: the outcome, and the saga due.
     store = await pg.open_store()

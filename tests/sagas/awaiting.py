@@ -15,7 +15,7 @@ import aiohttp
 
 from saga_runner.records import SagaStep
 from saga_runner.states import StepStatus
-from sagas.harness import SidecarHarness, order_saga, with_step
+from sagas.harness import ORDER, SidecarHarness, order_saga, with_step
 
 CALLBACKS_PATH = "/_saga/callbacks"
 
@@ -54,6 +54,24 @@ async def call_back(
     async with client.request(method, url, data=sent, headers=all_headers) as response:
         raw = await response.read()
         return response.status, dict(response.headers), json.loads(raw) if raw else None
+
+
+async def start_order(
+    sidecar: SidecarHarness, client: aiohttp.ClientSession, order_no: str = "A-1"
+) -> str:
+    """Start the (async) order saga; its id."""
+    status, _, body = await sidecar.post(client, "/api/orders", {**ORDER, "order_no": order_no})
+    assert status == 202, body
+    saga_id: str = body["saga_id"]
+    return saga_id
+
+
+async def waiting_charge(sidecar: SidecarHarness, client: aiohttp.ClientSession) -> tuple[str, str]:
+    """Start the order saga and wait until its charge waits: the saga's id and the token."""
+    saga_id = await start_order(sidecar, client)
+    token = await charge_token(sidecar)
+    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    return saga_id, token
 
 
 async def step_in(

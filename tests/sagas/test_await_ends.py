@@ -17,26 +17,26 @@ from conftest import Upstream
 
 from saga_runner.operations import SagaOperations
 from saga_runner.states import SagaStatus, StepStatus
-from sagas.awaiting import CALLBACKS_PATH, awaiting_saga, call_back, charge_token, step_in
+from sagas.awaiting import (
+    CALLBACKS_PATH,
+    awaiting_saga,
+    call_back,
+    charge_token,
+    start_order,
+    step_in,
+    waiting_charge,
+)
 from sagas.conftest import SidecarFactory
-from sagas.harness import ORDER, SidecarHarness
 from sagas.services import FakeServices, Reply
 
 FAST = {"sagas": {"recovery_interval": "100ms"}}
-
-
-async def started(sidecar: SidecarHarness, client: aiohttp.ClientSession) -> str:
-    status, _, body = await sidecar.post(client, "/api/orders", ORDER)
-    assert status == 202, body
-    saga_id: str = body["saga_id"]
-    return saga_id
 
 
 async def test_heartbeats_push_the_timeout_forward_by_its_length(
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(timeout="1s"), **FAST)
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
     token = await charge_token(sidecar)
     first = await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
     assert first.wait_until is not None
@@ -58,7 +58,7 @@ async def test_an_await_timeout_compensates_the_accepted_step_and_a_late_callbac
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(timeout="300ms"), **FAST)
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
     token = await charge_token(sidecar)
 
     saga = await sidecar.finished(saga_id, within=10)
@@ -80,9 +80,7 @@ async def test_the_deadline_stops_a_wait_compensates_and_says_so(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(timeout="1h", deadline="500ms"), **FAST)
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
     saga = await sidecar.runtime.store.get_instance(saga_id)
     assert saga.deadline_at is not None and saga.next_run_at == saga.deadline_at
 
@@ -102,7 +100,7 @@ async def test_no_forward_step_starts_after_the_deadline(
     gate = asyncio.Event()
     services.plan("inventory", "POST /reservations", Reply(201, {"id": "r-1"}, gate=gate))
     sidecar = await make_sidecar(awaiting_saga(deadline="300ms"), **FAST)
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
     await services.wait_for_calls(1)
     await asyncio.sleep(0.5)
     gate.set()
@@ -120,9 +118,7 @@ async def test_an_abort_stops_a_wait(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(), **FAST)
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
 
     aborted = await SagaOperations(sidecar.runtime).abort(saga_id, "alice")
     final = await aborted.run()
@@ -159,7 +155,7 @@ async def test_a_callback_made_before_the_action_answered_is_not_lost(
     # No recovery tick could finish it in time: only the run that parked it can.
     sidecar = await make_sidecar(awaiting_saga(), sagas={"recovery_interval": "1h"})
     where["sidecar"] = sidecar.url
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
 
     saga = await sidecar.finished(saga_id, within=10)
     assert answers == [202, 202]
@@ -172,9 +168,7 @@ async def test_waiting_sagas_and_callbacks_are_counted(
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(), **FAST)
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
     await asyncio.sleep(0.3)  # a recovery tick or two
     samples = await sidecar.metrics(client)
     assert samples[("saga_waiting", "saga=order")] == 1

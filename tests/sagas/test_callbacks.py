@@ -17,24 +17,24 @@ import yaml
 from saga_operator.harness import run_cli
 
 from saga_runner.states import SagaStatus, StepStatus
-from sagas.awaiting import awaiting_saga, call_back, charge_token, step_in
+from sagas.awaiting import (
+    awaiting_saga,
+    call_back,
+    charge_token,
+    start_order,
+    step_in,
+    waiting_charge,
+)
 from sagas.conftest import SidecarFactory
-from sagas.harness import ORDER, PROBLEM, Database, SidecarHarness
+from sagas.harness import PROBLEM, Database
 from sagas.services import FakeServices
-
-
-async def started(sidecar: SidecarHarness, client: aiohttp.ClientSession) -> str:
-    status, _, body = await sidecar.post(client, "/api/orders", ORDER)
-    assert status == 202, body
-    saga_id: str = body["saga_id"]
-    return saga_id
 
 
 async def test_a_waiting_step_parks_the_saga_without_a_lease_until_its_callback(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga())
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
     token = await charge_token(sidecar)
 
     step = await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
@@ -60,8 +60,8 @@ async def test_every_call_of_an_awaiting_step_carries_a_fresh_callback_url(
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga())
-    await started(sidecar, client)
-    await started_with(sidecar, client, "A-2")
+    await start_order(sidecar, client)
+    await start_order(sidecar, client, "A-2")
     first, second = await charge_token(sidecar, 0), await charge_token(sidecar, 1)
 
     header = sidecar.services.calls_to("payments")[0].headers["saga-callback"]
@@ -70,20 +70,11 @@ async def test_every_call_of_an_awaiting_step_carries_a_fresh_callback_url(
     assert "saga-callback" not in sidecar.services.calls_to("inventory")[0].headers
 
 
-async def started_with(sidecar: SidecarHarness, client: aiohttp.ClientSession, order: str) -> str:
-    status, _, body = await sidecar.post(client, "/api/orders", {**ORDER, "order_no": order})
-    assert status == 202, body
-    saga_id: str = body["saga_id"]
-    return saga_id
-
-
 async def test_a_repeated_callback_gets_200_and_a_different_outcome_409(
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga())
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
 
     assert (await call_back(client, sidecar, token, {"outcome": "success", "result": 1}))[0] == 202
     await sidecar.finished(saga_id)
@@ -101,9 +92,7 @@ async def test_a_failure_callback_compensates_the_accepted_step_too(
     make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga())
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
 
     status, _, _ = await call_back(
         client, sidecar, token, {"outcome": "failure", "result": {"code": "declined"}}
@@ -145,9 +134,7 @@ async def test_bad_bodies_get_400_a_huge_one_413_and_other_methods_405(
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga())
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
 
     for bad in (
         b"not json",
@@ -176,9 +163,7 @@ async def test_tokens_are_stored_hashed_and_appear_in_no_log_record_or_admin_ans
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sidecar = await make_sidecar(awaiting_saga())
-    saga_id = await started(sidecar, client)
-    token = await charge_token(sidecar)
-    await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga_id, token = await waiting_charge(sidecar, client)
     await call_back(client, sidecar, "y" * 43, {"outcome": "success"})
     await call_back(client, sidecar, token, {"outcome": "success"})
     await sidecar.finished(saga_id)
@@ -204,7 +189,7 @@ async def test_the_admin_api_the_dashboard_and_the_cli_show_a_waiting_step(
     tmp_path: Path,
 ) -> None:
     sidecar = await make_sidecar(awaiting_saga(timeout="15m", deadline="1h"))
-    saga_id = await started(sidecar, client)
+    saga_id = await start_order(sidecar, client)
     token = await charge_token(sidecar)
     step = await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
     assert step.waiting_since is not None and step.wait_until is not None
