@@ -298,8 +298,122 @@ class CallbackAwait(_Model):
         return _positive_duration(value)
 
 
+_FIELD_ROOTS: Final = ("status", "body", "headers")
+
+
+class FieldMatch(_Model):
+    """A poll answer's field and the values that make it match (``success``/``failure``)."""
+
+    field: str
+    """``status``, ``body`` or ``body.a.b`` (a lookup in the JSON body), or ``headers.NAME``."""
+
+    in_: tuple[JsonValue, ...] = Field(alias="in")
+    """The values that match (compared as JSON values: ``201`` is not ``"201"``)."""
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        root, _, rest = value.partition(".")
+        if root not in _FIELD_ROOTS:
+            raise ValueError(f"must start with status, body or headers, got {value!r}")
+        if root == "status" and rest:
+            raise ValueError("status has no members")
+        if root == "headers" and (not rest or "." in rest):
+            raise ValueError("name one header: headers.NAME")
+        if rest and "" in rest.split("."):
+            raise ValueError(f"empty segment in {value!r}")
+        return value
+
+    @field_validator("in_")
+    @classmethod
+    def _some(cls, value: tuple[JsonValue, ...]) -> tuple[JsonValue, ...]:
+        if not value:
+            raise ValueError("must list at least one value")
+        return value
+
+    def matches(self, status: int | None, headers: Mapping[str, str], body: Any) -> bool:
+        """Whether the answer's field holds one of the values (a missing field never does)."""
+        root, _, rest = self.field.partition(".")
+        found: Any = status
+        if root == "headers":
+            found = {k.lower(): v for k, v in headers.items()}.get(rest.lower(), _MISSING)
+        elif root == "body":
+            found = body
+            for segment in rest.split(".") if rest else ():
+                found = _member(found, segment)
+        return found is not _MISSING and any(
+            found == value and type(found) is type(value) for value in self.in_
+        )
+
+
+_MISSING: Final = object()
+
+
+def _member(value: Any, segment: str) -> Any:
+    if isinstance(value, dict):
+        return value.get(segment, _MISSING)
+    if isinstance(value, list) and segment.isdigit() and int(segment) < len(value):
+        return value[int(segment)]
+    return _MISSING
+
+
+class PollAwait(_Model):
+    """An await completed by polling: ``GET`` (or ``method``) ``path`` every ``every`` until an
+    answer matches ``success`` or ``failure`` or ``timeout`` passes; no ``Idempotency-Key``."""
+
+    service: str | None = None
+    """The service polled; absent: the action's."""
+
+    method: Method = "GET"
+    """HTTP method of the polls."""
+
+    path: str
+    """Path polled; a template that may use the step's own answer (``steps.NAME``)."""
+
+    headers: HeaderMap = Field(default_factory=dict)
+    """Extra request headers; values are templates rendered as text."""
+
+    every: Duration = 5.0
+    """How long between polls (at the recovery pass after it: see docs/SAGAS.md)."""
+
+    timeout: Duration | None = None
+    """How long to poll after the action was accepted (required)."""
+
+    success: FieldMatch | None = None
+    """The answer that completes the step (required); its body becomes ``steps.NAME.body``."""
+
+    failure: FieldMatch | None = None
+    """The answer that fails the step (optional)."""
+
+    _path: Template = PrivateAttr()
+    _headers: dict[str, Template] = PrivateAttr()
+
+    @field_validator("every", "timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        return _positive_duration(value)
+
+    @model_validator(mode="after")
+    def _compile(self, info: ValidationInfo) -> PollAwait:
+        if not _checks_skipped(info):
+            self._path = compile_path(self.path)
+            self._headers = {name: compile_header(v) for name, v in self.headers.items()}
+        return self
+
+    def render(self, ctx: RenderContext, action_service: str) -> RenderedCall:
+        """The poll's call, rendered (no body); raise TemplateError on a failed lookup."""
+        return RenderedCall(
+            service=self.service or action_service,
+            method=self.method,
+            path=self._path.render_path(ctx),
+            headers={name: t.render_header(ctx) for name, t in self._headers.items()},
+            body=None,
+            has_body=False,
+        )
+
+
 AWAIT_KINDS: Final = ("callback", "poll", "message")
-"""The ways a step may await its outcome (exactly one; only ``callback`` is supported)."""
+"""The ways a step may await its outcome (exactly one; ``message`` is not supported yet)."""
 
 
 class AwaitDefinition(_Model):
@@ -308,8 +422,8 @@ class AwaitDefinition(_Model):
     callback: CallbackAwait | None = None
     """Completed through the callback URL (``Saga-Callback`` header of every call)."""
 
-    poll: JsonValue = None
-    """Not supported yet (``check`` says so)."""
+    poll: PollAwait | None = None
+    """Completed by polling the service until a terminal answer."""
 
     message: JsonValue = None
     """Not supported yet (``check`` says so)."""
@@ -327,9 +441,12 @@ class AwaitDefinition(_Model):
     @property
     def timeout(self) -> float:
         """How long to wait for the outcome, in seconds."""
-        if self.callback is None or self.callback.timeout is None:
-            raise ValueError("only a callback await with a timeout can be run")
-        return self.callback.timeout
+        timeout = self.poll.timeout if self.poll is not None else None
+        if self.callback is not None:
+            timeout = self.callback.timeout
+        if timeout is None:
+            raise ValueError("only a callback or poll await with a timeout can be run")
+        return timeout
 
 
 class StepDefinition(_Model):
@@ -407,6 +524,11 @@ class StepDefinition(_Model):
     def awaits(self) -> bool:
         """Whether the step waits for its outcome after its action was accepted."""
         return self.await_ is not None
+
+    @property
+    def awaits_callback(self) -> bool:
+        """Whether the step's calls carry a callback URL (its outcome comes through it)."""
+        return self.await_ is not None and self.await_.callback is not None
 
     def timeout_or(self, default: float) -> float:
         """This step's timeout in seconds, or ``default`` (``upstream.timeout``) when unset."""

@@ -4,10 +4,11 @@
 its key path: malformed templates or unknown template roots, unsafe call paths, CR/LF in header
 values, template references to unknown steps, to steps that have not run yet or to a sibling in
 the same parallel group, duplicate step names (groups included), an ``await`` that is not
-exactly one supported kind with a timeout on a plain step of an async saga, steps whose calls do
-not fit the saga's ``kind`` (a saga step needs an ``action``; a TCC step needs ``try``,
-``confirm`` and ``cancel`` and has no ``action`` or ``compensation``), and calls to services that
-are not configured. It is tolerant of a wrong shape (the schema reports those), so
+exactly one supported kind (``callback``, or ``poll`` with a ``success``) with a timeout on a
+plain step of an async saga (a poll's templates may use its own step, like a compensation),
+steps whose calls do not fit the saga's ``kind`` (a saga step needs an ``action``; a TCC step
+needs ``try``, ``confirm`` and ``cancel`` and has no ``action`` or ``compensation``), and calls
+to services that are not configured. It is tolerant of a wrong shape (the schema reports those), so
 a file's schema errors and its template errors are reported together.
 
 Which steps a template may use ("earlier" means earlier items of ``steps``, never a member of
@@ -211,14 +212,17 @@ def _await_problems(one: _Placed, data: Mapping[str, Any], tcc: bool) -> list[Pr
     problems: list[Problem] = []
     if len(kinds) != 1:
         problems.append((loc, "needs exactly one of callback, poll or message"))
-    for kind in kinds:
-        if kind != "callback":
-            problems.append(((*loc, kind), f"await {kind} is not supported yet (use callback)"))
-    callback = awaited.get("callback")
-    if isinstance(callback, Mapping) and callback.get("timeout") is None:
+    if "message" in kinds:
         problems.append(
-            ((*loc, "callback", "timeout"), "required: how long to wait for the outcome")
+            ((*loc, "message"), "await message is not supported yet (use callback or poll)")
         )
+    for kind in ("callback", "poll"):
+        declared = awaited.get(kind)
+        if isinstance(declared, Mapping) and declared.get("timeout") is None:
+            problems.append(((*loc, kind, "timeout"), "required: how long to wait for the outcome"))
+    poll = awaited.get("poll")
+    if isinstance(poll, Mapping) and poll.get("success") is None:
+        problems.append(((*loc, "poll", "success"), "required: the answer that means success"))
     if data.get("mode", "sync") != "async":
         problems.append((loc, "a step that awaits its outcome needs the saga's mode: async"))
     if tcc:
@@ -256,6 +260,12 @@ def _check_step(
             has_business_id=has_business_id,
         )
         problems += _check_call(one.step.get(key), (*one.loc, key), scope, services)
+    awaited = one.step.get("await")
+    poll = awaited.get("poll") if isinstance(awaited, Mapping) else None
+    if isinstance(poll, Mapping):
+        # Polled after the action was accepted: like a compensation, it may use its own step.
+        scope = Scope(known, visible["own"], one.name, has_business_id=has_business_id)
+        problems += _check_call(poll, (*one.loc, "await", "poll"), scope, services)
     return problems
 
 

@@ -38,6 +38,7 @@ from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError
 from saga_runner.leases import LeaseHold, LeaseRenewer
 from saga_runner.observer import SagaObserver
+from saga_runner.polls import Poller
 from saga_runner.records import (
     Claim,
     CreateResult,
@@ -92,7 +93,8 @@ class SagaEngine:
         self.sealer = sealer or Sealer()
         self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
-        self.waits = Waits(store, settings.callback_url, observer)
+        poller = Poller(attempts.caller, settings)
+        self.waits = Waits(store, settings.callback_url, observer, poller)
         self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
         self._runs: dict[str, Run] = {}
@@ -195,7 +197,9 @@ class SagaEngine:
             business_id=business_id,
         )
         kind = definition.forward_kind
-        if any(definition.all_steps[order].awaits for order in definition.stages[0].orders):
+        if any(
+            definition.all_steps[order].awaits_callback for order in definition.stages[0].orders
+        ):
             return {}  # its callback token is recorded before it is announced: the run does it
         try:
             return {

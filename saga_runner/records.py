@@ -95,7 +95,7 @@ class SagaInstance:
     completed_at: datetime | None
     compensated_at: datetime | None
     client_scope: str | None
-    deadline_at: datetime | None
+    deadline_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -134,12 +134,12 @@ class SagaStep:
     key_generation: int
     stage: int
     phase: AttemptKind | None
-    await_kind: str | None
-    waiting_since: datetime | None
-    wait_until: datetime | None
-    wait_seconds: float | None
-    await_outcome: str | None
-    await_result: JsonValue
+    await_kind: str | None = None
+    waiting_since: datetime | None = None
+    wait_until: datetime | None = None
+    wait_seconds: float | None = None
+    await_outcome: str | None = None
+    await_result: JsonValue = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,7 @@ class Forward(RunPhase):
             phase,
         )
         hashed = None
-        if step_def.awaits:
+        if step_def.awaits_callback:
             # The callback URL goes on the call only: never into the recorded request.
             request, hashed = self.waits.with_callback(request)
         return _Call(order, step_def, request, first_attempt, resumed, announce, hashed)

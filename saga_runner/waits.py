@@ -22,6 +22,7 @@ from saga_runner.awaits import AwaitOutcome, new_token, token_hash
 from saga_runner.caller import StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.observer import SagaObserver
+from saga_runner.polls import Poller
 from saga_runner.records import JsonValue, SagaStep
 from saga_runner.runs import Run, StepFailure
 from saga_runner.states import StepStatus
@@ -41,15 +42,19 @@ Ended = tuple[StepFailure | None, WriteBatch]
 class Waits:
     """Parks and settles the waits of awaiting steps."""
 
-    def __init__(self, store: SagaStore, callback_url: str, observer: SagaObserver) -> None:
+    def __init__(
+        self, store: SagaStore, callback_url: str, observer: SagaObserver, poller: Poller
+    ) -> None:
         """Args:
         store: the saga store.
         callback_url: the callback URL without its token (``sagas.callbacks.url`` + ``path``).
         observer: told when a saga's deadline passed.
+        poller: makes the polls of steps that await by polling.
         """
         self.store = store
         self.callback_url = callback_url.rstrip("/")
         self.observer = observer
+        self.poller = poller
 
     def with_callback(self, request: StepRequest) -> tuple[StepRequest, str]:
         """``request`` carrying a fresh callback URL, and the hash of its token."""
@@ -65,7 +70,9 @@ class Waits:
         now = self.store.now()
         seconds = step_def.await_.timeout
         until = now + timedelta(seconds=seconds)
-        run.parked_until = self._wake(run, until)
+        poll = step_def.await_.poll
+        first = until if poll is None else min(until, now + timedelta(seconds=poll.every))
+        run.parked_until = self._wake(run, first)
         columns: dict[str, JsonValue] = {
             "result": record,
             "error": None,
@@ -92,18 +99,39 @@ class Waits:
         while True:
             outcome = row.await_outcome
             if outcome is None:
-                stop = self._due(run, row)
-                if stop is None:
+                stop, result = self._due(run, row), None
+                if stop is None and row.await_kind == "poll":
+                    stop, result = await self._poll(run, row)
+                elif stop is None:
                     assert row.wait_until is not None
                     run.parked_until = self._wake(run, row.wait_until)
-                    return None, NOTHING
-                force = stop is AwaitOutcome.DEADLINE
-                if not await self.store.stop_wait(run.saga.id, row.step_order, stop, force=force):
+                if stop is None:
+                    return None, NOTHING  # parked again (``run.parked_until``)
+                force = stop is not AwaitOutcome.TIMEOUT
+                stopped = await self.store.stop_wait(
+                    run.saga.id, row.step_order, stop, force=force, result=result
+                )
+                if not stopped:
                     # A callback or a heartbeat got to the step first: go by what it wrote.
                     row = (await self.store.get(run.saga.id)).steps[row.step_order]
                     continue
-                outcome = stop
+                outcome, row = stop, replace(row, await_result=result)
             return self._ended(run, row, AwaitOutcome(outcome))
+
+    async def _poll(self, run: Run, row: SagaStep) -> tuple[AwaitOutcome | None, JsonValue]:
+        """Poll once: the outcome and result when the wait is over, else park until the next
+        poll (``every``, or the service's longer ``Retry-After``)."""
+        step_def = run.definition.all_steps[row.step_order]
+        polled = await self.poller.poll(run, step_def)
+        if polled.outcome is not None:
+            return polled.outcome, polled.result
+        assert step_def.await_ is not None and step_def.await_.poll is not None
+        assert row.wait_until is not None
+        pause = max(step_def.await_.poll.every, polled.retry_after or 0.0)
+        run.parked_until = self._wake(
+            run, min(row.wait_until, self.store.now() + timedelta(seconds=pause))
+        )
+        return None, None
 
     def _due(self, run: Run, row: SagaStep) -> AwaitOutcome | None:
         if self.past_deadline(run):

@@ -38,6 +38,7 @@ from saga_runner.awaits import (
     token_hash,
     well_formed,
 )
+from saga_runner.brokers.base import RejectReason
 from saga_runner.errors import StoreError, UnstorableJson
 from saga_runner.storable import parse_json
 
@@ -55,9 +56,9 @@ _ANSWERS: Final = {
     Verdict.GONE: (410, "the step no longer waits for its outcome (timeout, deadline or abort)"),
 }
 _REJECTED: Final = {
-    Verdict.CONFLICT: "conflict",
-    Verdict.UNKNOWN: "unknown_token",
-    Verdict.GONE: "not_waiting",
+    Verdict.CONFLICT: RejectReason.CONFLICT,
+    Verdict.UNKNOWN: RejectReason.UNKNOWN_TOKEN,
+    Verdict.GONE: RejectReason.NOT_WAITING,
 }
 """The ``reason`` of ``saga_callback_rejected_total`` for each refusal."""
 
@@ -70,7 +71,7 @@ class BadCallback(ValueError):
             ``reason`` of ``saga_callback_rejected_total``.
     """
 
-    def __init__(self, message: str, reason: str = "bad_body") -> None:
+    def __init__(self, message: str, reason: RejectReason = RejectReason.BAD_BODY) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -86,7 +87,7 @@ def parse_callback(raw: bytes) -> tuple[AwaitOutcome, Any]:
         document = parse_json(raw)
     except UnstorableJson as exc:
         raise BadCallback(
-            f"the body is not JSON every saga store can keep: {exc}", "bad_json"
+            f"the body is not JSON every saga store can keep: {exc}", RejectReason.BAD_JSON
         ) from None
     if not isinstance(document, dict):
         raise BadCallback('the body must be a JSON object like {"outcome": "success"}')
@@ -110,7 +111,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     try:
         outcome, result = parse_callback(await reader.read(request))
     except RequestBodyTooLarge:
-        metrics.saga_callback_rejected.labels("too_large").inc()
+        metrics.saga_callback_rejected.labels(RejectReason.TOO_LARGE).inc()
         raise  # answered 413 like any body over its limit
     except BadCallback as exc:
         metrics.saga_callback_rejected.labels(exc.reason).inc()

@@ -201,10 +201,16 @@ class StoreBackend(ABC):
 
     @abstractmethod
     async def stop_wait(
-        self, saga_id: str, step_order: int, outcome: str, now: datetime, force: bool
+        self,
+        saga_id: str,
+        step_order: int,
+        outcome: str,
+        now: datetime,
+        force: bool,
+        result: Any = None,
     ) -> bool:
-        """Set the outcome of a ``waiting`` step that has none, if its wait has passed ``now``
-        (or ``force``); return whether it was set."""
+        """Set the outcome (and result) of a ``waiting`` step that has none, if its wait has
+        passed ``now`` (or ``force``); return whether it was set."""
 
     @abstractmethod
     async def count_waiting(self) -> dict[str, int]:

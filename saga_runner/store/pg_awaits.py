@@ -53,7 +53,7 @@ TOKEN_STATE: Final = """
     WHERE t.token_hash = $1"""
 
 STOP_WAIT: Final = """
-    UPDATE saga_steps SET await_outcome = $3, updated_at = $4
+    UPDATE saga_steps SET await_outcome = $3, updated_at = $4, await_result = $6::jsonb
     WHERE saga_id = $1 AND step_order = $2 AND status = 'waiting' AND await_outcome IS NULL
       AND ($5 OR wait_until <= $4)"""
 
@@ -91,9 +91,16 @@ class PostgresAwaits:
         return None if found is None else dict(found)
 
     async def stop_wait(
-        self, saga_id: str, step_order: int, outcome: str, now: datetime, force: bool
+        self,
+        saga_id: str,
+        step_order: int,
+        outcome: str,
+        now: datetime,
+        force: bool,
+        result: Any = None,
     ) -> bool:
-        status = await self._pool.execute(STOP_WAIT, saga_id, step_order, outcome, now, force)
+        args = (saga_id, step_order, outcome, now, force, result)
+        status = await self._pool.execute(STOP_WAIT, *args)
         return bool(status == "UPDATE 1")
 
     async def count_waiting(self) -> dict[str, int]:

@@ -456,14 +456,20 @@ class SagaStore:
         return CallbackAnswer(verdict, state["saga_id"], state["business_type"])
 
     async def stop_wait(
-        self, saga_id: str, step_order: int, outcome: AwaitOutcome, *, force: bool = False
+        self,
+        saga_id: str,
+        step_order: int,
+        outcome: AwaitOutcome,
+        *,
+        force: bool = False,
+        result: JsonValue = None,
     ) -> bool:
         """End a ``waiting`` step's wait with ``outcome`` (``timeout``: only once its
-        ``wait_until`` has passed; ``force``: whenever), unless an outcome was recorded first;
-        return whether this call ended it."""
+        ``wait_until`` has passed; ``force``: whenever; a poll's answer: its ``result``), unless
+        an outcome was recorded first; return whether this call ended it."""
         with self._guard("stop_wait"):
             return await self.backend.stop_wait(
-                saga_id, step_order, outcome.value, self.now(), force
+                saga_id, step_order, outcome.value, self.now(), force, result
             )
 
     async def waiting_counts(self) -> dict[str, int]:

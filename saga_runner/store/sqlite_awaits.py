@@ -26,7 +26,7 @@ TOKEN_STATE: Final = """
     WHERE t.token_hash = ?1"""
 
 STOP_WAIT: Final = """
-    UPDATE saga_steps SET await_outcome = ?3, updated_at = ?4
+    UPDATE saga_steps SET await_outcome = ?3, updated_at = ?4, await_result = ?6
     WHERE saga_id = ?1 AND step_order = ?2 AND status = 'waiting' AND await_outcome IS NULL
       AND (?5 OR wait_until <= ?4)"""
 
@@ -115,9 +115,16 @@ class SqliteAwaits:
         return await self._fetchone(TOKEN_STATE, [token_hash])
 
     async def stop_wait(
-        self, saga_id: str, step_order: int, outcome: str, now: datetime, force: bool
+        self,
+        saga_id: str,
+        step_order: int,
+        outcome: str,
+        now: datetime,
+        force: bool,
+        result: Any = None,
     ) -> bool:
-        args = [saga_id, step_order, outcome, timestamp(now), int(force)]
+        stored = encode("await_result", result)
+        args = [saga_id, step_order, outcome, timestamp(now), int(force), stored]
         async with self._write() as conn, conn.execute(STOP_WAIT, args) as cursor:
             return cursor.rowcount == 1
 

@@ -91,11 +91,12 @@ steps:
     )
     assert "saga.yaml:11: steps[1].await: needs exactly one of callback, poll or message" in found
     assert (
-        "saga.yaml:13: steps[1].await.poll: await poll is not supported yet (use callback)" in found
+        "saga.yaml:13: steps[1].await.poll.success: required: the answer that means success"
+        in found
     )
     assert (
-        "saga.yaml:16: steps[2].await.message: await message is not supported yet (use callback)"
-        in found
+        "saga.yaml:16: steps[2].await.message: "
+        "await message is not supported yet (use callback or poll)" in found
     )
     assert "saga.yaml:19: steps[3].await: needs exactly one of callback, poll or message" in found
     assert (
@@ -150,3 +151,64 @@ def test_check_reports_await_mistakes_and_the_reserved_callbacks_path(tmp_path: 
         in result.stderr
     )
     assert "/_saga/callbacks/x" in result.stderr
+
+
+SETTLE = """\
+name: settle
+trigger: {method: POST, path: /settle}
+mode: async
+steps:
+  - name: settle
+    action: {service: payments, method: POST, path: /settlements}
+    compensation: {service: payments, method: DELETE, path: "/settlements/{{ saga.id }}"}
+    await:
+      poll:
+        path: "/settlements/{{ steps.settle.body.id }}"
+        headers: {X-Ref: "{{ steps.settle.body.id }}"}
+        every: 2s
+        timeout: 10m
+        success: {field: body.state, in: [settled]}
+        failure: {field: body.state, in: [rejected, cancelled]}
+"""
+
+
+def test_a_polled_step_may_use_its_own_answer_and_matches_fields(tmp_path: Path) -> None:
+    definition = load(tmp_path, SETTLE)
+
+    awaited = definition.step("settle").await_
+    assert awaited is not None and awaited.poll is not None
+    assert awaited.kind == "poll" and awaited.timeout == 600.0
+    poll = awaited.poll
+    assert (poll.method, poll.every, poll.service) == ("GET", 2.0, None)
+    assert poll.success is not None and poll.failure is not None
+    assert poll.success.matches(200, {}, {"state": "settled"})
+    assert not poll.success.matches(200, {}, {"state": "pending"})
+    assert not poll.success.matches(200, {}, "settled")
+    assert poll.failure.matches(200, {}, {"state": "cancelled"})
+    restored = SagaDefinition.from_snapshot(definition.to_snapshot())
+    assert restored.definition_hash == definition.definition_hash
+
+
+def test_poll_mistakes_are_reported_at_their_lines(tmp_path: Path) -> None:
+    text = SETTLE.replace(
+        'steps.settle.body.id }}"\n        headers', 'steps.later.body.id }}"\n        headers'
+    )
+    text = text.replace("timeout: 10m", "service: nowhere").replace(
+        "field: body.state, in: [settled]", "field: state, in: []"
+    )
+    text += """\
+  - name: later
+    action: {service: orders, method: POST, path: /later}
+"""
+    found = errors(tmp_path, text)
+
+    assert found == [
+        "saga.yaml:9: steps[0].await.poll.timeout: required: how long to wait for the outcome",
+        "saga.yaml:10: steps[0].await.poll.path: template '{{ steps.later.body.id }}' refers to "
+        "step 'later', which runs later",
+        "saga.yaml:13: steps[0].await.poll.service: unknown service 'nowhere' "
+        "(services: orders, payments)",
+        "saga.yaml:14: steps[0].await.poll.success.field: must start with status, body or "
+        "headers, got 'state'",
+        "saga.yaml:14: steps[0].await.poll.success.in: must list at least one value",
+    ]

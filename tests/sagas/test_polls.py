@@ -1,0 +1,141 @@
+"""Steps that await their outcome by polling: polls go out every ``every`` (no Idempotency-Key)
+until an answer matches ``success`` or ``failure``, a 4xx refuses, or the timeout passes;
+``Retry-After`` spaces them out; the schedule is the parked saga's ``next_run_at``.
+
+In-process sidecars on real sockets, both saga stores, a recovery loop ticking every 50 ms.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from saga_runner.states import SagaStatus, StepStatus
+from sagas.awaiting import start_order, step_in
+from sagas.conftest import SidecarFactory
+from sagas.harness import order_saga, with_step
+from sagas.services import FakeServices, Reply
+
+FAST = {"sagas": {"recovery_interval": "50ms"}}
+POLLED = "GET /charges/payments-1"
+
+
+def polled_saga(**poll: object) -> dict[str, object]:
+    """The order saga, async, its ``charge`` polled at ``/charges/<its id>`` until settled."""
+    settings = {
+        "path": "/charges/{{ steps.charge.body.id }}",
+        "every": "100ms",
+        "timeout": "5s",
+        "success": {"field": "body.state", "in": ["settled"]},
+        "failure": {"field": "body.state", "in": ["declined"]},
+        **poll,
+    }
+    saga = order_saga(mode="async")
+    return with_step(saga, "charge", **{"await": {"poll": settings}})
+
+
+async def test_polls_until_the_answer_matches_success_and_its_body_is_the_steps(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.plan(
+        "payments",
+        POLLED,
+        Reply(200, {"state": "pending"}),
+        Reply(503),
+        Reply(404),
+        then=Reply(200, {"state": "settled", "capture": "cap-1"}),
+    )
+    sidecar = await make_sidecar(polled_saga(), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    saga = await sidecar.finished(saga_id, within=10)
+
+    assert saga.status is SagaStatus.COMPLETED
+    assert saga.response["body"]["charge"] == {"state": "settled", "capture": "cap-1"}
+    polls = [c for c in services.calls_to("payments") if c.method == "GET"]
+    assert len(polls) == 4
+    assert all(c.key is None and c.headers["saga-id"] == saga_id for c in polls)
+    assert all("saga-callback" not in c.headers for c in services.calls_to("payments"))
+    detail = await sidecar.runtime.store.get(saga_id)
+    charge = detail.steps[1]
+    assert (charge.await_kind, charge.await_outcome) == ("poll", "success")
+    assert charge.result["status"] == 201  # steps.charge.status stays the action's
+
+
+@pytest.mark.parametrize(
+    ("answer", "result"),
+    [
+        (Reply(200, {"state": "declined"}), {"status": 200, "body": {"state": "declined"}}),
+        (Reply(403, {"error": "forbidden"}), {"status": 403, "body": {"error": "forbidden"}}),
+    ],
+    ids=["failure-match", "refused"],
+)
+async def test_a_failure_answer_or_a_refusal_compensates_the_accepted_step(
+    make_sidecar: SidecarFactory,
+    services: FakeServices,
+    client: aiohttp.ClientSession,
+    answer: Reply,
+    result: dict[str, object],
+) -> None:
+    services.plan("payments", POLLED, Reply(200, {"state": "pending"}), then=answer)
+    sidecar = await make_sidecar(polled_saga(), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    saga = await sidecar.finished(saga_id, within=10)
+
+    assert saga.status is SagaStatus.COMPENSATED
+    assert saga.failure_reason == "step charge: the service reported failure"
+    assert f"payments POST /charges/by-saga/{saga_id}/refund" in services.lines()
+    detail = await sidecar.runtime.store.get(saga_id)
+    assert detail.steps[1].await_result == result
+    assert len([c for c in services.calls_to("payments") if c.method == "GET"]) == 2
+
+
+async def test_polls_stop_at_the_timeout_and_the_step_is_compensated(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.always("payments", POLLED, Reply(200, {"state": "pending"}))
+    sidecar = await make_sidecar(polled_saga(timeout="500ms"), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    saga = await sidecar.finished(saga_id, within=10)
+
+    assert saga.status is SagaStatus.COMPENSATED
+    assert saga.failure_reason == (
+        "step charge: no outcome within the await's timeout (outcome unknown)"
+    )
+    polls = [c for c in services.calls_to("payments") if c.method == "GET"]
+    assert 2 <= len(polls) <= 6
+
+
+async def test_retry_after_spaces_polls_out_beyond_every(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.plan(
+        "payments",
+        POLLED,
+        Reply(429, {"slow": "down"}, headers={"Retry-After": "1"}),
+        then=Reply(200, {"state": "settled"}),
+    )
+    sidecar = await make_sidecar(polled_saga(), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
+    first, second = [c.at for c in services.calls_to("payments") if c.method == "GET"]
+    assert second - first >= 0.95
+
+
+async def test_the_next_poll_is_the_parked_sagas_next_run(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.always("payments", POLLED, Reply(200, {"state": "pending"}))
+    sidecar = await make_sidecar(polled_saga(every="1h", timeout="2h"), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    step = await step_in(sidecar, saga_id, "charge", StepStatus.WAITING)
+    saga = await sidecar.runtime.store.get_instance(saga_id)
+
+    assert saga.owner is None
+    assert step.waiting_since is not None and saga.next_run_at is not None
+    assert (saga.next_run_at - step.waiting_since).total_seconds() == 3600
+    assert not [c for c in services.calls_to("payments") if c.method == "GET"]
