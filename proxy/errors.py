@@ -25,6 +25,9 @@ Exception tree::
     ├── InvalidKey                   a malformed, repeated or oversized Idempotency-Key (→ 400;
     │                                also a ``ValueError``)
     ├── BadTrigger                   a saga trigger's body is not a JSON object it can store (→ 400)
+    ├── BadCallback                  an awaiting step's callback body is not the JSON object
+    │                                ``{"outcome", "result"}`` it can store; ``reason`` labels the
+    │                                metric (→ 400)
     ├── StoreUnavailable             the idempotency store could not be used (→ 503)
     │   └── StoreFull                the in-process store reached its memory bound
     ├── RecordFormatError            stored bytes that are not a record this version reads (also a
@@ -152,6 +155,19 @@ class InvalidKey(SidecarError, ValueError):
 
 class BadTrigger(SidecarError):
     """The trigger request cannot start a saga (its body is not a JSON object)."""
+
+
+class BadCallback(SidecarError):
+    """The callback's body is not ``{"outcome": …, "result": …}`` JSON every store can keep.
+
+    Attributes:
+        reason: ``bad_json`` (not JSON, or JSON no store keeps) or ``bad_body`` (JSON of another
+            shape): the ``reason`` of ``saga_callback_rejected_total``.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreUnavailable(SidecarError):

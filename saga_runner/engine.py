@@ -94,7 +94,7 @@ class SagaEngine:
         self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
         poller = Poller(attempts.caller, settings)
-        self.waits = Waits(store, settings.callback_url, observer, poller)
+        self.waits = Waits(store, settings.callback_url, observer, poller, redactor)
         self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
         self._runs: dict[str, Run] = {}

@@ -21,9 +21,11 @@ from typing import Any, Final
 from saga_runner.awaits import AwaitOutcome, new_token, token_hash
 from saga_runner.caller import StepRequest
 from saga_runner.definition import StepDefinition
+from saga_runner.errors import LeaseLost
 from saga_runner.observer import SagaObserver
 from saga_runner.polls import Poller
 from saga_runner.records import JsonValue, SagaStep
+from saga_runner.redact import Redactor
 from saga_runner.runs import Run, StepFailure
 from saga_runner.states import StepStatus
 from saga_runner.store import SagaStore
@@ -43,14 +45,21 @@ class Waits:
     """Parks and settles the waits of awaiting steps."""
 
     def __init__(
-        self, store: SagaStore, callback_url: str, observer: SagaObserver, poller: Poller
+        self,
+        store: SagaStore,
+        callback_url: str,
+        observer: SagaObserver,
+        poller: Poller,
+        redactor: Redactor,
     ) -> None:
         """Args:
         store: the saga store.
         callback_url: the callback URL without its token (``sagas.callbacks.url`` + ``path``).
         observer: told when a saga's deadline passed.
         poller: makes the polls of steps that await by polling.
+        redactor: redacts a poll's deciding answer before it is stored.
         """
+        self.redactor = redactor
         self.store = store
         self.callback_url = callback_url.rstrip("/")
         self.observer = observer
@@ -108,12 +117,17 @@ class Waits:
                 if stop is None:
                     return None, NOTHING  # parked again (``run.parked_until``)
                 force = stop is not AwaitOutcome.TIMEOUT
+                # Stored like a step's answer: ``redact.fields`` never reach the records.
+                stored = self.redactor.redact_body(result)
                 stopped = await self.store.stop_wait(
-                    run.saga.id, row.step_order, stop, force=force, result=result
+                    run.saga.id, row.step_order, stop, force=force, result=stored
                 )
                 if not stopped:
                     # A callback or a heartbeat got to the step first: go by what it wrote.
                     row = (await self.store.get(run.saga.id)).steps[row.step_order]
+                    if row.status is not StepStatus.WAITING:
+                        # Only a newer holder of the saga moves a waiting step on.
+                        raise LeaseLost(f"saga {run.saga.id}: step {row.step_name} was taken over")
                     continue
                 outcome, row = stop, replace(row, await_result=result)
             return self._ended(run, row, AwaitOutcome(outcome))

@@ -21,12 +21,13 @@ never logged or counted: metrics carry the outcome and why a callback was refuse
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 from aiohttp import web
 
 from proxy.bodies import BodyReader
-from proxy.errors import RequestBodyTooLarge, RuntimeUnavailable
+from proxy.errors import BadCallback, RequestBodyTooLarge, RuntimeUnavailable
 from proxy.keys import CONFIG, METRICS, SAGAS, SECRET_PATHS
 from proxy.problems import problem_response
 from proxy.sagas.own_paths import serve_own_path
@@ -41,6 +42,8 @@ from saga_runner.awaits import (
 from saga_runner.brokers.base import RejectReason
 from saga_runner.errors import StoreError, UnstorableJson
 from saga_runner.storable import parse_json
+
+log = logging.getLogger("saga_sidecar.saga")
 
 MAX_BODY: Final = 1024**2
 """The largest callback body read (a larger one gets ``413``)."""
@@ -63,19 +66,6 @@ _REJECTED: Final = {
 """The ``reason`` of ``saga_callback_rejected_total`` for each refusal."""
 
 
-class BadCallback(ValueError):
-    """The callback's body is not ``{"outcome": …, "result": …}``.
-
-    Attributes:
-        reason: ``bad_json`` (not JSON at all) or ``bad_body`` (JSON of another shape), the
-            ``reason`` of ``saga_callback_rejected_total``.
-    """
-
-    def __init__(self, message: str, reason: RejectReason = RejectReason.BAD_BODY) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 def parse_callback(raw: bytes) -> tuple[AwaitOutcome, Any]:
     """The outcome and result of a callback body.
 
@@ -90,14 +80,18 @@ def parse_callback(raw: bytes) -> tuple[AwaitOutcome, Any]:
             f"the body is not JSON every saga store can keep: {exc}", RejectReason.BAD_JSON
         ) from None
     if not isinstance(document, dict):
-        raise BadCallback('the body must be a JSON object like {"outcome": "success"}')
+        raise BadCallback(
+            'the body must be a JSON object like {"outcome": "success"}', RejectReason.BAD_BODY
+        )
     extra = sorted(set(document).difference({"outcome", "result"}))
     if extra:
-        raise BadCallback(f"unknown member {extra[0]!r} (only outcome and result)")
+        raise BadCallback(
+            f"unknown member {extra[0]!r} (only outcome and result)", RejectReason.BAD_BODY
+        )
     outcome = document.get("outcome")
     if outcome not in CALLBACK_OUTCOMES:
         names = ", ".join(o.value for o in CALLBACK_OUTCOMES)
-        raise BadCallback(f"outcome must be one of {names}")
+        raise BadCallback(f"outcome must be one of {names}", RejectReason.BAD_BODY)
     return AwaitOutcome(outcome), document.get("result")
 
 
@@ -139,11 +133,31 @@ async def _apply(
     if not well_formed(token):
         return CallbackAnswer(Verdict.UNKNOWN)
     service = request.app[SAGAS]
-    answer = await service.runtime.store.callback(token_hash(token), outcome, result)
+    runtime = service.runtime
+    # Stored like a step's answer: the fields of ``redact.fields`` never reach the records.
+    stored = runtime.engine.redactor.redact_body(result)
+    answer = await runtime.store.callback(token_hash(token), outcome, stored)
+    log.info(
+        "callback %s for saga %s: %s",
+        outcome.value,
+        answer.saga_id,
+        answer.verdict.value,
+        extra={
+            "saga_id": answer.saga_id,
+            "saga": answer.saga_name,
+            "event": "callback",
+            "outcome": outcome.value,
+            "verdict": answer.verdict.value,
+        },
+    )
     if answer.verdict is Verdict.RECORDED and outcome.reported and answer.saga_id is not None:
         # Recorded: the saga is due. This replica goes on with it now if nobody holds it (the
-        # run that parked it checks again after its write, in case it was not parked yet).
-        await service.recovery.continue_now(answer.saga_id)
+        # run that parked it checks again after its write, in case it was not parked yet);
+        # if the claim fails, any replica's recovery loop finds the saga due.
+        try:
+            await service.recovery.continue_now(answer.saga_id)
+        except StoreError as exc:
+            log.warning("saga %s: recorded, not resumed here: %s", answer.saga_id, exc)
     return answer
 
 

@@ -229,3 +229,21 @@ async def test_the_admin_api_the_dashboard_and_the_cli_show_a_waiting_step(
     assert f"until {step.wait_until.isoformat()}" in printed.stdout
     for text in (json.dumps(shown), page, printed.stdout):
         assert token not in text
+
+
+async def test_a_callback_result_is_stored_redacted_like_a_step_answer(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, database: Database
+) -> None:
+    sidecar = await make_sidecar(awaiting_saga())
+    saga_id, token = await waiting_charge(sidecar, client)
+    result = {"capture": "c-9", "card_number": "4111111111111111"}
+
+    assert (await call_back(client, sidecar, token, {"outcome": "success", "result": result}))[
+        0
+    ] == 202
+
+    await sidecar.finished(saga_id)
+    detail = await sidecar.runtime.store.get(saga_id)
+    assert detail.steps[1].await_result == {"capture": "c-9", "card_number": "[REDACTED]"}
+    assert detail.instance.response["body"]["charge"]["card_number"] == "[REDACTED]"
+    assert "4111111111111111" not in await database.dump()

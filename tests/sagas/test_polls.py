@@ -139,3 +139,15 @@ async def test_the_next_poll_is_the_parked_sagas_next_run(
     assert step.waiting_since is not None and saga.next_run_at is not None
     assert (saga.next_run_at - step.waiting_since).total_seconds() == 3600
     assert not [c for c in services.calls_to("payments") if c.method == "GET"]
+
+
+async def test_the_deciding_poll_answer_is_stored_redacted(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.always("payments", POLLED, Reply(200, {"state": "settled", "cvv": "123"}))
+    sidecar = await make_sidecar(polled_saga(), **FAST)
+    saga_id = await start_order(sidecar, client)
+
+    assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
+    detail = await sidecar.runtime.store.get(saga_id)
+    assert detail.steps[1].await_result == {"state": "settled", "cvv": "[REDACTED]"}
