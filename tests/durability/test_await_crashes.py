@@ -9,6 +9,7 @@ applied once.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -151,3 +152,34 @@ async def test_a_recorded_outcome_whose_replica_died_before_going_on_is_resumed_
     assert ledger.executions(f"{saga_id}:charge:compensation") == 1
     assert ledger.executions(f"{saga_id}:reserve:compensation") == 1
     assert not ledger.calls_to("/ship", saga_id)
+
+
+async def test_a_replica_killed_while_its_saga_polls_leaves_the_schedule_to_another(
+    cluster: SagaCluster, ledger: Ledger, pg: Db, http: aiohttp.ClientSession
+) -> None:
+    ledger.script("/settlement", failures=6, fail_status=503)
+    settle = step("settle", "/settle", undo="/unsettle")
+    settle["await"] = {
+        "poll": {
+            "path": "/settlement",
+            "every": "300ms",
+            "timeout": "1m",
+            "success": {"field": "status", "in": [200]},
+        }
+    }
+    cluster.write_saga(saga("settlement", [settle, step("book", "/book")]))
+    first = cluster.start()
+    saga_id = await cluster.trigger(http, first, "settlement", {"order": "P-1"})
+    await eventually(lambda: len(ledger.calls_to("/settlement")) >= 2, "two polls")
+    kill(first)
+
+    cluster.start()
+    row = await pg.wait_status(saga_id, within=20)
+
+    assert row["status"] == "completed"
+    assert ledger.executions(f"{saga_id}:settle:action") == 1
+    assert ledger.executions(f"{saga_id}:book:action") == 1
+    polls = ledger.calls_to("/settlement")
+    assert len(polls) >= 7 and all(p.key is None for p in polls)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(polls)]
+    assert min(gaps) >= 0.25, gaps  # every 300 ms, never hammered, the restart included
