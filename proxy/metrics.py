@@ -12,6 +12,8 @@ path pays a dict lookup, not ``labels()`` and its validation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -204,6 +206,25 @@ class SidecarMetrics:
         }
         # Bounded by the declared sagas' steps (a reload may add some: never a client).
         self._step_children: dict[tuple[str, str, str], Histogram] = {}
+
+    def declare_sagas(self, names: Iterable[str]) -> None:
+        """Export every per-saga series of the declared sagas ``names`` at 0 from the start.
+
+        A labelled counter has no series until its first event, so ``increase()`` over a
+        saga's first deadline or failure would see nothing, and a rule or dashboard that reads
+        it finds no metric. Called at start and on every reload (names are bounded by config).
+        """
+        for saga in names:
+            for counter in (
+                self.saga_started,
+                self.saga_completed,
+                self.saga_compensated,
+                self.saga_failed,
+                self.saga_deadline_exceeded,
+            ):
+                counter.labels(saga)
+            self.saga_in_flight.labels(saga)
+            self.saga_waiting.labels(saga)
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """Count one public request answered with ``status`` and time it (``seconds``)."""

@@ -119,6 +119,7 @@ class SagaService:
         self.callbacks_path = config.sagas.callbacks.path
         self.watch = SagaWatch()  # wakes status requests waiting for a saga's end
         self._metrics = metrics
+        metrics.declare_sagas(definition.name for definition in self.catalog)
         self._runtime: SagaRuntime | None = None
         self._recovery: RecoveryWorker | None = None
 
@@ -128,6 +129,7 @@ class SagaService:
         assert loaded.config.sagas is not None
         self.settings = runtime_settings(loaded)
         self.catalog = catalog.retaining(self.catalog)
+        self._metrics.declare_sagas(definition.name for definition in catalog)
         self.max_input = loaded.config.sagas.max_input
         if self._runtime is not None:
             self._runtime.reload(catalog, self.settings)

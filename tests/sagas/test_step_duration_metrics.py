@@ -50,3 +50,22 @@ async def test_every_step_call_is_timed_by_saga_step_and_kind(
     bucket = "saga_step_duration_seconds_bucket"
     assert samples[(bucket, "kind=action,le=0.1,saga=order,step=charge")] == 0
     assert samples[(bucket, "kind=action,le=+Inf,saga=order,step=charge")] == 1
+
+
+async def test_every_declared_saga_is_exported_at_zero_before_its_first_instance(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar()
+
+    samples = await sidecar.metrics(client)
+
+    for family in (
+        "saga_started_total",
+        "saga_completed_total",
+        "saga_compensated_total",
+        "saga_failed_total",
+        "saga_deadline_exceeded_total",
+        "saga_in_flight",
+        "saga_waiting",
+    ):
+        assert samples.get((family, "saga=order")) == 0.0, family
