@@ -24,7 +24,12 @@ PAYMENTS = "/api/v1/payments"
 
 def demo_services() -> ModuleType:
     """``demo/services.py`` (the demo package is not installed, only shipped in the repo)."""
-    spec = importlib.util.spec_from_file_location("demo_services", REPO_ROOT / "demo/services.py")
+    return demo_module("services")
+
+
+def demo_module(name: str) -> ModuleType:
+    """``demo/<name>.py``, loaded from the repository (``services``, ``gateway``)."""
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", REPO_ROOT / f"demo/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
