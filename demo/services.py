@@ -17,6 +17,8 @@ payments service (``acc-1`` starts with 500, ``acc-2`` with 100; ``acc-closed`` 
 hold with 422) and then confirms or cancels the holds. An account honours the two TCC rules: a
 cancel of a hold it never saw succeeds and is remembered, and a hold tried after its cancel is
 refused (409). ``GET /stock``, ``GET /coupons`` and ``GET /accounts`` show the state.
+
+The payment gateway that answers later (callbacks, polled settlements) is ``demo/gateway.py``.
 """
 
 from __future__ import annotations
