@@ -21,32 +21,16 @@ callback was answered with (``callback_status``); the callback URL itself is nev
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from demo.services import json_body, next_id
+
 CALLBACK_HEADER = "Saga-Callback"
 CALLBACK_ATTEMPTS = 5
-
-_ids = itertools.count(1)
-
-
-def _next_id(prefix: str) -> str:
-    return f"{prefix}_{next(_ids)}"
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return body
 
 
 def _amount(body: dict[str, Any]) -> float:
@@ -85,9 +69,9 @@ class Gateway:
         callback = request.headers.get(CALLBACK_HEADER)
         if not callback:
             return web.json_response({"error": f"{CALLBACK_HEADER} header required"}, status=400)
-        body = await _json_object(request)
+        body = await json_body(request)
         charge = {
-            "id": _next_id("gch"),
+            "id": next_id("gch"),
             "order_id": body.get("order_id"),
             "amount": _amount(body),
             "status": "pending",
@@ -108,7 +92,7 @@ class Gateway:
             charge.update(status="declined", error="card declined")
             outcome = "failure"
         else:
-            charge.update(status="captured", capture=_next_id("cap"))
+            charge.update(status="captured", capture=next_id("cap"))
             outcome = "success"
         await self._report(charge, callback, {"outcome": outcome, "result": _public(charge)})
 
@@ -142,8 +126,8 @@ class Gateway:
         return web.json_response(_public(charge))
 
     async def settle(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        settlement = {"id": _next_id("stl"), "charge_id": body.get("charge_id"), "state": "pending"}
+        body = await json_body(request)
+        settlement = {"id": next_id("stl"), "charge_id": body.get("charge_id"), "state": "pending"}
         self.settlements[settlement["id"]] = settlement
         self._settle_at[settlement["id"]] = time.monotonic() + self.settle_after
         return web.json_response(settlement, status=202)

@@ -252,6 +252,13 @@ def transfer(to: str, amount: int) -> dict[str, Any]:
     return {"from": "acc-1", "to": to, "amount": amount}
 
 
+async def get_json(client: aiohttp.ClientSession, url: str) -> Any:
+    """``GET`` ``url``; its JSON body."""
+    async with client.get(url) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
 async def follow(client: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], Any]:
     """``GET`` a status URL with ``Prefer: wait=10``, as the README's tour does."""
     async with client.get(url, headers={"Prefer": "wait=10"}) as response:
@@ -270,16 +277,11 @@ async def test_the_card_payment_waits_for_the_gateways_callback_then_completes_o
         refused = await send(client, sidecar.url + CARD_PAYMENTS, card("L-2", 5000), "card-2")
         paid = await follow(client, sidecar.url + accepted[1]["Location"])
         declined = await follow(client, sidecar.url + refused[1]["Location"])
-        async with client.get(f"{sidecar.admin_url}/sagas/{accepted[1]['Saga-Id']}") as response:
-            done = await response.json()
-        async with client.get(f"{sidecar.admin_url}/sagas/{refused[1]['Saga-Id']}") as response:
-            undone = await response.json()
-        async with client.get(gateway.url + "/charges") as response:
-            charges = {c["order_id"]: c for c in await response.json()}
-        async with client.get(gateway.url + "/settlements") as response:
-            settlements = await response.json()
-        async with client.get(orders.url + "/orders") as response:
-            orders_after = {o["order_no"]: o for o in await response.json()}
+        done = await get_json(client, f"{sidecar.admin_url}/sagas/{accepted[1]['Saga-Id']}")
+        undone = await get_json(client, f"{sidecar.admin_url}/sagas/{refused[1]['Saga-Id']}")
+        charges = {c["order_id"]: c for c in await get_json(client, gateway.url + "/charges")}
+        settlements = await get_json(client, gateway.url + "/settlements")
+        orders_after = {o["order_no"]: o for o in await get_json(client, orders.url + "/orders")}
 
     for status, headers, body in (accepted, refused):
         assert status == 202, body
