@@ -17,6 +17,8 @@ payments service (``acc-1`` starts with 500, ``acc-2`` with 100; ``acc-closed`` 
 hold with 422) and then confirms or cancels the holds. An account honours the two TCC rules: a
 cancel of a hold it never saw succeeds and is remembered, and a hold tried after its cancel is
 refused (409). ``GET /stock``, ``GET /coupons`` and ``GET /accounts`` show the state.
+
+The payment gateway that answers later (callbacks, polled settlements) is ``demo/gateway.py``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ _ids = itertools.count(1)
 MAX_DELAY = 30.0
 
 
-def _next_id(prefix: str) -> str:
+def next_id(prefix: str) -> str:
+    """A new demo id, ``<prefix>_<n>`` (one counter for every demo service)."""
     return f"{prefix}_{next(_ids)}"
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, or 400."""
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -51,11 +55,11 @@ def shop_app() -> web.Application:
     charges: list[dict[str, Any]] = []
 
     async def create_charge(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         delay = body.get("delay")
         if isinstance(delay, int | float) and not isinstance(delay, bool):
             await asyncio.sleep(min(max(float(delay), 0.0), MAX_DELAY))
-        charge = {"id": _next_id("ch"), "amount": body.get("amount"), "status": "succeeded"}
+        charge = {"id": next_id("ch"), "amount": body.get("amount"), "status": "succeeded"}
         charges.append(charge)
         return web.json_response(charge, status=201)
 
@@ -77,9 +81,9 @@ def orders_app() -> web.Application:
     orders: dict[str, dict[str, Any]] = {}
 
     async def create(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         order = {
-            "id": _next_id("ord"),
+            "id": next_id("ord"),
             "order_no": body.get("order_no"),
             "amount": body.get("amount"),
             "status": "created",
@@ -111,16 +115,16 @@ def _add_stock_and_coupons(app: web.Application) -> None:
     redemptions: dict[str, dict[str, Any]] = {}
 
     async def reserve(request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        held = {"id": _next_id("rsv"), "order_no": body.get("order_no"), "sku": body.get("sku")}
+        body = await json_body(request)
+        held = {"id": next_id("rsv"), "order_no": body.get("order_no"), "sku": body.get("sku")}
         reservations[held["id"]] = {**held, "status": "reserved"}
         return web.json_response(reservations[held["id"]], status=201)
 
     async def redeem(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         if body.get("code") == "EXPIRED":
             return web.json_response({"error": "coupon expired", "code": "EXPIRED"}, status=422)
-        used = {"id": _next_id("cpn"), "order_no": body.get("order_no"), "code": body.get("code")}
+        used = {"id": next_id("cpn"), "order_no": body.get("order_no"), "code": body.get("code")}
         redemptions[used["id"]] = {**used, "status": "redeemed"}
         return web.json_response(redemptions[used["id"]], status=201)
 
@@ -156,12 +160,12 @@ def payments_app(decline_above: float = 1000) -> web.Application:
     refunds = {"outage": False}
 
     async def charge(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         amount = float(body.get("amount") or 0)
         if amount > decline_above:
             return web.json_response({"error": "card declined", "amount": amount}, status=402)
         payment = {
-            "id": _next_id("pay"),
+            "id": next_id("pay"),
             "order_id": body.get("order_id"),
             "amount": amount,
             "status": "captured",
@@ -179,10 +183,10 @@ def payments_app(decline_above: float = 1000) -> web.Application:
         return web.json_response(payment)
 
     async def payout(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         if body.get("iban") == "INVALID":
             return web.json_response({"error": "invalid IBAN"}, status=422)
-        sent = {"id": _next_id("po"), "payment_id": body.get("payment_id"), "iban": body["iban"]}
+        sent = {"id": next_id("po"), "payment_id": body.get("payment_id"), "iban": body["iban"]}
         payouts.append(sent)
         return web.json_response(sent, status=201)
 
@@ -207,9 +211,9 @@ def payments_app(decline_above: float = 1000) -> web.Application:
 
 async def fraud_check(request: web.Request) -> web.Response:
     """A fraud check (the checkout saga's third member): every order passes."""
-    body = await _json_body(request)
+    body = await json_body(request)
     return web.json_response(
-        {"id": _next_id("chk"), "order_no": body.get("order_no"), "verdict": "pass"}, status=201
+        {"id": next_id("chk"), "order_no": body.get("order_no"), "verdict": "pass"}, status=201
     )
 
 
@@ -245,7 +249,7 @@ class Accounts:
 
     async def hold(self, request: web.Request) -> web.Response:
         account, hold_id = request.match_info["account"], request.match_info["hold"]
-        body = await _json_body(request)
+        body = await json_body(request)
         amount, side = body.get("amount"), body.get("side")
         if not isinstance(amount, int | float) or amount <= 0 or side not in ("debit", "credit"):
             raise web.HTTPBadRequest(text="need a positive amount and side debit or credit")

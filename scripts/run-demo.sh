@@ -51,6 +51,14 @@ Try, in another terminal:
   curl -si -X POST http://127.0.0.1:8080/api/v1/withdrawals -H 'Idempotency-Key: wd-1' \
        -H 'Content-Type: application/json' -d '{"account": "acc-1", "amount": 50, "iban": "INVALID"}'
 
+  # a long-running saga: 202 + Location; the gateway calls back, the settlement is polled
+  curl -si -X POST http://127.0.0.1:8080/api/v1/card-payments -H 'Idempotency-Key: card-1' \
+       -H 'Content-Type: application/json' -d '{"order_no": "L-1", "amount": 80}'
+  curl -s http://127.0.0.1:8080/_saga/sagas/SAGA_ID -H 'Prefer: wait=10'   # from its Location
+  # declined (amount over 1000): the gateway calls back "failure", the saga compensates
+  curl -si -X POST http://127.0.0.1:8080/api/v1/card-payments -H 'Idempotency-Key: card-2' \
+       -H 'Content-Type: application/json' -d '{"order_no": "L-2", "amount": 5000}'
+
   # operate
   curl -s http://127.0.0.1:9901/healthz
   curl -s http://127.0.0.1:9901/metrics | grep -E '^(http|idempotency|saga)_'

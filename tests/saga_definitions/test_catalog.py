@@ -8,6 +8,7 @@ import pytest
 
 from saga_runner.catalog import SagaCatalog, load_definitions
 from yamlconfig.errors import ConfigError
+from yamlconfig.loader import load_yaml
 
 from .helpers import SERVICES, VALID, write
 
@@ -33,7 +34,8 @@ def catalog_errors(
 
 
 def test_bundled_config_glob_loads_the_demo_sagas() -> None:
-    catalog = load_definitions(REPO / "config", ["sagas/*.yaml"], SERVICES, env={})
+    services = load_yaml(REPO / "config" / "sidecar.yaml", env={}).data["services"]
+    catalog = load_definitions(REPO / "config", ["sagas/*.yaml"], services, env={})
     payment = catalog.by_name["payment"]
     withdrawal = catalog.by_name["withdrawal"]
     checkout = catalog.by_name["checkout"]
@@ -48,8 +50,21 @@ def test_bundled_config_glob_loads_the_demo_sagas() -> None:
     assert catalog.match("POST", "/api/v1/transfers") is transfer
     assert [len(stage.orders) for stage in checkout.stages] == [3, 1]  # a group, then the charge
     assert (checkout.kind, transfer.kind) == ("saga", "tcc")
-    assert sorted(catalog, key=lambda d: d.name) == [checkout, payment, transfer, withdrawal]
-    assert len(catalog) == 4
+    card = catalog.by_name["card_payment"]
+    assert catalog.match("POST", "/api/v1/card-payments") is card
+    assert (card.mode, card.deadline) == ("async", 120.0)
+    awaits = [s.await_ for s in card.steps]
+    assert awaits[0] is None
+    assert awaits[1] is not None and awaits[1].callback is not None
+    assert awaits[2] is not None and awaits[2].poll is not None
+    assert sorted(catalog, key=lambda d: d.name) == [
+        card,
+        checkout,
+        payment,
+        transfer,
+        withdrawal,
+    ]
+    assert len(catalog) == 5
 
 
 def test_every_matching_file_is_loaded_once(tmp_path: Path) -> None:

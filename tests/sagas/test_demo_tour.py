@@ -5,7 +5,9 @@ the demo services (as in ``test_sidecar_process``). The tour's steps are the REA
 charge and its duplicate (409, then a replay once the first finished); a withdrawal whose payout
 is refused while refunds are down (the saga ends ``failed``), then, refunds back, an operator
 retry through the admin API and through the CLI that compensates it; the checkout (a parallel
-group) and the TCC transfer, completed and undone.
+group) and the TCC transfer, completed and undone; the long-running card payment, whose gateway
+answers 202 and calls back later, followed on its status URL to completed or, declined,
+compensated.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import aiohttp
 from conftest import REPO_ROOT, Sidecar, Upstream
 
 from sagas.harness import Database
-from sagas.test_sidecar_process import demo_services, send, shipped_config
+from sagas.test_sidecar_process import demo_module, demo_services, send, shipped_config
 
 WITHDRAWALS = "/api/v1/withdrawals"
 CHECKOUTS = "/api/v1/checkouts"
 TRANSFERS = "/api/v1/transfers"
+CARD_PAYMENTS = "/api/v1/card-payments"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -46,20 +49,37 @@ def start_demo_with_orders(
 ) -> tuple[Sidecar, Upstream, Upstream]:
     """The demo services and a sidecar in front of them; returns the sidecar, payments and
     orders."""
+    sidecar, services = start_demo_services(sidecar_process, app_in_thread, database)
+    return sidecar, services["payments"], services["orders"]
+
+
+def start_demo_services(
+    sidecar_process: Callable[..., Sidecar],
+    app_in_thread: Callable[..., Upstream],
+    database: Database,
+) -> tuple[Sidecar, dict[str, Upstream]]:
+    """The four demo services (the gateway as ``make run`` starts it) and a sidecar in front of
+    them; returns the sidecar and the services by name (``shop``, ``orders``, ``payments``,
+    ``gateway``)."""
     demo = demo_services()
-    shop, orders, payments = (
-        app_in_thread(app()) for app in (demo.shop_app, demo.orders_app, demo.payments_app)
-    )
+    apps = {
+        "shop": demo.shop_app(),
+        "orders": demo.orders_app(),
+        "payments": demo.payments_app(),
+        "gateway": demo_module("gateway").gateway_app(),
+    }
+    services = {name: app_in_thread(app) for name, app in apps.items()}
     sidecar = sidecar_process(
         shipped_config(),
         env={
-            "UPSTREAM_URL": shop.url,
-            "ORDERS_URL": orders.url,
-            "PAYMENTS_URL": payments.url,
+            "UPSTREAM_URL": services["shop"].url,
+            "ORDERS_URL": services["orders"].url,
+            "PAYMENTS_URL": services["payments"].url,
+            "GATEWAY_URL": services["gateway"].url,
             "SAGA_STORE": database.url,
         },
     )
-    return sidecar, payments, orders
+    return sidecar, services
 
 
 async def test_a_duplicate_of_a_slow_charge_gets_409_then_the_replay(
@@ -230,3 +250,84 @@ async def test_the_checkout_group_and_the_tcc_transfer_of_the_tour(
 def transfer(to: str, amount: int) -> dict[str, Any]:
     """A transfer from ``acc-1``, as the README's tour sends it."""
     return {"from": "acc-1", "to": to, "amount": amount}
+
+
+async def get_json(client: aiohttp.ClientSession, url: str) -> Any:
+    """``GET`` ``url``; its JSON body."""
+    async with client.get(url) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def follow(client: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], Any]:
+    """``GET`` a status URL with ``Prefer: wait=10``, as the README's tour does."""
+    async with client.get(url, headers={"Prefer": "wait=10"}) as response:
+        return response.status, dict(response.headers), await response.json()
+
+
+async def test_the_card_payment_waits_for_the_gateways_callback_then_completes_or_compensates(
+    sidecar_process: Callable[..., Sidecar],
+    app_in_thread: Callable[..., Upstream],
+    database: Database,
+) -> None:
+    sidecar, services = start_demo_services(sidecar_process, app_in_thread, database)
+    gateway, orders = services["gateway"], services["orders"]
+    async with aiohttp.ClientSession() as client:
+        accepted = await send(client, sidecar.url + CARD_PAYMENTS, card("L-1", 80), "card-1")
+        refused = await send(client, sidecar.url + CARD_PAYMENTS, card("L-2", 5000), "card-2")
+        paid = await follow(client, sidecar.url + accepted[1]["Location"])
+        declined = await follow(client, sidecar.url + refused[1]["Location"])
+        done = await get_json(client, f"{sidecar.admin_url}/sagas/{accepted[1]['Saga-Id']}")
+        undone = await get_json(client, f"{sidecar.admin_url}/sagas/{refused[1]['Saga-Id']}")
+        charges = {c["order_id"]: c for c in await get_json(client, gateway.url + "/charges")}
+        settlements = await get_json(client, gateway.url + "/settlements")
+        orders_after = {o["order_no"]: o for o in await get_json(client, orders.url + "/orders")}
+
+    for status, headers, body in (accepted, refused):
+        assert status == 202, body
+        assert headers["Location"] == f"/_saga/sagas/{headers['Saga-Id']}"
+        assert body == {"saga_id": headers["Saga-Id"], "saga_status": "running"}
+
+    status, headers, outcome = paid
+    assert (status, headers["Preference-Applied"]) == (200, "wait=10")
+    assert outcome["saga_status"] == "completed", sidecar.log_text()
+    body = outcome["response"]["body"]
+    assert outcome["response"]["status"] == 201
+    assert body["order"] == {**orders_after["L-1"], "status": "created"}
+    assert body["charge"]["status"] == "captured" and body["charge"]["capture"]
+    assert body["settlement"] == {**settlements[0], "state": "settled"}
+    assert [(s["name"], s["await"] and s["await"]["kind"]) for s in done["steps"]] == [
+        ("create_order", None),
+        ("charge", "callback"),
+        ("settle", "poll"),
+    ]
+    assert [s["await"]["outcome"] for s in done["steps"][1:]] == ["success", "success"]
+    charged = done["steps"][1]
+    assert [a["status_code"] for a in charged["attempts"]] == [202], "accepted, once..."
+    assert charged["await"]["result"] == body["charge"], "...captured by its callback"
+    assert charged["await"]["waiting_since"] is not None
+
+    assert declined[2]["saga_status"] == "compensated", sidecar.log_text()
+    problem = declined[2]["response"]
+    assert problem["type"] == "urn:saga-sidecar:problem:saga-compensated"
+    assert (problem["failed_step"], problem["detail"]) == (
+        "charge",
+        "step charge: the service reported failure",
+    )
+    charge_step = undone["steps"][1]
+    assert charge_step["await"]["outcome"] == "failure"
+    assert charge_step["await"]["result"]["error"] == "card declined"
+    assert [s["status"] for s in undone["steps"]] == ["compensated", "compensated", "pending"]
+    assert orders_after["L-2"]["status"] == "cancelled"
+
+    order_ids = (body["order"]["id"], orders_after["L-2"]["id"])
+    assert [(charges[o]["status"], charges[o]["callback_status"]) for o in order_ids] == [
+        ("captured", 202),
+        ("declined", 202),
+    ], "each callback taken by the sidecar at once"
+    assert [s["charge_id"] for s in settlements] == [body["charge"]["id"]]
+
+
+def card(order_no: str, amount: int) -> dict[str, Any]:
+    """A card payment, as the README's tour sends it."""
+    return {"order_no": order_no, "amount": amount}

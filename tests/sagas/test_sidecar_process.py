@@ -7,8 +7,10 @@ demo services (``demo.services``), on each saga store.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -24,11 +26,21 @@ PAYMENTS = "/api/v1/payments"
 
 def demo_services() -> ModuleType:
     """``demo/services.py`` (the demo package is not installed, only shipped in the repo)."""
-    spec = importlib.util.spec_from_file_location("demo_services", REPO_ROOT / "demo/services.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return demo_module("services")
+
+
+def demo_module(name: str) -> ModuleType:
+    """``demo.<name>`` (``services``, ``gateway``), imported from the repository's ``demo``
+    package, which is shipped in the repo but not installed."""
+    if "demo" not in sys.modules:
+        package = REPO_ROOT / "demo"
+        spec = importlib.util.spec_from_file_location(
+            "demo", package / "__init__.py", submodule_search_locations=[str(package)]
+        )
+        assert spec is not None and spec.loader is not None
+        sys.modules["demo"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["demo"])
+    return importlib.import_module(f"demo.{name}")
 
 
 def shipped_config() -> dict[str, Any]:
