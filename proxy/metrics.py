@@ -26,6 +26,8 @@ from prometheus_client import (
 
 from proxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnreachable, UpstreamUpgrade
 from proxy.version import version
+from saga_runner.awaits import CALLBACK_OUTCOMES
+from saga_runner.brokers.base import RejectReason
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Bounds the cache of labelled children (the app may answer any status from 100 to 999).
@@ -197,6 +199,11 @@ class SidecarMetrics:
             ["saga"],
             registry=r,
         )
+        # Fixed label sets, exported at 0 so rules see the series before the first event.
+        for reason in RejectReason:
+            self.saga_callback_rejected.labels(reason.value)
+        for outcome in CALLBACK_OUTCOMES:
+            self.saga_callbacks.labels("http", outcome.value)
         self._waiting_sagas: set[str] = set()
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.
