@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from saga_runner.awaits import AwaitOutcome
 from saga_runner.caller import StepRequest, replayed
 from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.errors import TemplateError
@@ -196,9 +197,24 @@ def undo_impossible(step_def: StepDefinition, row: SagaStep, kind: AttemptKind) 
     compensation = step_def.call(kind)
     if compensation is None or step_def.name not in compensation.referenced_steps():
         return False
-    if row.status is StepStatus.RUNNING:
+    if row.status is StepStatus.RUNNING or reported_before_waiting(row):
         return True
     return isinstance(row.result, dict) and bool(row.result.get("outcome_unknown"))
+
+
+def effect_reported(row: SagaStep) -> bool:
+    """Whether the step's service reported its outcome by callback (``success`` or
+    ``failure``): its action was accepted, so the step took effect whatever the action's own
+    answer said. A callback is recorded only while the step is ``running`` or ``waiting``, so
+    once its failure is written this cannot change any more."""
+    return row.await_outcome is not None and AwaitOutcome(row.await_outcome).reported
+
+
+def reported_before_waiting(row: SagaStep) -> bool:
+    """Whether the step's outcome was reported while its action call was in flight and the
+    call's answer then failed the step (it never waited): its answer is not the accepted one
+    its compensation may need."""
+    return row.await_kind is None and effect_reported(row)
 
 
 def needs_compensation(row: SagaStep, kind: AttemptKind = AttemptKind.COMPENSATION) -> bool:
@@ -208,6 +224,8 @@ def needs_compensation(row: SagaStep, kind: AttemptKind = AttemptKind.COMPENSATI
         return row.status in TO_CANCEL
     if row.status in TO_COMPENSATE:
         return True
+    if row.status is StepStatus.FAILED and effect_reported(row):
+        return True  # its service called back during the call its answer then failed
     if row.status is StepStatus.FAILED and isinstance(row.result, dict):
         # ``accepted``: an awaiting step's action was accepted, whatever ended its wait.
         return bool(row.result.get("outcome_unknown") or row.result.get("accepted"))

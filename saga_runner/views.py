@@ -158,11 +158,15 @@ def step_view(
 
 def await_view(step: SagaStep, redact: OutputRedactor) -> dict[str, Any] | None:
     """How a step that awaits its outcome waits or waited: which await, since when, until
-    when, and what ended it (None for a step that does not await; never its tokens)."""
-    if step.await_kind is None:
+    when, and what ended it (None for a step that does not await; never its tokens).
+
+    An outcome recorded before the step ever waited (its service called back while the action
+    call was in flight, and the action's answer then failed the step) came by callback: only a
+    callback records one then."""
+    if step.await_kind is None and step.await_outcome is None:
         return None
     return {
-        "kind": step.await_kind,
+        "kind": step.await_kind or "callback",
         "waiting_since": stamp(step.waiting_since),
         "wait_until": stamp(step.wait_until),
         "timeout_seconds": step.wait_seconds,

@@ -9,15 +9,18 @@ compensates it all the same. A callback after the failed answer was recorded get
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import Upstream
 
+from saga_runner.records import SagaInstance
 from saga_runner.states import SagaStatus, StepStatus
 from sagas.awaiting import CALLBACKS_PATH, awaiting_saga, call_back, start_order
 from sagas.conftest import SidecarFactory
+from sagas.harness import SidecarHarness, with_step
 from sagas.services import FakeServices
 
 
@@ -30,6 +33,7 @@ class Gateway:
         self.status = status
         self.outcome = outcome
         self.sidecar_url = ""
+        self.admin_url = ""
         self.tokens: list[str] = []
         self.callback_answers: list[int] = []
         self.refunds: list[str] = []
@@ -55,6 +59,30 @@ class Gateway:
         return web.json_response({"refunded": True})
 
 
+class Run(NamedTuple):
+    """A saga run through the gateway to its end."""
+
+    sidecar: SidecarHarness
+    saga_id: str
+    saga: SagaInstance
+
+
+async def _run_through(
+    gateway: Gateway,
+    saga: dict[str, Any],
+    make_sidecar: SidecarFactory,
+    services: FakeServices,
+    client: aiohttp.ClientSession,
+    upstream_server: Callable[..., Awaitable[Upstream]],
+) -> Run:
+    services.urls["payments"] = (await upstream_server(gateway.app())).url
+    sidecar = await make_sidecar(saga)
+    gateway.sidecar_url = sidecar.url
+    gateway.admin_url = sidecar.admin_url
+    saga_id = await start_order(sidecar, client)
+    return Run(sidecar, saga_id, await sidecar.finished(saga_id, within=10))
+
+
 async def _run_with(
     gateway: Gateway,
     make_sidecar: SidecarFactory,
@@ -62,13 +90,12 @@ async def _run_with(
     client: aiohttp.ClientSession,
     upstream_server: Callable[..., Awaitable[Upstream]],
 ) -> str:
-    services.urls["payments"] = (await upstream_server(gateway.app())).url
-    sidecar = await make_sidecar(awaiting_saga())
-    gateway.sidecar_url = sidecar.url
-    saga_id = await start_order(sidecar, client)
-    saga = await sidecar.finished(saga_id, within=10)
-    assert saga.status is SagaStatus.COMPENSATED, saga.failure_reason
-    return saga_id
+    run = await _run_through(
+        gateway, awaiting_saga(), make_sidecar, services, client, upstream_server
+    )
+    assert run.saga.status is SagaStatus.COMPENSATED, run.saga.failure_reason
+    assert run.saga.failure_reason == f"step charge: status {gateway.status}"
+    return run.saga_id
 
 
 @pytest.mark.parametrize(
@@ -92,6 +119,35 @@ async def test_a_step_whose_service_called_back_during_its_call_is_compensated(
     assert gateway.refunds == [saga_id]
     assert services.lines()[-1] == "inventory DELETE /reservations/inventory-1"
     assert not services.calls_to("shipping")
+    async with client.get(f"{gateway.admin_url}/sagas/{saga_id}") as response:
+        charge = (await response.json())["steps"][1]
+    assert charge["status"] == "compensated"
+    assert charge["result"]["status"] == status
+    assert charge["await"]["kind"] == "callback"
+    assert charge["await"]["outcome"] == outcome
+    assert charge["await"]["result"] == {"charge": "ch-1"}
+    assert charge["await"]["waiting_since"] is None
+
+
+async def test_a_compensation_needing_the_refused_answer_is_skipped_and_earlier_steps_undone(
+    make_sidecar: SidecarFactory,
+    services: FakeServices,
+    client: aiohttp.ClientSession,
+    upstream_server: Callable[..., Awaitable[Upstream]],
+) -> None:
+    # The refund names the charge's id, which the 422 never gave: it can never be built, so
+    # the walk goes on and the reservation is still released (the saga ends failed).
+    gateway = Gateway(422, "success")
+    refund = {"path": "/charges/{{ steps.charge.body.id }}/refund"}
+    saga = with_step(awaiting_saga(), "charge", compensation=refund)
+    run = await _run_through(gateway, saga, make_sidecar, services, client, upstream_server)
+
+    assert run.saga.status is SagaStatus.FAILED
+    assert "compensation of step charge failed: cannot build" in (run.saga.failure_reason or "")
+    assert services.lines()[-1] == "inventory DELETE /reservations/inventory-1"
+    detail = await run.sidecar.runtime.store.get(run.saga_id)
+    statuses = [s.status for s in detail.steps]
+    assert statuses[:2] == [StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED]
 
 
 async def test_a_callback_after_the_failed_answer_gets_410_and_changes_nothing(
@@ -102,15 +158,15 @@ async def test_a_callback_after_the_failed_answer_gets_410_and_changes_nothing(
 ) -> None:
     # A refusal (422) with no callback: the charge never took effect, so it is not refunded.
     gateway = Gateway(422, None)
-    services.urls["payments"] = (await upstream_server(gateway.app())).url
-    sidecar = await make_sidecar(awaiting_saga())
-    gateway.sidecar_url = sidecar.url
-    saga_id = await start_order(sidecar, client)
-    assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPENSATED
+    run = await _run_through(
+        gateway, awaiting_saga(), make_sidecar, services, client, upstream_server
+    )
+    assert run.saga.status is SagaStatus.COMPENSATED
 
-    answer, _, _ = await call_back(client, sidecar, gateway.tokens[0], {"outcome": "success"})
+    token = gateway.tokens[0]
+    answer, _, _ = await call_back(client, run.sidecar, token, {"outcome": "success"})
     assert answer == 410
-    detail = await sidecar.runtime.store.get(saga_id)
+    detail = await run.sidecar.runtime.store.get(run.saga_id)
     charge = next(s for s in detail.steps if s.step_name == "charge")
     assert charge.status is StepStatus.FAILED and charge.await_outcome is None
     assert gateway.refunds == []
