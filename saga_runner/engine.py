@@ -439,7 +439,9 @@ class SagaEngine:
         await run.write(self.store, batch)
         run.released = True
         seconds = (datetime.now(UTC) - run.saga.created_at).total_seconds()
-        self.observer.saga_finished(run.definition.name, run.saga.status, max(seconds, 0.0))
+        self.observer.saga_finished(
+            run.definition.name, run.saga.status, max(seconds, 0.0), saga_id=run.saga.id
+        )
         log_run(run, run.saga.status.value)
 
     async def _compensate(self, run: Run) -> SagaInstance:

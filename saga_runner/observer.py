@@ -17,8 +17,9 @@ class SagaObserver(Protocol):
     def saga_started(self, saga: str) -> None:
         """A new saga instance was created."""
 
-    def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
-        """A saga reached ``completed``, ``compensated`` or ``failed`` after ``seconds``."""
+    def saga_finished(self, saga: str, status: SagaStatus, seconds: float, saga_id: str) -> None:
+        """Instance ``saga_id`` of ``saga`` reached ``completed``, ``compensated`` or ``failed``
+        after ``seconds`` (reported by whichever run of this process ended it)."""
 
     def step_attempt(
         self, saga: str, step: str, kind: AttemptKind, outcome: str, seconds: float
@@ -42,7 +43,7 @@ class NullObserver:
     def saga_started(self, saga: str) -> None:
         """Ignore."""
 
-    def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
+    def saga_finished(self, saga: str, status: SagaStatus, seconds: float, saga_id: str) -> None:
         """Ignore."""
 
     def step_attempt(

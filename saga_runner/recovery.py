@@ -204,7 +204,7 @@ class RecoveryWorker:
             return
         age = (datetime.now(UTC) - claim.saga.created_at).total_seconds()
         self.runtime.engine.observer.saga_finished(
-            claim.saga.business_type, SagaStatus.FAILED, max(age, 0.0)
+            claim.saga.business_type, SagaStatus.FAILED, max(age, 0.0), saga_id=claim.saga.id
         )
         log.error(
             "saga %s %s",

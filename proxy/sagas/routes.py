@@ -307,7 +307,6 @@ async def _run(
         return response
     if saga.status not in TERMINAL:
         return accepted(saga, service.status_path)
-    service.watch.ended(saga.id)
     return await terminal_answer(runtime.store, saga, definition)
 
 

@@ -62,7 +62,7 @@ class MetricsObserver:
         """Count a new instance."""
         self.metrics.saga_started.labels(saga).inc()
 
-    def saga_finished(self, saga: str, status: SagaStatus, seconds: float) -> None:
+    def saga_finished(self, saga: str, status: SagaStatus, seconds: float, saga_id: str) -> None:
         """Count the terminal status and observe the saga's duration."""
         counter = {
             SagaStatus.COMPLETED: self.metrics.saga_completed,
@@ -95,6 +95,23 @@ class MetricsObserver:
         self.metrics.saga_deadline_exceeded.labels(saga).inc()
 
 
+class WakingObserver(MetricsObserver):
+    """``MetricsObserver`` that also wakes the status requests held for a saga that ended.
+
+    Every run of this process that ends a saga reports it here: the trigger's own, one resumed
+    by a callback or by the recovery loop, an operator's retry or abort.
+    """
+
+    def __init__(self, metrics: SidecarMetrics, watch: SagaWatch) -> None:
+        super().__init__(metrics)
+        self.watch = watch
+
+    def saga_finished(self, saga: str, status: SagaStatus, seconds: float, saga_id: str) -> None:
+        """Count it, and let the requests waiting for ``saga_id`` read it again now."""
+        super().saga_finished(saga, status, seconds, saga_id)
+        self.watch.ended(saga_id)
+
+
 class SagaService:
     """Loaded saga definitions plus, once opened, the runtime that executes them."""
 
@@ -106,7 +123,8 @@ class SagaService:
             raise ValueError("the config has no sagas section")
         self.settings = runtime_settings(loaded)
         self.catalog: SagaCatalog = load_catalog(loaded)
-        self.observer = MetricsObserver(metrics)
+        self.watch = SagaWatch()  # wakes status requests waiting for a saga's end
+        self.observer = WakingObserver(metrics, self.watch)
         self.tracer = tracer
         self.recovery_settings = RecoverySettings(
             interval=config.sagas.recovery_interval,
@@ -117,7 +135,6 @@ class SagaService:
         self.max_input = config.sagas.max_input
         self.status_path = config.sagas.status_path
         self.callbacks_path = config.sagas.callbacks.path
-        self.watch = SagaWatch()  # wakes status requests waiting for a saga's end
         self._metrics = metrics
         metrics.declare_sagas(definition.name for definition in self.catalog)
         self._runtime: SagaRuntime | None = None

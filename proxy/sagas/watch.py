@@ -1,11 +1,12 @@
 """Holding a status request until its saga ends (``Prefer: wait=N``) without polling tightly.
 
 ``SagaWatch.watching(saga_id)`` registers a waiter before the request first reads the saga, so an
-end reported after that read is never missed. The local engine's runs report their sagas' ends
-(``ended``), which wakes the waiters of that saga at once; a saga finished by another replica
-(or resumed by recovery, or by an operator) is seen by re-reading it every ``poll_interval``: one
-primary-key read per waiting request per interval. ``close`` (the listener is draining) wakes
-every waiter to answer what it has.
+end reported after that read is never missed. Every run of this process that ends a saga
+reports it (``ended``, from the engine's observer: ``proxy.sagas.service.WakingObserver``),
+whatever started the run: the trigger, a callback, the recovery loop, an operator. That wakes
+the saga's waiters at once; a saga finished by another replica is seen by re-reading it every
+``poll_interval``: one primary-key read per waiting request per interval. ``close`` (the
+listener is draining) wakes every waiter to answer what it has.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SagaWatch:
         self._waiters: dict[str, set[SagaWaiter]] = {}
 
     def ended(self, saga_id: str) -> None:
-        """A local run ended ``saga_id``: its waiters read it again now."""
+        """A run of this process ended ``saga_id``: its waiters read it again now."""
         for waiter in self._waiters.get(saga_id, ()):
             waiter.woken.set()
 
