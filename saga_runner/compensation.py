@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 
 from saga_runner.attempts import CallSpec, RunPhase
 from saga_runner.caller import Outcome, StepRequest
-from saga_runner.definition import ConfirmDefinition, StepDefinition
+from saga_runner.definition import StepDefinition
+from saga_runner.definition_calls import ConfirmDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue, SagaStep, StepAttempt
 from saga_runner.runs import (

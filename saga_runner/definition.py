@@ -3,8 +3,10 @@
 ``load_definition`` / ``parse_definition`` read one saga file and raise one ``ConfigError`` listing
 every problem as ``FILE:LINE: key.path: message``: schema errors (unknown keys, bad methods, status
 codes, retry and timeout values) together with whole-document ones from ``definition_checks``
-(templates, step references, services). Every template is compiled once at validation time; the
-engine renders calls with ``CallDefinition.render`` and joins URLs with ``template.build_url``.
+(templates, step references, services). Every template is compiled once at validation time.
+This module holds the saga, its steps and its response; a step's calls are
+``definition_calls``, its ``await`` is ``definition_awaits``, and the base model and field types
+all of them share are ``definition_base``.
 
 A saga's ``steps`` are items: a ``StepDefinition``, or a ``ParallelGroup`` of steps that run
 together; ``SagaDefinition.stages`` is what the engine walks and ``all_steps`` numbers every step
@@ -28,18 +30,14 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
     PrivateAttr,
     SerializerFunctionWrapHandler,
-    Strict,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -47,115 +45,38 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from yarl import URL
 
+from saga_runner.definition_awaits import AwaitDefinition
+from saga_runner.definition_base import (
+    SKIP_CHECKS,
+    DefinitionModel,
+    HeaderMap,
+    Method,
+    Name,
+    StatusCode,
+    checks_skipped,
+    positive_duration,
+)
+from saga_runner.definition_calls import CallDefinition, CompensationDefinition, ConfirmDefinition
 from saga_runner.definition_checks import dotted, find_problems
-from saga_runner.retry import ACTION_RETRY, COMPENSATION_RETRY, RetryPolicy, merge_retry
+from saga_runner.retry import ACTION_RETRY, RetryPolicy, merge_retry
 from saga_runner.states import AttemptKind
 from saga_runner.template import (
     CompiledValue,
     RenderContext,
     Template,
-    build_url,
     compile_body,
     compile_header,
-    compile_path,
     parse_template,
 )
 from yamlconfig.errors import ConfigError, KeyValueError
 from yamlconfig.loader import LocatedDocument, load_yaml, validation_issues
 from yamlconfig.units import Duration
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-"""HTTP methods a trigger or a step call may use."""
-
-SIDECAR_HEADERS = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "idempotency-key",
-        "keep-alive",
-        "proxy-connection",
-        "saga-id",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-"""Header names a saga file may not set: hop-by-hop, framing, or set by the sidecar itself."""
-
-_SKIP_CHECKS = "saga_runner.definition.skip_template_checks"
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TRIGGER_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
 
 
-def _method(value: str) -> str:
-    upper = value.upper()
-    if upper not in METHODS:
-        raise ValueError(f"unsupported HTTP method {value!r} (use one of {', '.join(METHODS)})")
-    return upper
-
-
-def _status(value: int) -> int:
-    if not 100 <= value <= 599:
-        raise ValueError(f"HTTP status must be between 100 and 599, got {value}")
-    return value
-
-
-def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid name (a letter, then letters, digits, '_' or '-'; max 64)"
-        )
-    return value
-
-
-def _positive_duration(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-Method = Annotated[str, AfterValidator(_method)]
-StatusCode = Annotated[int, Strict(), AfterValidator(_status)]
-Name = Annotated[str, AfterValidator(_name)]
-
-
-def _checks_skipped(info: ValidationInfo) -> bool:
-    return isinstance(info.context, Mapping) and bool(info.context.get(_SKIP_CHECKS))
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    def __eq__(self, other: object) -> bool:
-        # By declared values only: compiled templates keep the key order a file was written in.
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.model_dump() == other.model_dump()
-
-
-def _header_names(value: dict[str, str]) -> dict[str, str]:
-    seen: set[str] = set()
-    for name in value:
-        lower = name.lower()
-        if not _TOKEN_RE.match(name):
-            raise KeyValueError((name,), f"{name!r} is not a valid header name")
-        if lower in SIDECAR_HEADERS:
-            raise KeyValueError((name,), f"header {name!r} cannot be set in a saga file")
-        if lower in seen:
-            raise KeyValueError((name,), f"header {name!r} is given twice")
-        seen.add(lower)
-    return value
-
-
-HeaderMap = Annotated[dict[str, str], AfterValidator(_header_names)]
-
-
-class Trigger(_Model):
+class Trigger(DefinitionModel):
     """The inbound route that starts the saga instead of being forwarded to the app."""
 
     method: Method
@@ -174,282 +95,7 @@ class Trigger(_Model):
         return value
 
 
-@dataclass(frozen=True)
-class RenderedCall:
-    """A step call with every template rendered, ready for the HTTP caller."""
-
-    service: str
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    has_body: bool
-
-    def url(self, base_url: str) -> URL:
-        """The call's URL on ``base_url`` (see ``template.build_url``; raises TemplateError)."""
-        return build_url(base_url, self.path)
-
-
-class CallDefinition(_Model):
-    """One HTTP call of a step: the action (``CompensationDefinition``: the compensation)."""
-
-    DEFAULT_SUCCESS: ClassVar[frozenset[int]] = frozenset(range(200, 300))
-
-    service: str
-    """Name of the service called: a key of the config's ``services``."""
-
-    method: Method
-    """HTTP method (upper-cased)."""
-
-    path: str
-    """Path on the service, starting with ``/``; lookups are encoded as single segments."""
-
-    headers: HeaderMap = Field(default_factory=dict)
-    """Extra request headers; values are templates rendered as text."""
-
-    body: JsonValue = None
-    """JSON request body; strings are templates. Absent (null): the call has no body."""
-
-    success: tuple[StatusCode, ...] | None = None
-    """Statuses that count as success; absent: the role's default (``DEFAULT_SUCCESS``)."""
-
-    _path: Template = PrivateAttr()
-    _headers: dict[str, Template] = PrivateAttr()
-    _body: CompiledValue = PrivateAttr()
-
-    @field_validator("success")
-    @classmethod
-    def _some_success(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if value is not None and not value:
-            raise ValueError("must list at least one status (leave it out for the default)")
-        return value
-
-    @model_validator(mode="after")
-    def _compile(self, info: ValidationInfo) -> CallDefinition:
-        if not _checks_skipped(info):
-            self._path = compile_path(self.path)
-            self._headers = {name: compile_header(v) for name, v in self.headers.items()}
-            self._body = compile_body(self.body)
-        return self
-
-    @property
-    def success_statuses(self) -> frozenset[int]:
-        """The statuses that mean the call succeeded: ``success``, else the role's default."""
-        return self.DEFAULT_SUCCESS if self.success is None else frozenset(self.success)
-
-    def referenced_steps(self) -> frozenset[str]:
-        """Names of the steps whose answers this call's templates look up."""
-        compiled: list[CompiledValue] = [self._path, *self._headers.values(), self._body]
-        return frozenset(
-            ref.step
-            for value in compiled
-            for _loc, template in value.templates()
-            for ref in template.references
-            if ref.step is not None
-        )
-
-    def render(self, ctx: RenderContext) -> RenderedCall:
-        """Render path, headers and body; raise TemplateError on a failed lookup."""
-        return RenderedCall(
-            service=self.service,
-            method=self.method,
-            path=self._path.render_path(ctx),
-            headers={name: t.render_header(ctx) for name, t in self._headers.items()},
-            body=self._body.render(ctx),
-            has_body=self.body is not None,
-        )
-
-
-class ConfirmDefinition(CallDefinition):
-    """A TCC step's confirm: retried like a compensation (``COMPENSATION_RETRY``) until it
-    succeeds; any 2xx is success by default."""
-
-    retry: RetryPolicy = COMPENSATION_RETRY
-    """Retry of the call; keys left out take ``COMPENSATION_RETRY``'s values."""
-
-    @field_validator("retry", mode="before")
-    @classmethod
-    def _retry_defaults(cls, value: Any) -> Any:
-        return merge_retry(value, COMPENSATION_RETRY)
-
-
-class CompensationDefinition(ConfirmDefinition):
-    """The call that undoes a step's action (or cancels a TCC step's try); 404 and 410 also
-    count as success by default (the effect is already gone, or never came)."""
-
-    DEFAULT_SUCCESS: ClassVar[frozenset[int]] = frozenset((*range(200, 300), 404, 410))
-
-
-SHAPE_CALLS: Final = ("action", "compensation", "try", "confirm", "cancel")
-"""The call keys of a step: ``action``/``compensation`` in a saga, ``try``/``confirm``/``cancel``
-in a TCC saga (``kind: tcc``)."""
-
-
-class CallbackAwait(_Model):
-    """An await completed through the callback URL the step's calls carry."""
-
-    timeout: Duration | None = None
-    """How long to wait for the outcome after the action was accepted (required; a heartbeat
-    starts it again)."""
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float | None) -> float | None:
-        return _positive_duration(value)
-
-
-_FIELD_ROOTS: Final = ("status", "body", "headers")
-
-
-class FieldMatch(_Model):
-    """A poll answer's field and the values that make it match (``success``/``failure``)."""
-
-    field: str
-    """``status``, ``body`` or ``body.a.b`` (a lookup in the JSON body), or ``headers.NAME``."""
-
-    in_: tuple[JsonValue, ...] = Field(alias="in")
-    """The values that match (compared as JSON values: ``201`` is not ``"201"``)."""
-
-    @field_validator("field")
-    @classmethod
-    def _field(cls, value: str) -> str:
-        root, _, rest = value.partition(".")
-        if root not in _FIELD_ROOTS:
-            raise ValueError(f"must start with status, body or headers, got {value!r}")
-        if root == "status" and rest:
-            raise ValueError("status has no members")
-        if root == "headers" and (not rest or "." in rest):
-            raise ValueError("name one header: headers.NAME")
-        if rest and "" in rest.split("."):
-            raise ValueError(f"empty segment in {value!r}")
-        return value
-
-    @field_validator("in_")
-    @classmethod
-    def _some(cls, value: tuple[JsonValue, ...]) -> tuple[JsonValue, ...]:
-        if not value:
-            raise ValueError("must list at least one value")
-        return value
-
-    def matches(self, status: int | None, headers: Mapping[str, str], body: Any) -> bool:
-        """Whether the answer's field holds one of the values (a missing field never does)."""
-        root, _, rest = self.field.partition(".")
-        found: Any = status
-        if root == "headers":
-            found = {k.lower(): v for k, v in headers.items()}.get(rest.lower(), _MISSING)
-        elif root == "body":
-            found = body
-            for segment in rest.split(".") if rest else ():
-                found = _member(found, segment)
-        return found is not _MISSING and any(
-            found == value and type(found) is type(value) for value in self.in_
-        )
-
-
-_MISSING: Final = object()
-
-
-def _member(value: Any, segment: str) -> Any:
-    if isinstance(value, dict):
-        return value.get(segment, _MISSING)
-    if isinstance(value, list) and segment.isdigit() and int(segment) < len(value):
-        return value[int(segment)]
-    return _MISSING
-
-
-class PollAwait(_Model):
-    """An await completed by polling: ``GET`` (or ``method``) ``path`` every ``every`` until an
-    answer matches ``success`` or ``failure`` or ``timeout`` passes; no ``Idempotency-Key``."""
-
-    service: str | None = None
-    """The service polled; absent: the action's."""
-
-    method: Method = "GET"
-    """HTTP method of the polls."""
-
-    path: str
-    """Path polled; a template that may use the step's own answer (``steps.NAME``)."""
-
-    headers: HeaderMap = Field(default_factory=dict)
-    """Extra request headers; values are templates rendered as text."""
-
-    every: Duration = 5.0
-    """How long between polls (at the recovery pass after it: see docs/SAGAS.md)."""
-
-    timeout: Duration | None = None
-    """How long to poll after the action was accepted (required)."""
-
-    success: FieldMatch | None = None
-    """The answer that completes the step (required); its body becomes ``steps.NAME.body``."""
-
-    failure: FieldMatch | None = None
-    """The answer that fails the step (optional)."""
-
-    _path: Template = PrivateAttr()
-    _headers: dict[str, Template] = PrivateAttr()
-
-    @field_validator("every", "timeout")
-    @classmethod
-    def _positive(cls, value: float | None) -> float | None:
-        return _positive_duration(value)
-
-    @model_validator(mode="after")
-    def _compile(self, info: ValidationInfo) -> PollAwait:
-        if not _checks_skipped(info):
-            self._path = compile_path(self.path)
-            self._headers = {name: compile_header(v) for name, v in self.headers.items()}
-        return self
-
-    def render(self, ctx: RenderContext, action_service: str) -> RenderedCall:
-        """The poll's call, rendered (no body); raise TemplateError on a failed lookup."""
-        return RenderedCall(
-            service=self.service or action_service,
-            method=self.method,
-            path=self._path.render_path(ctx),
-            headers={name: t.render_header(ctx) for name, t in self._headers.items()},
-            body=None,
-            has_body=False,
-        )
-
-
-AWAIT_KINDS: Final = ("callback", "poll", "message")
-"""The ways a step may await its outcome (exactly one; ``message`` is not supported yet)."""
-
-
-class AwaitDefinition(_Model):
-    """How a step whose action only starts its work learns the outcome (``await``)."""
-
-    callback: CallbackAwait | None = None
-    """Completed through the callback URL (``Saga-Callback`` header of every call)."""
-
-    poll: PollAwait | None = None
-    """Completed by polling the service until a terminal answer."""
-
-    message: JsonValue = None
-    """Not supported yet (``check`` says so)."""
-
-    @model_serializer(mode="wrap")
-    def _declared(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {key: value for key, value in data.items() if value is not None}
-
-    @property
-    def kind(self) -> str:
-        """Which await this is (``callback``)."""
-        return next((k for k in AWAIT_KINDS if getattr(self, k) is not None), "callback")
-
-    @property
-    def timeout(self) -> float:
-        """How long to wait for the outcome, in seconds."""
-        timeout = self.poll.timeout if self.poll is not None else None
-        if self.callback is not None:
-            timeout = self.callback.timeout
-        if timeout is None:
-            raise ValueError("only a callback or poll await with a timeout can be run")
-        return timeout
-
-
-class StepDefinition(_Model):
+class StepDefinition(DefinitionModel):
     """One saga step: its calls (an action and optional compensation, or a TCC step's try,
     confirm and cancel), and the forward call's retry and the calls' timeout."""
 
@@ -488,7 +134,7 @@ class StepDefinition(_Model):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, value: float | None) -> float | None:
-        return _positive_duration(value)
+        return positive_duration(value)
 
     @model_serializer(mode="wrap")
     def _declared_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -535,7 +181,7 @@ class StepDefinition(_Model):
         return default if self.timeout is None else self.timeout
 
 
-class ParallelGroup(_Model):
+class ParallelGroup(DefinitionModel):
     """Steps that start together once the previous item succeeded; the next item waits for
     all of them. A member may use the results of earlier items only, never a sibling's."""
 
@@ -604,7 +250,7 @@ class RenderedResponse:
     has_body: bool
 
 
-class ResponseDefinition(_Model):
+class ResponseDefinition(DefinitionModel):
     """What a sync trigger answers when the saga completes."""
 
     status: StatusCode = 200
@@ -621,7 +267,7 @@ class ResponseDefinition(_Model):
 
     @model_validator(mode="after")
     def _compile(self, info: ValidationInfo) -> ResponseDefinition:
-        if not _checks_skipped(info):
+        if not checks_skipped(info):
             self._headers = {name: compile_header(v) for name, v in self.headers.items()}
             self._body = compile_body(self.body)
         return self
@@ -636,7 +282,7 @@ class ResponseDefinition(_Model):
         )
 
 
-class SagaDefinition(_Model):
+class SagaDefinition(DefinitionModel):
     """One saga file: its trigger route, steps and success response."""
 
     name: Name
@@ -666,7 +312,7 @@ class SagaDefinition(_Model):
     @field_validator("deadline")
     @classmethod
     def _deadline(cls, value: float | None) -> float | None:
-        return _positive_duration(value)
+        return positive_duration(value)
 
     @field_validator("steps")
     @classmethod
@@ -702,7 +348,7 @@ class SagaDefinition(_Model):
             stages.append(Stage(index, orders, isinstance(item, ParallelGroup)))
             flat.extend(members)
         self._all_steps, self._stages = tuple(flat), tuple(stages)
-        if _checks_skipped(info):
+        if checks_skipped(info):
             return self
         problems = find_problems(self.to_snapshot(), services=None)
         if problems:
@@ -781,7 +427,7 @@ def parse_definition(doc: LocatedDocument, services: Collection[str] | None) -> 
     data = {} if doc.data is None else doc.data
     issues = [doc.issue(loc, f"{dotted(loc)}: {msg}") for loc, msg in find_problems(data, services)]
     try:
-        definition = SagaDefinition.model_validate(data, context={_SKIP_CHECKS: bool(issues)})
+        definition = SagaDefinition.model_validate(data, context={SKIP_CHECKS: bool(issues)})
     except ValidationError as exc:
         issues += validation_issues(doc, exc, SagaDefinition)
     if issues:

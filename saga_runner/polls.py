@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from saga_runner.awaits import AwaitOutcome
 from saga_runner.caller import CallResult, StepCaller, StepRequest
-from saga_runner.definition import FieldMatch, PollAwait, StepDefinition
+from saga_runner.definition import StepDefinition
+from saga_runner.definition_awaits import FieldMatch, PollAwait
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue
 from saga_runner.runs import FORWARDED_TRIGGER_HEADERS, EngineSettings, Run
