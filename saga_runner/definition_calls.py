@@ -1,5 +1,5 @@
 """The HTTP calls of a saga step: ``action``, ``compensation``, and a TCC step's ``try``,
-``confirm`` and ``cancel`` (``SHAPE_CALLS``).
+``confirm`` and ``cancel``.
 
 A ``CallDefinition`` names a service, not a URL, and holds its path, headers and body as
 templates, compiled once at validation time. The engine renders a call with
@@ -11,7 +11,7 @@ TCC cancel) are retried until they succeed; each role has its own default succes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from pydantic import Field, JsonValue, PrivateAttr, ValidationInfo, field_validator, model_validator
 from yarl import URL
@@ -139,8 +139,3 @@ class CompensationDefinition(ConfirmDefinition):
     count as success by default (the effect is already gone, or never came)."""
 
     DEFAULT_SUCCESS: ClassVar[frozenset[int]] = frozenset((*range(200, 300), 404, 410))
-
-
-SHAPE_CALLS: Final = ("action", "compensation", "try", "confirm", "cancel")
-"""The call keys of a step: ``action``/``compensation`` in a saga, ``try``/``confirm``/``cancel``
-in a TCC saga (``kind: tcc``)."""
