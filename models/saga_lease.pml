@@ -2,8 +2,8 @@
  * Saga leases: claim, renew, fenced write, expiry, crash and recovery, with two replicas whose
  * wall clocks disagree by SKEW ticks. Checked by `make verify` (scripts/verify-models.sh).
  *
- * mirrors: saga_runner/store/postgres.py saga_runner/store/pg_batches.py saga_runner/store/sqlite.py saga_runner/store/sqlite_rows.py saga_runner/leases.py
- * mirrors-sha256: 9c11126c2328f013fb709231902818cf4d35c0b3c9fb76108a81b9608b58b4de
+ * mirrors: saga_runner/store/postgres.py saga_runner/store/pg_batches.py saga_runner/store/pg_awaits.py saga_runner/store/sqlite.py saga_runner/store/sqlite_rows.py saga_runner/store/sqlite_awaits.py saga_runner/leases.py
+ * mirrors-sha256: e050807f09472cb999b19be73fd58a2c47da9d0f774d51f344fd3ca1e4f53575
  * counterexample: -DWALL_CLOCK_LEASES
  *
  * What the code does, and what each part of the model stands for:
@@ -21,6 +21,9 @@
  *    is no later than the moment the database wrote the expiry.
  *  - fenced write (every WriteBatch): commits only where lease_version is the writer's.
  *  - crash: the replica stops; its lease stays until it expires, then recovery claims it.
+ *  - an awaited outcome (pg_awaits / sqlite_awaits): a callback or a wait's end only makes the
+ *    saga due (next_run_at); it never writes owner, lease_version or lease_expires_at, so the
+ *    replica that continues the saga goes through the same claim as recovery does.
  * Time is the database's clock `now`, advanced by the clock process. The clock does not pass a
  * calling replica's self-fencing deadline: timers fire on time (a process frozen longer than a
  * lease is outside the model; its calls are still fenced at its next write).
