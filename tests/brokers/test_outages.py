@@ -49,8 +49,12 @@ class Ledger(Recorder):
             self.applied[delivery.message_id] += 1
 
 
-async def wait_down(adapter: BrokerAdapter, seconds: float = 10.0) -> str:
-    """Wait until ``ready`` reports the broker down; return what it said."""
+async def wait_down(adapter: BrokerAdapter, seconds: float = 60.0) -> str:
+    """Wait until ``ready`` reports the broker down; return what it said.
+
+    Watching starts before the outage is staged, and staging one can take long on a loaded
+    machine (two ``rabbitmqctl`` runs, each an Erlang VM start), so the limit is generous.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
