@@ -64,6 +64,10 @@ def upstream_error_kind(exc: BaseException) -> str:
     return "reset"
 
 
+CALLBACK_VIA_HTTP = "http"
+"""The ``via`` label of ``saga_callbacks_total`` for callbacks on the HTTP endpoint."""
+
+
 class SidecarMetrics:
     """Every metric the sidecar exports, registered on one registry."""
 
@@ -203,7 +207,7 @@ class SidecarMetrics:
         for reason in RejectReason:
             self.saga_callback_rejected.labels(reason.value)
         for outcome in CALLBACK_OUTCOMES:
-            self.saga_callbacks.labels("http", outcome.value)
+            self.saga_callbacks.labels(CALLBACK_VIA_HTTP, outcome.value)
         self._waiting_sagas: set[str] = set()
         # http_requests_total's children by (method, status): labels() per request costs a lock,
         # a tuple of strings and a validation; the set of methods and statuses seen is small.

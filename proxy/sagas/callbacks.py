@@ -29,6 +29,7 @@ from aiohttp import web
 from proxy.bodies import BodyReader
 from proxy.errors import BadCallback, RequestBodyTooLarge, RuntimeUnavailable
 from proxy.keys import CONFIG, METRICS, SAGAS, SECRET_PATHS
+from proxy.metrics import CALLBACK_VIA_HTTP
 from proxy.problems import problem_response
 from proxy.sagas.own_paths import serve_own_path
 from saga_runner.awaits import (
@@ -48,8 +49,6 @@ log = logging.getLogger("saga_sidecar.saga")
 MAX_BODY: Final = 1024**2
 """The largest callback body read (a larger one gets ``413``)."""
 
-VIA: Final = "http"
-"""The ``via`` label of ``saga_callbacks_total`` for callbacks on this endpoint."""
 
 _ANSWERS: Final = {
     Verdict.RECORDED: (202, "recorded"),
@@ -120,7 +119,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     if reason is not None:
         metrics.saga_callback_rejected.labels(reason).inc()
         return problem_response(status, detail)
-    metrics.saga_callbacks.labels(VIA, outcome.value).inc()
+    metrics.saga_callbacks.labels(CALLBACK_VIA_HTTP, outcome.value).inc()
     document = {"status": answer.verdict.value, "outcome": outcome.value}
     if answer.saga_id is not None:
         document["saga_id"] = answer.saga_id
