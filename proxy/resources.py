@@ -11,6 +11,10 @@ from proxy.forward import Forwarder
 from proxy.keys import CONFIG, FORWARDER, METRICS, TASKS, TRACING
 from proxy.upstream import UpstreamClient
 
+# How long a task cancelled at the end of the shutdown grace gets for its ``finally`` blocks
+# (a saga run releases its lease there, one store round trip) before it is cut off for good.
+CLEANUP_AFTER_CANCEL = 5.0
+
 # Response header lines the app may send (aiohttp's default, 8190 bytes, turns a large
 # Content-Security-Policy or Set-Cookie into a 502); Envoy's default limit is of this order.
 _MAX_UPSTREAM_HEADER_FIELD = 64 * 1024
@@ -51,8 +55,10 @@ def new_task_scheduler() -> Scheduler:
 
     Built with the app, before any cleanup context starts, so the contexts that open consumers
     of it (the idempotency guard) are handed it; ``task_scheduler_ctx`` drains it at shutdown.
+    A task still running when the grace ends is cancelled and given ``CLEANUP_AFTER_CANCEL``
+    to finish its cleanup (aiojobs' default, 0.1 s, cancelled a lease release mid-statement).
     """
-    return Scheduler(limit=None, pending_limit=0)
+    return Scheduler(limit=None, pending_limit=0, close_timeout=CLEANUP_AFTER_CANCEL)
 
 
 async def task_scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

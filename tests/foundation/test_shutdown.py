@@ -18,6 +18,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from proxy.resources import new_task_scheduler
+
 if TYPE_CHECKING:
     from conftest import Sidecar
 
@@ -166,3 +168,25 @@ def test_serve_on_a_busy_port_exits_1_with_a_one_line_reason(tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.startswith(f"saga-sidecar: cannot listen on {listen}: ")
     assert "Traceback" not in result.stderr
+
+
+async def test_a_task_cut_off_at_the_end_of_the_grace_still_finishes_its_cleanup() -> None:
+    """A saga run cut off by the shutdown releases its lease in a ``finally``: one store round
+    trip, which must not be cancelled a second time (the saga would stay owned by a process
+    that is gone until its lease runs out, instead of being resumed elsewhere at once)."""
+    scheduler = new_task_scheduler()
+    started = asyncio.Event()
+    cleaned_up = asyncio.Event()
+
+    async def saga_run() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.3)  # the release's round trip on a loaded machine
+            cleaned_up.set()
+
+    await scheduler.spawn(saga_run())
+    await started.wait()
+    await scheduler.wait_and_close(timeout=0.05)
+    assert cleaned_up.is_set()
