@@ -85,7 +85,9 @@ def check_files(path: Path, env: Mapping[str, str] | None = None) -> Findings:
     base_dir = path.resolve().parent
     try:
         reserved = reserved_routes(*_own_paths(doc))
-        catalog = load_definitions(base_dir, globs, services, reserved, env=env, origin=doc)
+        catalog = load_definitions(
+            base_dir, globs, services, reserved, env=env, origin=doc, brokers=_broker_names(doc)
+        )
     except ConfigError as exc:
         return Findings(issues + exc.issues, loaded, 0)
     warnings = () if loaded is None else unsealed_redactions(loaded.config, catalog)
@@ -152,6 +154,15 @@ def _salvaged(doc: LocatedDocument) -> tuple[Sequence[str] | None, Collection[st
         return _GLOBS.validate_python(sagas.get(DEFINITIONS_LOC[1], default)), names
     except ValidationError:
         return None, names
+
+
+def _broker_names(doc: LocatedDocument) -> Collection[str] | None:
+    """The names under ``sagas.brokers`` of a config, valid or not (None: not a mapping, so
+    saga files' brokers are not checked; the config's error says why)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    sagas = data.get("sagas")
+    brokers = sagas.get("brokers", {}) if isinstance(sagas, dict) else {}
+    return list(brokers) if isinstance(brokers, dict) else None
 
 
 def _own_paths(doc: LocatedDocument) -> tuple[str, str]:

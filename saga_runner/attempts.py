@@ -7,7 +7,9 @@ on the step, ``next_run_at`` on the saga) before sleeping, so a restarted sideca
 backoff instead of hammering the upstream. A failed answer the service replayed
 (``Idempotent-Replayed: true``) ends the loop: a retry with the same key would get it again.
 The last attempt's row is handed back, for the caller to write with the step's outcome in one
-commit. A ``stop`` event (set when a sibling in a parallel group failed for good) ends the loop
+commit. A publish that found its broker down (nothing sent) uses up no retry: the saga waits for
+the broker, backing off up to ``max_backoff``, until it is back (or an operator aborts it).
+A ``stop`` event (set when a sibling in a parallel group failed for good) ends the loop
 before its next attempt: the call in flight finishes, no new one starts.
 """
 
@@ -137,6 +139,8 @@ class AttemptLoop:
         phase = None if spec.kind in (AttemptKind.ACTION, AttemptKind.COMPENSATION) else spec.kind
         attempt = spec.first_attempt
         effect_possible = spec.effect_possible
+        free = 0  # attempts that found the broker down: they use up no retry
+        down_streak = 0  # of them, the latest in a row (their backoff grows)
         while True:
             if not announced:
                 announce: dict[str, Any] = {"next_retry_at": None}
@@ -151,7 +155,11 @@ class AttemptLoop:
             if effect_possible and result.outcome is not Outcome.SUCCESS:
                 result = replace(result, earlier_attempt_unknown=True)
             effect_possible = effect_possible or outcome_unknown(result)
-            if result.outcome is not Outcome.RETRYABLE or not spec.retry.can_retry(attempt):
+            free += result.broker_down
+            down_streak = down_streak + 1 if result.broker_down else 0
+            if result.outcome is not Outcome.RETRYABLE:
+                return result, record
+            if not (result.broker_down or spec.retry.can_retry(attempt - free)):
                 return result, record
             if stop is not None and stop.is_set():
                 return result, record
@@ -161,7 +169,8 @@ class AttemptLoop:
                 return result, record
             # A step service's Retry-After is honoured, but never beyond the step's max_backoff.
             asked = min(result.retry_after or 0.0, spec.retry.max_backoff)
-            delay = max(spec.retry.delay(attempt, self.rng), asked)
+            backoff = down_streak if result.broker_down else attempt - free
+            delay = max(spec.retry.delay(backoff, self.rng), asked)
             due = datetime.now(UTC) + timedelta(seconds=delay)
             # One commit: the attempt, the saga's next_run_at (what recovery obeys, so a new
             # owner never calls too early) and the step's detail.

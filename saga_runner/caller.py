@@ -1,10 +1,15 @@
-"""HTTP calls of saga steps: send one rendered request, classify what came back.
+"""Calls of saga steps: send one rendered request, classify what came back.
 
 ``StepCaller.call`` sends a step's action or compensation with its ``Idempotency-Key`` and a
 per-call timeout over a ``StepTransport`` (``saga_runner.transport``), reads a bounded response
 body (JSON when it parses), and classifies the result as ``success``, ``retryable``
 (408/425/429, 5xx, connection errors, timeouts) or ``permanent`` (any other status not in the
 step's success list). ``Retry-After`` is parsed for the engine.
+
+A request with a ``publish`` address is published to that broker instead
+(``saga_runner.publishing``): success once the broker took it, ``retryable`` while the broker is
+down (``broker_down`` when nothing was sent: such an attempt does not use up the step's retries),
+``permanent`` when the broker refused it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from httpsemantics import worth_retrying
 from saga_runner.errors import SendFailure, UnstorableJson
@@ -36,23 +41,39 @@ class Outcome(StrEnum):
     PERMANENT = "permanent"
 
 
+PUBLISH_METHOD = "PUBLISH"
+"""The ``method`` a published step call is recorded and traced with."""
+
+
+@dataclass(frozen=True)
+class PublishAddress:
+    """Where a published step call goes: a configured broker and a routing key or subject."""
+
+    broker: str
+    to: str
+
+
 @dataclass(frozen=True)
 class StepRequest:
-    """A fully rendered step call."""
+    """A fully rendered step call (``publish``: a message to a broker, ``url`` then names it)."""
 
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+    publish: PublishAddress | None = None
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-able description of the call, for ``execute_data``/``compensate_data``."""
-        return {
+        record = {
             "method": self.method,
             "url": self.url,
             "headers": dict(self.headers),
             "body": self.body,
         }
+        if self.publish is not None:
+            record["publish"] = {"broker": self.publish.broker, "to": self.publish.to}
+        return record
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,8 @@ class CallResult:
     sent: bool = True
     earlier_attempt_unknown: bool = False
     """An earlier attempt of the same call may have taken effect (a timeout, a 5xx, a crash)."""
+    broker_down: bool = False
+    """A publish found its broker down and sent nothing: the saga waits for the broker."""
 
     @property
     def replayed(self) -> bool:
@@ -131,16 +154,31 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return clean_text(raw.decode("utf-8", errors="replace"))
 
 
-class StepCaller:
-    """Sends step calls over one ``StepTransport``."""
+class MessagePublisher(Protocol):
+    """Publishes step calls that have a ``publish`` address (``saga_runner.publishing``)."""
 
-    def __init__(self, transport: StepTransport) -> None:
+    async def publish(
+        self, request: StepRequest, address: PublishAddress, seconds: float
+    ) -> CallResult:
+        """Publish ``request`` once within ``seconds``; classify as ``StepCaller.call`` does."""
+        ...
+
+
+class StepCaller:
+    """Sends step calls over one ``StepTransport``, and publishes through the brokers."""
+
+    def __init__(self, transport: StepTransport, publisher: MessagePublisher | None = None) -> None:
         self.transport = transport
+        self.publisher = publisher
 
     async def call(
         self, request: StepRequest, *, success: Collection[int] | None, seconds: float
     ) -> CallResult:
         """Send ``request`` once and classify the answer; never raises for network trouble."""
+        if request.publish is not None:
+            if self.publisher is None:
+                return _failure(time.perf_counter(), "no broker is open here", sent=False)
+            return await self.publisher.publish(request, request.publish, seconds)
         started = time.perf_counter()
         data = None if request.body is None else json.dumps(request.body).encode()
         headers = dict(request.headers)

@@ -94,6 +94,7 @@ def load_definitions(
     *,
     origin: Origin | None = None,
     require_matches: bool = True,
+    brokers: Collection[str] | None = None,
 ) -> SagaCatalog:
     """Load, validate and cross-check every saga file matched by ``globs``.
 
@@ -109,6 +110,7 @@ def load_definitions(
         require_matches: a pattern that matches no file is an error (``check``); False logs it
             as a warning instead (``serve``: a sidecar whose saga files were all removed must
             still start, to fail the instances of the sagas it no longer has, with a reason).
+        brokers: the config's ``sagas.brokers`` (only the names); None skips that check.
 
     Raises:
         ConfigError: listing every problem in every file.
@@ -131,7 +133,7 @@ def load_definitions(
     for path in files:
         try:
             doc = load_yaml(path, env)
-            loaded.append((parse_definition(doc, services), doc, path))
+            loaded.append((parse_definition(doc, services, brokers), doc, path))
         except ConfigError as exc:
             issues += exc.issues
     issues += _cross_file_issues(loaded, list(reserved_routes))

@@ -25,6 +25,7 @@ from saga_runner.attempts import CallSpec, RunPhase
 from saga_runner.caller import Outcome, StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.definition_calls import ConfirmDefinition
+from saga_runner.definition_publish import PublishCompensation
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue, SagaStep, StepAttempt
 from saga_runner.runs import (
@@ -46,7 +47,7 @@ class _Settle:
     row: SagaStep
     step_def: StepDefinition
     kind: AttemptKind
-    call: ConfirmDefinition | None
+    call: ConfirmDefinition | PublishCompensation | None
     request: StepRequest | None
     problem: str | None
     sent: JsonValue

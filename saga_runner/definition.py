@@ -59,6 +59,13 @@ from saga_runner.definition_base import (
 )
 from saga_runner.definition_calls import CallDefinition, CompensationDefinition, ConfirmDefinition
 from saga_runner.definition_checks import dotted, find_problems
+from saga_runner.definition_publish import (
+    CALL_TAG,
+    PUBLISH_TAG,
+    PublishCompensation,
+    PublishDefinition,
+    call_tag,
+)
 from saga_runner.retry import ACTION_RETRY, RetryPolicy, merge_retry
 from saga_runner.states import AttemptKind
 from saga_runner.template import (
@@ -95,6 +102,23 @@ class Trigger(DefinitionModel):
         return value
 
 
+ActionCall = Annotated[
+    Annotated[CallDefinition, Tag(CALL_TAG)] | Annotated[PublishDefinition, Tag(PUBLISH_TAG)],
+    Discriminator(call_tag),
+]
+"""A step's action: an HTTP call, or a message published to a broker."""
+
+CompensationCall = Annotated[
+    Annotated[CompensationDefinition, Tag(CALL_TAG)]
+    | Annotated[PublishCompensation, Tag(PUBLISH_TAG)],
+    Discriminator(call_tag),
+]
+"""A step's compensation: an HTTP call, or a message published to a broker."""
+
+StepCall = CallDefinition | PublishDefinition
+"""Any call of a step (a TCC step's calls are always HTTP calls)."""
+
+
 class StepDefinition(DefinitionModel):
     """One saga step: its calls (an action and optional compensation, or a TCC step's try,
     confirm and cancel), and the forward call's retry and the calls' timeout."""
@@ -102,10 +126,10 @@ class StepDefinition(DefinitionModel):
     name: Name
     """Step name, unique in the saga; templates refer to it as ``steps.NAME``."""
 
-    action: CallDefinition | None = None
+    action: ActionCall | None = None
     """The forward call (required in a saga, absent in a TCC saga)."""
 
-    compensation: CompensationDefinition | None = None
+    compensation: CompensationCall | None = None
     """The call that undoes the action; absent: nothing to undo."""
 
     try_: CallDefinition | None = Field(default=None, alias="try")
@@ -146,9 +170,9 @@ class StepDefinition(DefinitionModel):
                 del data[key]
         return data
 
-    def call(self, kind: AttemptKind) -> CallDefinition | None:
+    def call(self, kind: AttemptKind) -> StepCall | None:
         """The call of ``kind`` (``action``, ``compensation``, ``try``, ``confirm``, ``cancel``)."""
-        calls: dict[AttemptKind, CallDefinition | None] = {
+        calls: dict[AttemptKind, StepCall | None] = {
             AttemptKind.ACTION: self.action,
             AttemptKind.COMPENSATION: self.compensation,
             AttemptKind.TRY: self.try_,
@@ -157,9 +181,9 @@ class StepDefinition(DefinitionModel):
         }
         return calls[kind]
 
-    def settling_call(self, kind: AttemptKind) -> ConfirmDefinition | None:
+    def settling_call(self, kind: AttemptKind) -> ConfirmDefinition | PublishCompensation | None:
         """The retried call ``kind`` that settles the step: its compensation, confirm or cancel."""
-        calls: dict[AttemptKind, ConfirmDefinition | None] = {
+        calls: dict[AttemptKind, ConfirmDefinition | PublishCompensation | None] = {
             AttemptKind.COMPENSATION: self.compensation,
             AttemptKind.CONFIRM: self.confirm,
             AttemptKind.CANCEL: self.cancel,
@@ -173,8 +197,9 @@ class StepDefinition(DefinitionModel):
 
     @property
     def awaits_callback(self) -> bool:
-        """Whether the step's calls carry a callback URL (its outcome comes through it)."""
-        return self.await_ is not None and self.await_.callback is not None
+        """Whether the step's calls carry a callback URL and token (its outcome comes through
+        the callback endpoint or a broker's completion messages)."""
+        return self.await_ is not None and self.await_.poll is None
 
     def timeout_or(self, default: float) -> float:
         """This step's timeout in seconds, or ``default`` (``upstream.timeout``) when unset."""
@@ -414,18 +439,24 @@ class SagaDefinition(DefinitionModel):
         return parse_definition(LocatedDocument("<snapshot>", dict(snapshot)), services=None)
 
 
-def parse_definition(doc: LocatedDocument, services: Collection[str] | None) -> SagaDefinition:
+def parse_definition(
+    doc: LocatedDocument,
+    services: Collection[str] | None,
+    brokers: Collection[str] | None = None,
+) -> SagaDefinition:
     """Validate one parsed saga file.
 
     Args:
         doc: the file's data with line numbers (``yamlfile.load_yaml``).
         services: the config's service names; None skips the service check.
+        brokers: the config's broker names (``sagas.brokers``); None skips the broker check.
 
     Raises:
         ConfigError: listing every problem of the file as ``FILE:LINE: key.path: message``.
     """
     data = {} if doc.data is None else doc.data
-    issues = [doc.issue(loc, f"{dotted(loc)}: {msg}") for loc, msg in find_problems(data, services)]
+    problems = find_problems(data, services, brokers)
+    issues = [doc.issue(loc, f"{dotted(loc)}: {msg}") for loc, msg in problems]
     try:
         definition = SagaDefinition.model_validate(data, context={SKIP_CHECKS: bool(issues)})
     except ValidationError as exc:
@@ -436,11 +467,14 @@ def parse_definition(doc: LocatedDocument, services: Collection[str] | None) -> 
 
 
 def load_definition(
-    path: Path | str, services: Collection[str] | None, env: Mapping[str, str] | None = None
+    path: Path | str,
+    services: Collection[str] | None,
+    env: Mapping[str, str] | None = None,
+    brokers: Collection[str] | None = None,
 ) -> SagaDefinition:
     """Read, parse and validate one saga file (``${VAR}`` substituted from ``env``).
 
     Raises:
         ConfigError: listing every problem of the file.
     """
-    return parse_definition(load_yaml(path, env), services)
+    return parse_definition(load_yaml(path, env), services, brokers)

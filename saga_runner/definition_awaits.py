@@ -3,7 +3,9 @@
 An ``AwaitDefinition`` declares one of ``AWAIT_KINDS``: a ``CallbackAwait`` (the outcome comes
 to the callback URL every call of the step carries) or a ``PollAwait`` (the service is polled
 until an answer matches ``success`` or ``failure``, each a ``FieldMatch`` on the answer's
-status, body or headers); ``message`` is declared but not supported yet. ``definition_checks``
+status, body or headers) or a ``MessageAwait`` (the outcome comes as a completion message on a
+broker's ``callbacks`` queue or subject, carrying the token the step's call or published message
+carried; the callback URL works for it too). ``definition_checks``
 says which awaits a step may have; ``saga_runner.waits`` and ``saga_runner.polls`` run them.
 """
 
@@ -46,6 +48,11 @@ class CallbackAwait(DefinitionModel):
     @classmethod
     def _timeout(cls, value: float | None) -> float | None:
         return positive_duration(value)
+
+
+class MessageAwait(CallbackAwait):
+    """An await completed by a message on a broker's ``callbacks`` queue or subject (header
+    ``saga-callback-token``), or, with the same token, through the callback URL."""
 
 
 _FIELD_ROOTS: Final = ("status", "body", "headers")
@@ -163,7 +170,7 @@ class PollAwait(DefinitionModel):
 
 
 AWAIT_KINDS: Final = ("callback", "poll", "message")
-"""The ways a step may await its outcome (exactly one; ``message`` is not supported yet)."""
+"""The ways a step may await its outcome (exactly one)."""
 
 
 class AwaitDefinition(DefinitionModel):
@@ -175,8 +182,8 @@ class AwaitDefinition(DefinitionModel):
     poll: PollAwait | None = None
     """Completed by polling the service until a terminal answer."""
 
-    message: JsonValue = None
-    """Not supported yet (``check`` says so)."""
+    message: MessageAwait | None = None
+    """Completed by a completion message on a broker (or through the callback URL)."""
 
     @model_serializer(mode="wrap")
     def _declared(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -191,9 +198,8 @@ class AwaitDefinition(DefinitionModel):
     @property
     def timeout(self) -> float:
         """How long to wait for the outcome, in seconds."""
-        timeout = self.poll.timeout if self.poll is not None else None
-        if self.callback is not None:
-            timeout = self.callback.timeout
+        declared = self.callback or self.poll or self.message
+        timeout = None if declared is None else declared.timeout
         if timeout is None:
-            raise ValueError("only a callback or poll await with a timeout can be run")
+            raise ValueError("only an await with a timeout can be run")
         return timeout

@@ -116,12 +116,15 @@ _TCC_CALLS: Final = ("try", "confirm", "cancel")
 _SAGA_CALLS: Final = ("action", "compensation")
 
 
-def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
+def find_problems(
+    data: Any, services: Collection[str] | None, brokers: Collection[str] | None = None
+) -> list[Problem]:
     """Every whole-document problem of one saga file's data.
 
     Args:
         data: the parsed YAML document.
         services: configured service names; None skips the service check (pinned snapshots).
+        brokers: configured broker names (``sagas.brokers``); None skips the broker check.
     """
     if not isinstance(data, Mapping):
         return []
@@ -138,7 +141,7 @@ def find_problems(data: Any, services: Collection[str] | None) -> list[Problem]:
     for one in placed:
         problems += _shape_problems(one, tcc)
         problems += _await_problems(one, data, tcc)
-        problems += _check_step(one, placed, has_business_id, services, tcc)
+        problems += _check_step(one, placed, has_business_id, Configured(services, brokers), tcc)
     response = data.get("response")
     if isinstance(response, Mapping):
         scope = Scope(known, frozenset(known), has_business_id=has_business_id)
@@ -202,8 +205,8 @@ def _shape_problems(one: _Placed, tcc: bool) -> list[Problem]:
 
 
 def _await_problems(one: _Placed, data: Mapping[str, Any], tcc: bool) -> list[Problem]:
-    """An ``await``: exactly one kind, a supported one (``callback``) with a timeout, on a
-    plain step of an async saga."""
+    """An ``await``: exactly one kind, with a timeout, on a plain step of an async saga (a poll
+    of a step that publishes names its service)."""
     awaited = one.step.get("await")
     if not isinstance(awaited, Mapping):
         return []  # absent, or the schema's to report
@@ -212,17 +215,17 @@ def _await_problems(one: _Placed, data: Mapping[str, Any], tcc: bool) -> list[Pr
     problems: list[Problem] = []
     if len(kinds) != 1:
         problems.append((loc, "needs exactly one of callback, poll or message"))
-    if "message" in kinds:
-        problems.append(
-            ((*loc, "message"), "await message is not supported yet (use callback or poll)")
-        )
-    for kind in ("callback", "poll"):
+    for kind in ("callback", "poll", "message"):
         declared = awaited.get(kind)
         if isinstance(declared, Mapping) and declared.get("timeout") is None:
             problems.append(((*loc, kind, "timeout"), "required: how long to wait for the outcome"))
     poll = awaited.get("poll")
     if isinstance(poll, Mapping) and poll.get("success") is None:
         problems.append(((*loc, "poll", "success"), "required: the answer that means success"))
+    action = one.step.get("action")
+    if isinstance(poll, Mapping) and poll.get("service") is None and _publishes(action):
+        message = "required: the action publishes, so the poll names the service it asks"
+        problems.append(((*loc, "poll", "service"), message))
     if data.get("mode", "sync") != "async":
         problems.append((loc, "a step that awaits its outcome needs the saga's mode: async"))
     if tcc:
@@ -232,11 +235,23 @@ def _await_problems(one: _Placed, data: Mapping[str, Any], tcc: bool) -> list[Pr
     return problems
 
 
+@dataclass(frozen=True)
+class Configured:
+    """The names the config gives a saga file to refer to (None: not checked)."""
+
+    services: Collection[str] | None
+    brokers: Collection[str] | None
+
+
+def _publishes(call: Any) -> bool:
+    return isinstance(call, Mapping) and "publish" in call
+
+
 def _check_step(
     one: _Placed,
     placed: Sequence[_Placed],
     has_business_id: bool,
-    services: Collection[str] | None,
+    configured: Configured,
     tcc: bool,
 ) -> list[Problem]:
     known = tuple(p.name for p in placed if p.name is not None)
@@ -259,14 +274,41 @@ def _check_step(
             tcc=tcc,
             has_business_id=has_business_id,
         )
-        problems += _check_call(one.step.get(key), (*one.loc, key), scope, services)
+        call = one.step.get(key)
+        if isinstance(call, Mapping) and "publish" in call:
+            loc = (*one.loc, key)
+            if key in _TCC_CALLS:
+                message = "a TCC call is an HTTP call (only action and compensation may publish)"
+                problems.append((loc, message))
+            else:
+                problems += _check_publish(
+                    call["publish"], (*loc, "publish"), scope, configured.brokers
+                )
+        else:
+            problems += _check_call(call, (*one.loc, key), scope, configured.services)
     awaited = one.step.get("await")
     poll = awaited.get("poll") if isinstance(awaited, Mapping) else None
     if isinstance(poll, Mapping):
         # Polled after the action was accepted: like a compensation, it may use its own step.
         scope = Scope(known, visible["own"], one.name, has_business_id=has_business_id)
-        problems += _check_call(poll, (*one.loc, "await", "poll"), scope, services)
+        problems += _check_call(poll, (*one.loc, "await", "poll"), scope, configured.services)
     return problems
+
+
+def _check_publish(
+    target: Any, loc: Loc, scope: Scope, brokers: Collection[str] | None
+) -> list[Problem]:
+    if not isinstance(target, Mapping):
+        return []  # the schema's to report
+    problems: list[Problem] = []
+    broker = target.get("broker")
+    if brokers is not None and isinstance(broker, str) and broker not in brokers:
+        known = ", ".join(sorted(brokers)) or "none are configured in sagas.brokers"
+        problems.append(((*loc, "broker"), f"unknown broker {broker!r} (brokers: {known})"))
+    to = target.get("to")
+    if isinstance(to, str):
+        problems += _check((*loc, "to"), scope, partial(compile_header, to))
+    return problems + _check_parts(target, loc, scope)
 
 
 def _check_call(

@@ -16,6 +16,7 @@ from saga_runner.awaits import AwaitOutcome
 from saga_runner.caller import CallResult, StepCaller, StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.definition_awaits import FieldMatch, PollAwait
+from saga_runner.definition_calls import CallDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.records import JsonValue
 from saga_runner.runs import FORWARDED_TRIGGER_HEADERS, EngineSettings, Run
@@ -67,9 +68,10 @@ class Poller:
         return Polled(None, retry_after=answer.retry_after)
 
     def _request(self, run: Run, step_def: StepDefinition, poll: PollAwait) -> StepRequest:
+        # ``check`` makes a poll name its service when the action publishes.
         action = step_def.action
-        assert action is not None
-        rendered = poll.render(run.context(), action.service)
+        action_service = action.service if isinstance(action, CallDefinition) else ""
+        rendered = poll.render(run.context(), action_service)
         base_url = self.settings.services.get(rendered.service)
         if base_url is None:
             raise TemplateError(f"service {rendered.service!r} is not configured any more")

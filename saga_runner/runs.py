@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from saga_runner.awaits import AwaitOutcome
-from saga_runner.caller import StepRequest, replayed
+from saga_runner.caller import PUBLISH_METHOD, PublishAddress, StepRequest, replayed
 from saga_runner.definition import SagaDefinition, StepDefinition
+from saga_runner.definition_publish import PublishDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.leases import LeaseHold
 from saga_runner.records import CreateResult, Lease, SagaInstance, SagaStep
@@ -174,16 +175,34 @@ def build_request(
     call = step_def.call(kind)
     if call is None:
         raise TemplateError(f"step {step_def.name} has no {kind.value}")
+    headers = {k: v for k, v in ctx.headers.items() if k in FORWARDED_TRIGGER_HEADERS}
+    if isinstance(call, PublishDefinition):
+        published = call.render(ctx)
+        headers.update(published.headers)
+        _identify(headers, ctx, step_def, kind, generation)
+        address = PublishAddress(published.broker, published.to)
+        url = f"{published.broker}/{published.to}"
+        return StepRequest(PUBLISH_METHOD, url, headers, published.body, address)
     base_url = services.get(call.service)
     if base_url is None:
         raise TemplateError(f"service {call.service!r} is not configured any more")
     rendered = call.render(ctx)
-    headers = {k: v for k, v in ctx.headers.items() if k in FORWARDED_TRIGGER_HEADERS}
     headers.update(rendered.headers)
-    headers["Idempotency-Key"] = step_key(ctx.saga_id, step_def.name, kind, generation)
-    headers["Saga-Id"] = ctx.saga_id
+    _identify(headers, ctx, step_def, kind, generation)
     body = rendered.body if rendered.has_body else None
     return StepRequest(rendered.method, str(rendered.url(base_url)), headers, body)
+
+
+def _identify(
+    headers: dict[str, str],
+    ctx: RenderContext,
+    step_def: StepDefinition,
+    kind: AttemptKind,
+    generation: int,
+) -> None:
+    """Add the step call's ``Idempotency-Key`` and ``Saga-Id`` to ``headers``."""
+    headers["Idempotency-Key"] = step_key(ctx.saga_id, step_def.name, kind, generation)
+    headers["Saga-Id"] = ctx.saga_id
 
 
 def undo_impossible(step_def: StepDefinition, row: SagaStep, kind: AttemptKind) -> bool:

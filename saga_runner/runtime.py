@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saga_runner.attempts import AttemptLoop
+from saga_runner.brokers.base import BrokerAdapter
 from saga_runner.caller import StepCaller
 from saga_runner.catalog import SagaCatalog
 from saga_runner.definition import SagaDefinition
@@ -24,6 +25,7 @@ from saga_runner.engine import SagaEngine
 from saga_runner.errors import DefinitionMissing
 from saga_runner.leases import LeaseRenewer
 from saga_runner.observer import NullObserver, SagaObserver
+from saga_runner.publishing import BrokerPublisher
 from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings
 from saga_runner.seal import Sealer
@@ -83,11 +85,13 @@ class SagaRuntime:
         observer: SagaObserver | None = None,
         transport: StepTransport | None = None,
         tracer: SagaTracer = NULL_TRACER,
+        brokers: Mapping[str, BrokerAdapter] | None = None,
     ) -> SagaRuntime:
         """Connect to the store (migrating it when configured) and build the engine.
 
         ``transport`` carries the step calls (default: an ``AiohttpTransport``); the runtime
-        closes it in ``close``. ``tracer`` opens the spans of runs and step calls.
+        closes it in ``close``. ``tracer`` opens the spans of runs and step calls. ``brokers``
+        (opened and closed by the caller) take the steps that publish.
         """
         store = await SagaStore.from_url(settings.store_url, settings.base_dir)
         try:
@@ -103,7 +107,13 @@ class SagaRuntime:
         leases = LeaseRenewer(store, settings.lease_seconds)
         engine = SagaEngine(
             store,
-            AttemptLoop(store, StepCaller(transport), observer, redactor, tracer=tracer),
+            AttemptLoop(
+                store,
+                StepCaller(transport, BrokerPublisher(brokers or {})),
+                observer,
+                redactor,
+                tracer=tracer,
+            ),
             observer,
             redactor,
             EngineSettings(

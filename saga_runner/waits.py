@@ -1,8 +1,9 @@
 """How a step that awaits its outcome waits: parked as a row, ended by a callback, a timeout
 or the saga's deadline.
 
-Every call of an awaiting step carries ``Saga-Callback: <callback URL>/<token>`` (``with_callback``;
-the token's hash is recorded before the call, the URL never is). When the action is accepted the
+Every call of an awaiting step carries ``Saga-Callback: <callback URL>/<token>``, a published
+message also ``saga-callback-token: <token>`` (``with_callback``; the token's hash is recorded
+before the call, the URL never is). When the action is accepted the
 step becomes ``waiting`` (``accepted``) and the run parks the saga: it releases its lease with
 ``next_run_at`` at the wait's end (its timeout, or the saga's deadline if earlier), so the saga
 costs no task and no memory while it waits. Whoever runs it next (the replica that recorded a
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from saga_runner.awaits import AwaitOutcome, new_token, token_hash
+from saga_runner.brokers.base import CALLBACK_TOKEN_HEADER
 from saga_runner.caller import StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.errors import LeaseLost
@@ -66,9 +68,15 @@ class Waits:
         self.poller = poller
 
     def with_callback(self, request: StepRequest) -> tuple[StepRequest, str]:
-        """``request`` carrying a fresh callback URL, and the hash of its token."""
+        """``request`` carrying a fresh callback URL, and the hash of its token.
+
+        A published message carries the token on its own too (``saga-callback-token``): the
+        header a completion message sends it back in.
+        """
         token = new_token()
         headers = {**request.headers, CALLBACK_HEADER: f"{self.callback_url}/{token}"}
+        if request.publish is not None:
+            headers[CALLBACK_TOKEN_HEADER] = token
         return replace(request, headers=headers), token_hash(token)
 
     def accepted(

@@ -126,6 +126,8 @@ def _is_union(annotation: Any) -> bool:
 
 def _unknown_key(loc: Loc, known: list[str]) -> str:
     key = loc[-1] if loc else ""
+    if key in known:  # valid in another form of a union (an HTTP call, not a publish)
+        return "does not go with the other keys here (it belongs to another form of this value)"
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
     if close:
         return f"unknown key, did you mean {close[0]!r}?"

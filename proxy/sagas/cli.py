@@ -21,8 +21,10 @@ from dataclasses import replace
 from typing import Any, Final
 
 from proxy.config import LoadedConfig
+from proxy.sagas.brokers import broker_settings
 from proxy.sagas.settings import runtime_settings
 from proxy.sagas.text import detail_text, page_text, saga_line
+from saga_runner.brokers.registry import BrokerRegistry
 from saga_runner.catalog import SagaCatalog
 from saga_runner.errors import (
     OperationRefused,
@@ -136,14 +138,23 @@ COMMANDS: Final[dict[str, Command]] = {
 
 async def run_command(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     """Open the runtime, run the sub-command, close the runtime."""
-    # The config's store and services, never migrating (that is `migrate`'s job).
-    runtime = await SagaRuntime.open(
-        replace(runtime_settings(loaded), migrate=False), SagaCatalog()
+    # The config's store, services and brokers (a retried step may publish), never migrating
+    # (that is `migrate`'s job). Nothing here consumes a broker's completions.
+    sagas = loaded.config.sagas
+    brokers = BrokerRegistry.from_settings(
+        broker_settings(sagas.brokers if sagas is not None else {}), lambda reason: None
     )
+    await brokers.open()
     try:
-        return await COMMANDS[args.sagas_command](SagaOperations(runtime), args)
+        runtime = await SagaRuntime.open(
+            replace(runtime_settings(loaded), migrate=False), SagaCatalog(), brokers=brokers
+        )
+        try:
+            return await COMMANDS[args.sagas_command](SagaOperations(runtime), args)
+        finally:
+            await runtime.close()
     finally:
-        await runtime.close()
+        await brokers.close(loaded.config.shutdown_grace)
 
 
 def cmd_sagas(loaded: LoadedConfig, args: argparse.Namespace) -> int:

@@ -10,17 +10,18 @@ keep the version they started with.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
 from proxy.config import LoadedConfig, reserved_routes
 from proxy.errors import RuntimeUnavailable
-from proxy.keys import READINESS, SAGAS
+from proxy.keys import BROKERS, READINESS, SAGAS
 from proxy.metrics import SidecarMetrics
 from proxy.sagas.settings import runtime_settings
 from proxy.sagas.step_transport import UpstreamStepTransport
 from proxy.sagas.watch import SagaWatch
+from saga_runner.brokers.base import BrokerAdapter
 from saga_runner.catalog import SagaCatalog, load_definitions
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.runtime import SagaRuntime
@@ -49,6 +50,7 @@ def load_catalog(loaded: LoadedConfig, *, require_matches: bool = False) -> Saga
         reserved_routes(config.sagas.status_path, config.sagas.callbacks.path),
         origin=loaded,
         require_matches=require_matches,
+        brokers=config.sagas.brokers,
     )
 
 
@@ -162,14 +164,19 @@ class SagaService:
             raise RuntimeUnavailable("the saga runtime is not open")
         return self._runtime
 
-    async def open(self) -> None:
+    async def open(self, brokers: Mapping[str, BrokerAdapter] | None = None) -> None:
         """Connect to the store, build the engine and start the recovery loop.
 
         Step calls go over the proxy's own HTTP client (``UpstreamStepTransport``), which the
-        runtime closes.
+        runtime closes; steps that publish go through ``brokers`` (opened by the app).
         """
         self._runtime = await SagaRuntime.open(
-            self.settings, self.catalog, self.observer, UpstreamStepTransport(), self.tracer
+            self.settings,
+            self.catalog,
+            self.observer,
+            UpstreamStepTransport(),
+            self.tracer,
+            brokers,
         )
         self._recovery = RecoveryWorker(
             self._runtime,
@@ -203,7 +210,7 @@ class SagaService:
 async def saga_service_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the saga runtime with the public app and register the store's readiness probe."""
     service = app[SAGAS]
-    await service.open()
+    await service.open(app.get(BROKERS))
     app[READINESS].register("saga_store", service.runtime.store.ping)
     yield
     await service.close()

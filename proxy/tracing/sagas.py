@@ -4,7 +4,9 @@ A run is an INTERNAL span ``saga NAME`` (``saga.id``, ``saga.name``, ``saga.stat
 ends; ``saga.resumed`` and a link to the first run's span when it continues an instance); each
 attempt of a step call is a CLIENT span ``STEP action`` or ``STEP compensation`` with the saga
 attributes, ``saga.step.name``, ``saga.step.kind``, ``saga.step.attempt``, ``saga.step.outcome``
-and the HTTP client attributes of the semantic conventions.
+and the HTTP client attributes of the semantic conventions (a step call that publishes is a
+PRODUCER span with ``messaging.destination.name``, ``messaging.operation.type`` and
+``saga.broker`` instead).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from proxy.tracing.http import SpanScope, answered, exported_url, method_attributes
-from saga_runner.caller import CallResult
+from saga_runner.caller import CallResult, Outcome
 from saga_runner.states import SagaStatus
 from saga_runner.tracing import CallSpan, RunSpan, StepCall
 
@@ -92,6 +94,8 @@ class _Call(SpanScope):
         if result.status is not None:
             answered(self._span, result.status, server=False)
             return
+        if result.outcome is Outcome.SUCCESS:  # a published message the broker took
+            return
         # No answer: refused before anything was sent, or none came after it was.
         error = "no_answer" if result.sent else "connect"
         self._span.set_attribute(error_attributes.ERROR_TYPE, error)
@@ -126,12 +130,21 @@ class SagaSpans:
             "saga.step.name": call.step,
             "saga.step.kind": call.kind,
             "saga.step.attempt": call.attempt,
-            **method_attributes(request.method),
-            **_url_attributes(request.url),
         }
-        if call.attempt > 1:
-            attributes[http_attributes.HTTP_REQUEST_RESEND_COUNT] = call.attempt - 1
+        if request.publish is not None:
+            # A message: a producer span (the messaging conventions' destination and operation).
+            attributes |= {
+                "messaging.destination.name": request.publish.to,
+                "messaging.operation.type": "send",
+                "saga.broker": request.publish.broker,
+            }
+            span_kind = SpanKind.PRODUCER
+        else:
+            attributes |= {**method_attributes(request.method), **_url_attributes(request.url)}
+            if call.attempt > 1:
+                attributes[http_attributes.HTTP_REQUEST_RESEND_COUNT] = call.attempt - 1
+            span_kind = SpanKind.CLIENT
         span = self.tracer.start_span(
-            f"{call.step} {call.kind}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{call.step} {call.kind}", kind=span_kind, attributes=attributes
         )
         return _Call(span, self.propagator)

@@ -361,3 +361,40 @@ def test_serve_warns_of_a_definitions_glob_that_matches_no_file_that_check_refus
     # serve starts (instances of sagas whose files were removed must still be failed with a
     # reason) and says the same thing as its first line
     assert "definitions_glob_empty" in first and "no file matches 'sgas/*.yaml'" in first
+
+
+def test_a_saga_that_publishes_to_an_unconfigured_broker_is_named_at_its_line(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "sagas" / "ship.yaml",
+        """
+        name: ship
+        trigger: {method: POST, path: /ship}
+        mode: async
+        steps:
+          - name: ship
+            action:
+              publish: {broker: warehouse, to: ship.orders}
+            await: {message: {timeout: 1h}}
+        """,
+    )
+    config = config_with(
+        tmp_path,
+        """
+        upstream: {url: "http://127.0.0.1:3000"}
+        services: {payments: "http://127.0.0.1:3002"}
+        sagas:
+          store: "sqlite:///sagas.db"
+          definitions: ["sagas/*.yaml"]
+          brokers:
+            jobs: {url: "amqp://guest:guest@127.0.0.1:5672/", callbacks: saga.callbacks}
+        """,
+    )
+    checked = run_check(config)
+    assert checked.returncode == 2, checked
+    ship = tmp_path / "sagas" / "ship.yaml"
+    assert (
+        f"{ship}:7: steps[0].action.publish.broker: unknown broker 'warehouse' (brokers: jobs)"
+        in checked.stderr
+    ), checked.stderr

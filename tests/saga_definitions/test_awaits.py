@@ -67,7 +67,7 @@ steps:
       poll: {path: /x, every: 2s, timeout: 1m}
   - name: ship
     action: {service: orders, method: POST, path: /ship}
-    await: {message: {timeout: 1h}}
+    await: {message: {}}
   - name: nothing
     action: {service: orders, method: POST, path: /nothing}
     await: {}
@@ -95,8 +95,8 @@ steps:
         in found
     )
     assert (
-        "saga.yaml:16: steps[2].await.message: "
-        "await message is not supported yet (use callback or poll)" in found
+        "saga.yaml:16: steps[2].await.message.timeout: required: how long to wait for the outcome"
+        in found
     )
     assert "saga.yaml:19: steps[3].await: needs exactly one of callback, poll or message" in found
     assert (

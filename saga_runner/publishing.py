@@ -1,0 +1,80 @@
+"""Step calls that publish a message to a broker (``publish:`` actions and compensations).
+
+``BrokerPublisher`` is the ``MessagePublisher`` the ``StepCaller`` hands requests with a
+``publish`` address to. One attempt publishes one persistent message: the body is the rendered
+JSON (absent: empty), the headers are the call's (names lower-cased: ``idempotency-key``,
+``saga-id``, trace context, and for an awaiting step ``saga-callback`` and
+``saga-callback-token``), and the message id is the call's ``Idempotency-Key``
+(``<saga id>:<step>:action``), so the copy a retry or a resumed run sends again is deduplicated
+where the broker can (NATS JetStream within its duplicate window; RabbitMQ consumers see the
+same ``message_id``).
+
+How an attempt ends: the broker took it → ``success``; the broker is down and nothing was sent
+→ ``retryable`` with ``broker_down`` (the attempt loop waits for the broker without using up
+the step's retries); the broker may have taken it but did not confirm in time → ``retryable``
+and its outcome is unknown (a compensation follows if the step fails); the broker refused it
+(no queue bound, no stream for the subject, a nack) → ``permanent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from saga_runner.brokers.base import BrokerAdapter
+from saga_runner.caller import CallResult, Outcome, PublishAddress, StepRequest
+from saga_runner.errors import BrokerUnavailable, PublishRefused
+
+_KEY_HEADER = "idempotency-key"
+
+
+class BrokerPublisher:
+    """Publishes step calls through the configured brokers (by name)."""
+
+    def __init__(self, brokers: Mapping[str, BrokerAdapter]) -> None:
+        self.brokers = brokers
+
+    async def publish(
+        self, request: StepRequest, address: PublishAddress, seconds: float
+    ) -> CallResult:
+        """Publish ``request`` once to ``address`` within ``seconds`` (see the module docstring)."""
+        started = time.perf_counter()
+        broker = self.brokers.get(address.broker)
+        if broker is None:
+            return _ended(started, f"broker {address.broker!r} is not configured", sent=False)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        body = b"" if request.body is None else json.dumps(request.body).encode()
+        if body:
+            headers.setdefault("content-type", "application/json")
+        message_id = headers.get(_KEY_HEADER, "")
+        try:
+            async with asyncio.timeout(seconds):
+                receipt = await broker.publish(address.to, body, headers, message_id)
+        except BrokerUnavailable as exc:
+            result = _ended(started, f"broker unavailable: {exc}", sent=exc.sent)
+            return result if exc.sent else replace(result, broker_down=True)
+        except PublishRefused as exc:
+            return _ended(started, f"broker refused: {exc}", sent=False, outcome=Outcome.PERMANENT)
+        except TimeoutError:
+            return _ended(started, f"not confirmed by the broker in {seconds:g}s", sent=True)
+        body_record = {"message_id": message_id, "duplicate": receipt.duplicate}
+        return CallResult(
+            Outcome.SUCCESS, None, {}, body_record, duration=time.perf_counter() - started
+        )
+
+
+def _ended(
+    started: float, error: str, *, sent: bool, outcome: Outcome = Outcome.RETRYABLE
+) -> CallResult:
+    return CallResult(
+        outcome=outcome,
+        status=None,
+        headers={},
+        body=None,
+        duration=time.perf_counter() - started,
+        error=error,
+        sent=sent,
+    )
