@@ -2,7 +2,8 @@
 until an answer matches ``success`` or ``failure``, a 4xx refuses, or the timeout passes;
 ``Retry-After`` spaces them out; the schedule is the parked saga's ``next_run_at``.
 
-In-process sidecars on real sockets, both saga stores, a recovery loop ticking every 50 ms.
+In-process sidecars on real sockets, both saga stores, a recovery loop ticking every 50 ms, or
+every 5 s where the polls must keep their own pace (the loop wakes when the next poll is due).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sagas.harness import order_saga, with_step
 from sagas.services import FakeServices, Reply
 
 FAST = {"sagas": {"recovery_interval": "50ms"}}
+SLOW = {"sagas": {"recovery_interval": "5s"}}
 POLLED = "GET /charges/payments-1"
 
 
@@ -151,3 +153,44 @@ async def test_the_deciding_poll_answer_is_stored_redacted(
     assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
     detail = await sidecar.runtime.store.get(saga_id)
     assert detail.steps[1].await_result == {"state": "settled", "cvv": "[REDACTED]"}
+
+
+def poll_times(services: FakeServices) -> list[float]:
+    """When each poll of the charge arrived."""
+    return [c.at for c in services.calls_to("payments") if c.method == "GET"]
+
+
+async def test_polls_keep_every_when_the_recovery_interval_is_longer(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    pending = Reply(200, {"state": "pending"})
+    services.plan(
+        "payments", POLLED, pending, Reply(503), pending, then=Reply(200, {"state": "settled"})
+    )
+    sidecar = await make_sidecar(polled_saga(every="300ms"), **SLOW)
+    saga_id = await start_order(sidecar, client)
+
+    assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
+    accepted = next(c.at for c in services.calls_to("payments") if c.method == "POST")
+    polls = poll_times(services)
+    assert len(polls) == 4
+    gaps = [later - earlier for earlier, later in zip([accepted, *polls], polls, strict=False)]
+    assert all(0.28 <= gap < 1.0 for gap in gaps), gaps
+    assert polls[-1] - accepted < 2.5  # the recovery interval alone would make it 5 s or more
+
+
+async def test_retry_after_is_honoured_when_the_recovery_interval_is_longer(
+    make_sidecar: SidecarFactory, services: FakeServices, client: aiohttp.ClientSession
+) -> None:
+    services.plan(
+        "payments",
+        POLLED,
+        Reply(429, {"slow": "down"}, headers={"Retry-After": "1"}),
+        then=Reply(200, {"state": "settled"}),
+    )
+    sidecar = await make_sidecar(polled_saga(every="300ms"), **SLOW)
+    saga_id = await start_order(sidecar, client)
+
+    assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
+    first, second = poll_times(services)
+    assert 0.95 <= second - first < 2.0
