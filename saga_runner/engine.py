@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from saga_runner import offload
+from saga_runner.alarm import Alarm
 from saga_runner.attempts import AttemptLoop
 from saga_runner.caller import StepRequest
 from saga_runner.compensation import Compensator
@@ -98,6 +99,8 @@ class SagaEngine:
         self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
         self._runs: dict[str, Run] = {}
+        # Told when a run parks a saga, so the recovery loop wakes when it is due.
+        self.alarm = Alarm(store.now)
 
     async def start(
         self,
@@ -399,6 +402,8 @@ class SagaEngine:
         run.hold.settle()
         await run.write(self.store, done.then(parked))
         run.released = True
+        if run.parked_until is not None:
+            self.alarm.due(run.parked_until)
         log_run(run, "waiting", until=run.parked_until.isoformat() if run.parked_until else None)
         return run.saga
 

@@ -8,13 +8,16 @@ every 5 s where the polls must keep their own pace (the loop wakes when the next
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
+from saga_runner.recovery import RecoverySettings, RecoveryWorker
 from saga_runner.states import SagaStatus, StepStatus
 from sagas.awaiting import start_order, step_in
-from sagas.conftest import SidecarFactory
-from sagas.harness import order_saga, with_step
+from sagas.conftest import LEASE_SECONDS, EngineFactory, SidecarFactory
+from sagas.harness import ORDER, order_saga, with_step
 from sagas.services import FakeServices, Reply
 
 FAST = {"sagas": {"recovery_interval": "50ms"}}
@@ -194,3 +197,30 @@ async def test_retry_after_is_honoured_when_the_recovery_interval_is_longer(
     assert (await sidecar.finished(saga_id, within=10)).status is SagaStatus.COMPLETED
     first, second = poll_times(services)
     assert 0.95 <= second - first < 2.0
+
+
+async def test_a_replica_wakes_for_a_poll_another_one_parked(
+    make_engine: EngineFactory, services: FakeServices
+) -> None:
+    services.plan(
+        "payments", POLLED, Reply(200, {"state": "pending"}), then=Reply(200, {"state": "settled"})
+    )
+    parking = await make_engine(polled_saga(every="500ms"))
+    other = await make_engine(polled_saga(every="500ms"))
+    parked = await parking.run(ORDER)
+    assert parked.step_statuses()["charge"] == "waiting"
+    accepted = next(c.at for c in services.calls_to("payments") if c.method == "POST")
+    worker = RecoveryWorker(other.runtime, RecoverySettings(5.0, LEASE_SECONDS, 86400.0))
+    worker.start()  # its first pass finds nothing due yet, but when the poll will be
+    try:
+        await services.wait_for_calls(2, within=4.0, service="payments")
+        await asyncio.sleep(0.8)
+    finally:
+        await worker.stop(grace=2.0)
+
+    polls = poll_times(services)
+    assert len(polls) == 2
+    assert 0.45 <= polls[0] - accepted < 1.5
+    assert 0.45 <= polls[1] - polls[0] < 1.5
+    saga = await other.runtime.store.get_instance(parked.detail.instance.id)
+    assert saga.status is SagaStatus.COMPLETED
