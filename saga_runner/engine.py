@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -94,7 +95,7 @@ class SagaEngine:
         self.sealer = sealer or Sealer()
         self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
-        poller = Poller(attempts.caller, settings)
+        poller = Poller(attempts.caller, settings, observer)
         self.waits = Waits(store, settings.callback_url, observer, poller, redactor)
         self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
@@ -366,6 +367,9 @@ class SagaEngine:
         run.withheld = withheld
         run.first_trace = recorded_trace(recorded)
         run.results.update(known_results(detail.steps))
+        run.polls = dict(
+            Counter(a.step_order for a in detail.attempts if a.kind is AttemptKind.POLL)
+        )
         return run, detail.steps
 
     async def _drive(self, run: Run, steps: tuple[SagaStep, ...]) -> SagaInstance:

@@ -13,8 +13,9 @@ import asyncio
 import aiohttp
 import pytest
 
+from saga_runner.records import SagaDetail
 from saga_runner.recovery import RecoverySettings, RecoveryWorker
-from saga_runner.states import SagaStatus, StepStatus
+from saga_runner.states import AttemptKind, SagaStatus, StepStatus
 from sagas.awaiting import start_order, step_in
 from sagas.conftest import LEASE_SECONDS, EngineFactory, SidecarFactory
 from sagas.harness import ORDER, order_saga, with_step
@@ -23,6 +24,21 @@ from sagas.services import FakeServices, Reply
 FAST = {"sagas": {"recovery_interval": "50ms"}}
 SLOW = {"sagas": {"recovery_interval": "5s"}}
 POLLED = "GET /charges/payments-1"
+
+
+def poll_attempts(detail: SagaDetail) -> list[tuple[int, int | None]]:
+    """The charge's poll attempt rows: (attempt, status code)."""
+    return [
+        (a.attempt, a.status_code)
+        for a in detail.attempts
+        if a.kind is AttemptKind.POLL and a.step_order == 1
+    ]
+
+
+def polls_counted(samples: dict[tuple[str, str], float], outcome: str) -> float:
+    """``saga_step_attempts_total`` of the charge's polls with ``outcome``."""
+    labels = f"outcome=poll_{outcome},saga=order,step=charge"
+    return samples.get(("saga_step_attempts_total", labels), 0)
 
 
 def polled_saga(**poll: object) -> dict[str, object]:
@@ -65,6 +81,9 @@ async def test_polls_until_the_answer_matches_success_and_its_body_is_the_steps(
     charge = detail.steps[1]
     assert (charge.await_kind, charge.await_outcome) == ("poll", "success")
     assert charge.result["status"] == 201  # steps.charge.status stays the action's
+    assert poll_attempts(detail) == [(1, 200), (2, 503), (3, 404), (4, 200)]
+    samples = await sidecar.metrics(client)
+    assert (polls_counted(samples, "pending"), polls_counted(samples, "success")) == (3, 1)
 
 
 @pytest.mark.parametrize(
@@ -94,6 +113,9 @@ async def test_a_failure_answer_or_a_refusal_compensates_the_accepted_step(
     detail = await sidecar.runtime.store.get(saga_id)
     assert detail.steps[1].await_result == result
     assert len([c for c in services.calls_to("payments") if c.method == "GET"]) == 2
+    assert poll_attempts(detail) == [(1, 200), (2, answer.status)]
+    samples = await sidecar.metrics(client)
+    assert (polls_counted(samples, "pending"), polls_counted(samples, "failure")) == (1, 1)
 
 
 async def test_polls_stop_at_the_timeout_and_the_step_is_compensated(
@@ -222,5 +244,6 @@ async def test_a_replica_wakes_for_a_poll_another_one_parked(
     assert len(polls) == 2
     assert 0.45 <= polls[0] - accepted < 1.5
     assert 0.45 <= polls[1] - polls[0] < 1.5
-    saga = await other.runtime.store.get_instance(parked.detail.instance.id)
-    assert saga.status is SagaStatus.COMPLETED
+    detail = await other.runtime.store.get(parked.detail.instance.id)
+    assert detail.instance.status is SagaStatus.COMPLETED
+    assert poll_attempts(detail) == [(1, 200), (2, 200)]  # numbered across runs
