@@ -24,6 +24,9 @@
  *  - an awaited outcome (pg_awaits / sqlite_awaits): a callback or a wait's end only makes the
  *    saga due (next_run_at); it never writes owner, lease_version or lease_expires_at, so the
  *    replica that continues the saga goes through the same claim as recovery does.
+ *  - when to look (SagaStore.next_run, the recovery loop's sleep): a read of next_run_at of
+ *    the sagas nobody holds; it only decides when the next claim is tried, never what it
+ *    takes, so it is not modelled (the claim's condition is the model's).
  * Time is the database's clock `now`, advanced by the clock process. The clock does not pass a
  * calling replica's self-fencing deadline: timers fire on time (a process frozen longer than a
  * lease is outside the model; its calls are still fenced at its next write).
