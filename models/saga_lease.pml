@@ -3,7 +3,7 @@
  * wall clocks disagree by SKEW ticks. Checked by `make verify` (scripts/verify-models.sh).
  *
  * mirrors: saga_runner/store/postgres.py saga_runner/store/pg_batches.py saga_runner/store/pg_awaits.py saga_runner/store/sqlite.py saga_runner/store/sqlite_rows.py saga_runner/store/sqlite_awaits.py saga_runner/leases.py
- * mirrors-sha256: e050807f09472cb999b19be73fd58a2c47da9d0f774d51f344fd3ca1e4f53575
+ * mirrors-sha256: e2479d56fd080af65113f2465a978ca8a36ea0ed56f2525cdb4d7a2a07eb059b
  * counterexample: -DWALL_CLOCK_LEASES
  *
  * What the code does, and what each part of the model stands for:
