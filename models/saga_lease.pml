@@ -3,7 +3,7 @@
  * wall clocks disagree by SKEW ticks. Checked by `make verify` (scripts/verify-models.sh).
  *
  * mirrors: saga_runner/store/postgres.py saga_runner/store/pg_batches.py saga_runner/store/pg_awaits.py saga_runner/store/sqlite.py saga_runner/store/sqlite_rows.py saga_runner/store/sqlite_awaits.py saga_runner/leases.py
- * mirrors-sha256: e050807f09472cb999b19be73fd58a2c47da9d0f774d51f344fd3ca1e4f53575
+ * mirrors-sha256: e2479d56fd080af65113f2465a978ca8a36ea0ed56f2525cdb4d7a2a07eb059b
  * counterexample: -DWALL_CLOCK_LEASES
  *
  * What the code does, and what each part of the model stands for:
@@ -24,6 +24,9 @@
  *  - an awaited outcome (pg_awaits / sqlite_awaits): a callback or a wait's end only makes the
  *    saga due (next_run_at); it never writes owner, lease_version or lease_expires_at, so the
  *    replica that continues the saga goes through the same claim as recovery does.
+ *  - when to look (SagaStore.next_run, the recovery loop's sleep): a read of next_run_at of
+ *    the sagas nobody holds; it only decides when the next claim is tried, never what it
+ *    takes, so it is not modelled (the claim's condition is the model's).
  * Time is the database's clock `now`, advanced by the clock process. The clock does not pass a
  * calling replica's self-fencing deadline: timers fire on time (a process frozen longer than a
  * lease is outside the model; its calls are still fenced at its next write).

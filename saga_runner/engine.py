@@ -25,12 +25,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from saga_runner import offload
+from saga_runner.alarm import Alarm
 from saga_runner.attempts import AttemptLoop
 from saga_runner.caller import StepRequest
 from saga_runner.compensation import Compensator
@@ -93,11 +95,13 @@ class SagaEngine:
         self.sealer = sealer or Sealer()
         self.tracer = tracer
         self.compensator = Compensator(store, attempts, redactor, settings)
-        poller = Poller(attempts.caller, settings)
+        poller = Poller(attempts.caller, settings, observer)
         self.waits = Waits(store, settings.callback_url, observer, poller, redactor)
         self.forward = Forward(store, attempts, redactor, settings, self.waits)
         self._saved_definitions: set[str] = set()
         self._runs: dict[str, Run] = {}
+        # Told when a run parks a saga, so the recovery loop wakes when it is due.
+        self.alarm = Alarm(store.now)
 
     async def start(
         self,
@@ -363,6 +367,9 @@ class SagaEngine:
         run.withheld = withheld
         run.first_trace = recorded_trace(recorded)
         run.results.update(known_results(detail.steps))
+        run.polls = dict(
+            Counter(a.step_order for a in detail.attempts if a.kind is AttemptKind.POLL)
+        )
         return run, detail.steps
 
     async def _drive(self, run: Run, steps: tuple[SagaStep, ...]) -> SagaInstance:
@@ -399,6 +406,8 @@ class SagaEngine:
         run.hold.settle()
         await run.write(self.store, done.then(parked))
         run.released = True
+        if run.parked_until is not None:
+            self.alarm.due(run.parked_until)
         log_run(run, "waiting", until=run.parked_until.isoformat() if run.parked_until else None)
         return run.saga
 

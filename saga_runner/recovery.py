@@ -1,6 +1,6 @@
 """The recovery loop every replica runs: resume sagas nobody is working on, prune old ones.
 
-Each tick claims (atomically, so two replicas never get the same saga) the ``running`` and
+Each tick (pass) claims (atomically, so two replicas never get the same saga) the ``running`` and
 ``compensating`` instances whose lease expired or whose persisted ``next_run_at`` is due, and
 resumes each under the definition it is pinned to; when the claim supersedes a run of this very
 worker (its own lease expired), that stale run is cancelled first. An instance whose definition
@@ -8,8 +8,11 @@ is known neither to this replica nor to the store is marked ``failed`` with the 
 operator. A saga whose waiting step's outcome was just recorded is claimed and resumed here at
 once (``continue_now``); a parked saga's wait ends by the same tick that resumes every due
 saga (its ``next_run_at`` is the wait's end), so however many sagas wait, a tick makes the same
-few statements. Finished sagas older than the retention period are deleted in bounded batches,
-by one replica at a time on PostgreSQL.
+few statements. After its claim, a tick asks when the next parked saga is due (one more indexed
+query), and the loop sleeps until then if that is sooner than ``interval`` (``saga_runner.alarm``;
+a saga parked by this process meanwhile wakes it sooner still), so a poll or an await's end is
+acted on at its own time, not at the next interval. Finished sagas older than the retention
+period are deleted in bounded batches, by one replica at a time on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class RecoveryWorker:
         self.report_waiting = report_waiting
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._next_run: datetime | None = None
 
     @property
     def owner(self) -> str:
@@ -99,14 +103,18 @@ class RecoveryWorker:
                 log.warning("recovery tick failed: %s", exc)
             except Exception:
                 log.exception("recovery tick failed unexpectedly")
-            await asyncio.sleep(self.settings.interval)
+            await self.runtime.engine.alarm.sleep(self.settings.interval, self._next_run)
 
     async def tick(self) -> list[str]:
-        """One round: claim due sagas and start resuming them; prune; report the oldest age.
+        """One round: claim due sagas and start resuming them; find when the next is due
+        (unless the claim took all the room left: the next round is then an ``interval`` away);
+        prune; report the oldest age.
 
         Returns:
             the ids of the sagas claimed in this round.
         """
+        self._next_run = None
+        self.runtime.engine.alarm.forget()
         room = self.settings.max_concurrent - len(self._running)
         sent_at = asyncio.get_running_loop().time()
         claims = (
@@ -116,6 +124,8 @@ class RecoveryWorker:
         )
         for claim in claims:
             self._start(claim, sent_at)
+        if len(claims) < room:
+            self._next_run = await self.runtime.store.next_run()
         await self.prune()
         await self._report_oldest()
         if self.report_waiting is not None:

@@ -114,6 +114,8 @@ class Run:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a step waits for its outcome: the run parks the saga until then (``waits``).
     parked_until: datetime | None = None
+    # The polls recorded so far, by step order (the next poll's attempt number follows).
+    polls: dict[int, int] = field(default_factory=dict)
 
     async def write(self, store: SagaStore, batch: WriteBatch) -> SagaInstance:
         """Write ``batch`` under the run's lease (one write of the run at a time)."""

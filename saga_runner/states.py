@@ -68,13 +68,15 @@ class StepStatus(StrEnum):
 
 class AttemptKind(StrEnum):
     """Which call of a step an attempt made: a saga step's action or compensation, or a TCC
-    step's try, confirm or cancel (also a TCC step's ``phase``)."""
+    step's try, confirm or cancel (also a TCC step's ``phase``), or a poll of a step that awaits
+    its outcome by polling."""
 
     ACTION = "action"
     COMPENSATION = "compensation"
     TRY = "try"
     CONFIRM = "confirm"
     CANCEL = "cancel"
+    POLL = "poll"
 
     @property
     def forward(self) -> bool:

@@ -25,13 +25,13 @@ from saga_runner.caller import StepRequest
 from saga_runner.definition import StepDefinition
 from saga_runner.errors import LeaseLost
 from saga_runner.observer import SagaObserver
-from saga_runner.polls import Poller
+from saga_runner.polls import Polled, Poller
 from saga_runner.records import JsonValue, SagaStep
 from saga_runner.redact import Redactor
 from saga_runner.runs import Run, StepFailure
 from saga_runner.states import StepStatus
 from saga_runner.store import SagaStore
-from saga_runner.store.batch import NOTHING, StepChange, WriteBatch
+from saga_runner.store.batch import AttemptRecord, StepChange, WriteBatch
 from saga_runner.template import StepResult
 
 CALLBACK_HEADER: Final = "Saga-Callback"
@@ -112,18 +112,21 @@ class Waits:
 
     async def settle(self, run: Run, row: SagaStep) -> Ended:
         """End the wait of ``row`` if it is over (its outcome as a write, and the failure when
-        it did not succeed), or park the run again (``run.parked_until``) if it is not."""
+        it did not succeed), or park the run again (``run.parked_until``) if it is not; the
+        write carries the attempt rows of the polls made."""
+        polls: tuple[AttemptRecord, ...] = ()
         while True:
             outcome = row.await_outcome
             if outcome is None:
                 stop, result = self._due(run, row), None
                 if stop is None and row.await_kind == "poll":
-                    stop, result = await self._poll(run, row)
+                    polled = await self._poll(run, row)
+                    stop, result, polls = polled.outcome, polled.result, polls + polled.attempts
                 elif stop is None:
                     assert row.wait_until is not None
                     run.parked_until = self._wake(run, row.wait_until)
                 if stop is None:
-                    return None, NOTHING  # parked again (``run.parked_until``)
+                    return None, WriteBatch(attempts=polls)  # parked again (``run.parked_until``)
                 force = stop is not AwaitOutcome.TIMEOUT
                 # Stored like a step's answer: ``redact.fields`` never reach the records.
                 stored = self.redactor.redact_body(result)
@@ -138,22 +141,23 @@ class Waits:
                         raise LeaseLost(f"saga {run.saga.id}: step {row.step_name} was taken over")
                     continue
                 outcome, row = stop, replace(row, await_result=result)
-            return self._ended(run, row, AwaitOutcome(outcome))
+            failure, ended = self._ended(run, row, AwaitOutcome(outcome))
+            return failure, WriteBatch(attempts=polls).then(ended)
 
-    async def _poll(self, run: Run, row: SagaStep) -> tuple[AwaitOutcome | None, JsonValue]:
-        """Poll once: the outcome and result when the wait is over, else park until the next
+    async def _poll(self, run: Run, row: SagaStep) -> Polled:
+        """Poll once: its outcome and result when the wait is over, else park until the next
         poll (``every``, or the service's longer ``Retry-After``)."""
         step_def = run.definition.all_steps[row.step_order]
-        polled = await self.poller.poll(run, step_def)
+        polled = await self.poller.poll(run, step_def, row.step_order)
         if polled.outcome is not None:
-            return polled.outcome, polled.result
+            return polled
         assert step_def.await_ is not None and step_def.await_.poll is not None
         assert row.wait_until is not None
         pause = max(step_def.await_.poll.every, polled.retry_after or 0.0)
         run.parked_until = self._wake(
             run, min(row.wait_until, self.store.now() + timedelta(seconds=pause))
         )
-        return None, None
+        return polled
 
     def _due(self, run: Run, row: SagaStep) -> AwaitOutcome | None:
         if self.past_deadline(run):

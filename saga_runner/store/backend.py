@@ -134,6 +134,10 @@ class StoreBackend(ABC):
     ) -> list[Row]: ...
 
     @abstractmethod
+    async def next_run(self) -> datetime | None:
+        """The earliest ``next_run_at`` of the active sagas nobody holds (``sqltext.NEXT_RUNS``)."""
+
+    @abstractmethod
     async def claim_one(
         self,
         saga_id: str,

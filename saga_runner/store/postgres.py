@@ -278,6 +278,9 @@ class PostgresBackend(PostgresAwaits, StoreBackend):
         args = (now, owner, expires, limit, float(seconds))
         return _rows(await self._pool.fetch(sql, *args))
 
+    async def next_run(self) -> datetime | None:
+        return sqltext.earliest_run(await self._pool.fetch(sqltext.NEXT_RUNS))
+
     async def claim_one(
         self,
         saga_id: str,

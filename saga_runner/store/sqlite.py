@@ -310,6 +310,9 @@ class SqliteBackend(SqliteAwaits, StoreBackend):
         async with self._write() as conn:
             return await all_rows(conn, sql, args)
 
+    async def next_run(self) -> datetime | None:
+        return sqltext.earliest_run(await self._fetchall(sqltext.NEXT_RUNS))
+
     async def claim_one(
         self,
         saga_id: str,

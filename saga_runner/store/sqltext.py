@@ -1,15 +1,17 @@
 """SQL text shared by both backends, rendered with each dialect's placeholder style.
 
-Only the statements whose shape depends on the arguments live here (which columns an update
-sets, which filters a list applies). Column names always come from this package's code, never
-from user input; ``column`` checks that anyway, so a future caller cannot inject SQL.
+The statements whose shape depends on the arguments live here (which columns an update sets,
+which filters a list applies), and those both dialects write alike. Column names always come
+from this package's code, never from user input; ``column`` checks that anyway, so a future
+caller cannot inject SQL.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
 
 from saga_runner.records import PageCursor
 from saga_runner.store.backend import ListFilter
@@ -18,6 +20,23 @@ Placeholder = Callable[[int], str]
 """Renders the n-th (1-based) parameter: ``$n`` for asyncpg, ``?n`` for SQLite."""
 
 _COLUMN_RE = re.compile(r"^[a-z][a-z_]*$")
+
+_FIRST_UNOWNED_RUN = """
+    SELECT (SELECT next_run_at FROM saga_instances
+            WHERE status = '{status}' AND owner IS NULL AND next_run_at IS NOT NULL
+            ORDER BY next_run_at LIMIT 1) AS next_run_at"""
+
+NEXT_RUNS: Final = " UNION ALL ".join(
+    _FIRST_UNOWNED_RUN.format(status=status) for status in ("running", "compensating")
+)
+"""The earliest ``next_run_at`` of the ``running`` and of the ``compensating`` sagas nobody
+holds (a row each, NULL when there is none): two walks of the ``(status, next_run_at)`` index
+that stop at the first row."""
+
+
+def earliest_run(rows: Iterable[Mapping[str, Any]]) -> datetime | None:
+    """The earliest ``next_run_at`` of the rows of ``NEXT_RUNS``, None when all are NULL."""
+    return min((row["next_run_at"] for row in rows if row["next_run_at"] is not None), default=None)
 
 
 def column(name: str) -> str:

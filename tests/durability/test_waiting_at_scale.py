@@ -1,6 +1,7 @@
 """10,000 sagas waiting for their callbacks cost a replica no memory per saga and no query per
 saga: each is a row, and a recovery pass makes the same few statements whether 10 or 10,000
-sagas wait (their waits' ends are found by the one indexed claim of due sagas).
+sagas wait (their waits' ends are found by the one indexed claim of due sagas, and when the next
+is due by one more indexed query).
 
 PostgreSQL, the test's own schema; the waiting sagas are written straight into the tables (as
 parked runs leave them), then a real sidecar process runs its recovery loop over them, and an

@@ -219,3 +219,29 @@ async def test_a_release_keeps_the_backoff_already_recorded(
     assert await store.claim_due("replica-b", 10, 10) == [], "nobody calls before Retry-After"
     clock.advance(31)
     assert len(await store.claim_due("replica-b", 10, 10)) == 1
+
+
+async def test_next_run_is_the_earliest_due_time_of_the_active_sagas_nobody_holds(
+    store: SagaStore, definition: str, clock: FakeClock
+) -> None:
+    assert await store.next_run() is None
+    soon, later = clock.now + timedelta(seconds=5), clock.now + timedelta(seconds=60)
+    held = await start_saga(store, definition)  # sleeping a backoff, still held: not counted
+    assert held.lease is not None
+    await store.write(held.lease, saga_change(next_run_at=clock.now + timedelta(seconds=1)))
+    finished = await start_saga(store, definition)
+    assert finished.lease is not None
+    await store.write(finished.lease, saga_change(SagaStatus.COMPLETED, next_run_at=soon))
+    await store.release(finished.lease)
+    assert await store.next_run() is None
+    for status, at in ((SagaStatus.RUNNING, later), (SagaStatus.COMPENSATING, soon)):
+        created = await start_saga(store, definition)
+        assert created.lease is not None
+        await store.write(created.lease, saga_change(status))
+        assert await store.release(created.lease, next_run_at=at)
+    assert await store.next_run() == soon
+    await _released(store, definition, 1)  # due at once (no next_run_at): the claim's business
+    assert await store.next_run() == soon
+    clock.advance(60)
+    assert len(await store.claim_due("replica-b", 10, 10)) == 4
+    assert await store.next_run() is None

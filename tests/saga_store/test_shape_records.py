@@ -101,7 +101,7 @@ async def test_the_shapes_migration_keeps_every_step_and_attempt(tmp_path: Path)
         conn.commit()
     store = await Target.sqlite(path).open()
     try:
-        assert await store.migrate() == [3, 4, 5]
+        assert await store.migrate() == [3, 4, 5, 6]
         detail = await store.get("s1")
         assert [(s.stage, s.phase) for s in detail.steps] == [(0, None), (1, None)]
         assert [(a.id, a.kind, a.status_code) for a in detail.attempts] == [
@@ -113,9 +113,10 @@ async def test_the_shapes_migration_keeps_every_step_and_attempt(tmp_path: Path)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(
             "INSERT INTO saga_step_attempts (saga_id, step_order, kind, attempt, started_at,"
-            " duration_ms) VALUES ('s1', 0, 'confirm', 1, '2026-01-01T00:00:00+00:00', 1)"
+            " duration_ms) VALUES ('s1', 0, 'confirm', 1, '2026-01-01T00:00:00+00:00', 1),"
+            " ('s1', 1, 'poll', 1, '2026-01-01T00:00:00+00:00', 1)"
         )
-        assert conn.execute("SELECT max(id) FROM saga_step_attempts").fetchone() == (8,)
+        assert conn.execute("SELECT max(id) FROM saga_step_attempts").fetchone() == (9,)
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(saga_step_attempts)")}
         assert "saga_step_attempts_step" in indexes
         with pytest.raises(sqlite3.IntegrityError):
