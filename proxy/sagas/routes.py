@@ -33,6 +33,7 @@ from proxy.problems import problem_document, problem_of, problem_response
 from proxy.sagas.scope import UNREADABLE, request_scope
 from proxy.sagas.service import SagaService
 from saga_runner import offload
+from saga_runner.awaits import AwaitOutcome
 from saga_runner.definition import SagaDefinition
 from saga_runner.errors import LeaseLost, StoreError, TemplateError, UnstorableJson
 from saga_runner.records import CreateResult, Lease, SagaDetail, SagaInstance
@@ -111,9 +112,18 @@ PROBLEM_TYPE = "urn:saga-sidecar:problem:saga-"
 
 def step_answer(detail: SagaDetail) -> dict[str, Any] | None:
     """The failed step's own answer (``status`` and ``body``, fields already redacted as
-    stored), or None when it got none (a timeout, a refused connection, an abort)."""
+    stored), or None when it got none (a timeout, a refused connection, an abort).
+
+    A step whose service reported failure after accepting the work answers with that report:
+    the deciding poll's ``status`` and ``body``, or a callback's (or completion message's)
+    ``{"outcome": "failure", "result": …}``; the action's own acceptance says nothing of why.
+    """
     saga = detail.instance
     failed = next((s for s in detail.steps if s.step_order == saga.failed_step), None)
+    if failed is not None and failed.await_outcome == AwaitOutcome.FAILURE:
+        if failed.await_kind == "poll" and isinstance(failed.await_result, dict):
+            return {k: failed.await_result.get(k) for k in ("status", "body")}
+        return {"outcome": AwaitOutcome.FAILURE.value, "result": failed.await_result}
     result = failed.result if failed is not None else None
     if not isinstance(result, dict) or result.get("status") is None:
         return None

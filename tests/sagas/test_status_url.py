@@ -25,6 +25,7 @@ from proxy.cli import main
 from proxy.keys import SAGAS
 from proxy.sagas.status import MAX_WAIT
 from proxy.sagas.watch import POLL_INTERVAL
+from sagas.awaiting import awaiting_saga, call_back, waiting_charge
 from sagas.conftest import SidecarFactory
 from sagas.harness import ORDER, PROBLEM, Database, SidecarHarness, order_saga, write_saga
 from sagas.services import FakeServices, Reply
@@ -415,3 +416,21 @@ async def test_a_draining_sidecar_answers_a_held_status_request_at_once(
     assert status == 200 and body["saga_status"] == "running"
     assert time.monotonic() - stopped < 2.0
     gate.set()
+
+
+async def test_a_step_its_service_reported_failed_shows_that_report_as_its_answer(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession
+) -> None:
+    sidecar = await make_sidecar(awaiting_saga())
+    saga_id, token = await waiting_charge(sidecar, client)
+    decline = {"code": "insufficient_funds", "message": "declined by the issuer"}
+    status, _, _ = await call_back(
+        client, sidecar, token, {"outcome": "failure", "result": decline}
+    )
+    assert status == 202
+    await sidecar.finished(saga_id)
+
+    status, _, body = await get(client, f"{sidecar.url}{STATUS_PATH}/{saga_id}")
+    assert status == 200 and body["saga_status"] == "compensated"
+    # The action's own answer (202, "pending") says nothing about why: the report does.
+    assert body["response"]["step_answer"] == {"outcome": "failure", "result": decline}
