@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import yaml
 from idempotency.cuttable import CuttableProxy
+from saga_operator.harness import run_cli
 from sagas.awaiting import call_back, start_order, step_in, token_of
-from sagas.harness import SidecarHarness, order_saga, with_step
+from sagas.harness import Database, SidecarHarness, order_saga, with_step
+from sagas.services import FakeServices
 
 from broker_sagas.conftest import WorkerFactory
 from saga_runner.states import SagaStatus, StepStatus
@@ -176,3 +180,53 @@ async def test_a_saga_whose_broker_is_down_waits_for_it_without_using_up_its_ret
         assert (await sidecar.finished(saga_id)).status is SagaStatus.COMPLETED
     finally:
         await proxy.close()
+
+
+async def test_an_operator_retry_from_the_cli_publishes_the_compensation_the_broker_refused(
+    kind: str,
+    broker_url: str,
+    unique_name: str,
+    worker: WorkerFactory,
+    make_sidecar: SidecarFactory,
+    services: FakeServices,
+    database: Database,
+    tmp_path: Path,
+    client: aiohttp.ClientSession,
+) -> None:
+    warehouse = await worker(kind)
+    undo_to = f"{unique_name}-work-1"  # the next worker's name: nothing consumes it yet
+    saga = publishing_saga(warehouse.to)
+    ship = next(step for step in saga["steps"] if step["name"] == "ship")
+    ship["compensation"]["publish"]["to"] = undo_to
+    ship["compensation"]["retry"] = {"attempts": 2, "backoff": "10ms", "max_backoff": "10ms"}
+    sidecar = await make_sidecar(saga, **brokers(broker_url, unique_name))
+    saga_id = await start_order(sidecar, client, "P-5")
+    (message,) = await warehouse.received.wait_for(1)
+    await step_in(sidecar, saga_id, "ship", StepStatus.WAITING)
+    token = message.headers["saga-callback-token"]
+    assert (await call_back(client, sidecar, token, {"outcome": "failure"}))[0] == 202
+    assert (await sidecar.finished(saga_id, within=15)).status is SagaStatus.FAILED
+
+    cancellations = await worker(kind)  # the queue or stream exists now
+    assert cancellations.to == undo_to
+    config = tmp_path / "cli.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": {"url": services.urls["inventory"]},
+                "services": dict(services.urls),
+                "sagas": {
+                    "store": database.url,
+                    "definitions": ["sagas/*.yaml"],
+                    **brokers(broker_url, unique_name)["sagas"],
+                },
+            }
+        ),
+        "utf-8",
+    )
+    result = await run_cli("sagas", "retry", saga_id, "--config", str(config))
+    assert result.code == 0, result
+    assert "ended:" in result.stdout and "compensated" in result.stdout
+    (undo,) = await cancellations.received.wait_for(1)
+    assert undo.message_id == f"{saga_id}:ship:compensation"
+    assert json.loads(undo.body) == {"cancel": "P-5"}
