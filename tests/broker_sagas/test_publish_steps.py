@@ -16,7 +16,7 @@ import yaml
 from idempotency.cuttable import CuttableProxy
 from saga_operator.harness import run_cli
 from sagas.awaiting import call_back, start_order, step_in, token_of
-from sagas.harness import Database, SidecarHarness, order_saga, with_step
+from sagas.harness import ORDER, Database, SidecarHarness, order_saga, with_step
 from sagas.services import FakeServices
 
 from broker_sagas.conftest import WorkerFactory
@@ -230,3 +230,34 @@ async def test_an_operator_retry_from_the_cli_publishes_the_compensation_the_bro
     (undo,) = await cancellations.received.wait_for(1)
     assert undo.message_id == f"{saga_id}:ship:compensation"
     assert json.loads(undo.body) == {"cancel": "P-5"}
+
+
+async def test_a_publishing_member_of_a_parallel_group_runs_beside_an_http_call(
+    kind: str,
+    broker_url: str,
+    unique_name: str,
+    worker: WorkerFactory,
+    make_sidecar: SidecarFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    warehouse = await worker(kind)
+    saga = order_saga(mode="sync")
+    reserve, charge, _ship = saga["steps"]
+    notify = {
+        "name": "notify",
+        "action": {"publish": {"broker": "jobs", "to": warehouse.to, "body": {"n": 1}}},
+    }
+    saga["steps"] = [reserve, {"parallel": [charge, notify]}]
+    saga["response"] = {"status": 201, "body": {"published": "{{ steps.notify.body }}"}}
+    sidecar = await make_sidecar(saga, **brokers(broker_url, unique_name))
+
+    status, headers, body = await sidecar.post(client, "/api/orders", ORDER)
+    assert status == 201, body
+    saga_id = headers["Saga-Id"]
+    message_id = f"{saga_id}:notify:action"
+    # RabbitMQ cannot tell a duplicate; JetStream says this one was not.
+    duplicate = None if kind == "rabbitmq" else False
+    assert body == {"published": {"message_id": message_id, "duplicate": duplicate}}
+    (message,) = await warehouse.received.wait_for(1)
+    assert message.message_id == message_id and json.loads(message.body) == {"n": 1}
+    assert "saga-callback-token" not in message.headers  # the step does not await
