@@ -9,7 +9,8 @@ JSON (absent: empty), the headers are the call's (names lower-cased: ``idempoten
 where the broker can (NATS JetStream within its duplicate window; RabbitMQ consumers see the
 same ``message_id``).
 
-How an attempt ends: the broker took it → ``success``; the broker is down and nothing was sent
+How an attempt ends: the broker took it → ``success``, status ``202`` and the receipt
+(``message_id``, ``duplicate``) as body; the broker is down and nothing was sent
 → ``retryable`` with ``broker_down`` (the attempt loop waits for the broker without using up
 the step's retries); the broker may have taken it but did not confirm in time → ``retryable``
 and its outcome is unknown (a compensation follows if the step fails); the broker refused it
@@ -29,6 +30,9 @@ from saga_runner.caller import CallResult, Outcome, PublishAddress, StepRequest
 from saga_runner.errors import BrokerUnavailable, PublishRefused
 
 _KEY_HEADER = "idempotency-key"
+ACCEPTED = 202
+"""The status a published message's attempt records once the broker took it (``Accepted``),
+so ``steps.NAME.status`` and the records read alike for every step that succeeded."""
 
 
 class BrokerPublisher:
@@ -62,7 +66,7 @@ class BrokerPublisher:
             return _ended(started, f"not confirmed by the broker in {seconds:g}s", sent=True)
         body_record = {"message_id": message_id, "duplicate": receipt.duplicate}
         return CallResult(
-            Outcome.SUCCESS, None, {}, body_record, duration=time.perf_counter() - started
+            Outcome.SUCCESS, ACCEPTED, {}, body_record, duration=time.perf_counter() - started
         )
 
 

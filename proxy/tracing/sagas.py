@@ -80,21 +80,22 @@ def _url_attributes(url: str) -> dict[str, Any]:
 class _Call(SpanScope):
     """One attempt's span (``saga_runner.tracing.CallSpan``)."""
 
-    __slots__ = ("_propagator",)
+    __slots__ = ("_propagator", "_published")
 
-    def __init__(self, span: Span, propagator: TextMapPropagator) -> None:
+    def __init__(self, span: Span, propagator: TextMapPropagator, *, published: bool) -> None:
         super().__init__(span)
         self._propagator = propagator
+        self._published = published
 
     def headers(self) -> Mapping[str, str]:
         return _inject(self._propagator, self._span)
 
     def answered(self, result: CallResult) -> None:
         self._span.set_attribute("saga.step.outcome", result.outcome.value)
+        if self._published and result.outcome is Outcome.SUCCESS:
+            return  # the broker took the message: no HTTP status to report
         if result.status is not None:
             answered(self._span, result.status, server=False)
-            return
-        if result.outcome is Outcome.SUCCESS:  # a published message the broker took
             return
         # No answer: refused before anything was sent, or none came after it was.
         error = "no_answer" if result.sent else "connect"
@@ -147,4 +148,4 @@ class SagaSpans:
         span = self.tracer.start_span(
             f"{call.step} {call.kind}", kind=span_kind, attributes=attributes
         )
-        return _Call(span, self.propagator)
+        return _Call(span, self.propagator, published=request.publish is not None)

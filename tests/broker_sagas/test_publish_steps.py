@@ -248,7 +248,10 @@ async def test_a_publishing_member_of_a_parallel_group_runs_beside_an_http_call(
         "action": {"publish": {"broker": "jobs", "to": warehouse.to, "body": {"n": 1}}},
     }
     saga["steps"] = [reserve, {"parallel": [charge, notify]}]
-    saga["response"] = {"status": 201, "body": {"published": "{{ steps.notify.body }}"}}
+    saga["response"] = {
+        "status": 201,
+        "body": {"published": "{{ steps.notify.body }}", "status": "{{ steps.notify.status }}"},
+    }
     sidecar = await make_sidecar(saga, **brokers(broker_url, unique_name))
 
     status, headers, body = await sidecar.post(client, "/api/orders", ORDER)
@@ -257,7 +260,8 @@ async def test_a_publishing_member_of_a_parallel_group_runs_beside_an_http_call(
     message_id = f"{saga_id}:notify:action"
     # RabbitMQ cannot tell a duplicate; JetStream says this one was not.
     duplicate = None if kind == "rabbitmq" else False
-    assert body == {"published": {"message_id": message_id, "duplicate": duplicate}}
+    receipt = {"message_id": message_id, "duplicate": duplicate}
+    assert body == {"published": receipt, "status": 202}
     (message,) = await warehouse.received.wait_for(1)
     assert message.message_id == message_id and json.loads(message.body) == {"n": 1}
     assert "saga-callback-token" not in message.headers  # the step does not await
