@@ -4,17 +4,21 @@ A compensated saga: the trigger's SERVER span â†’ the run's span ``saga pay`` â†
 per action and compensation attempt, each carrying ``saga.id`` (the ``Saga-Id`` answered) and
 the step's attributes, each the parent of the call the service received. A saga resumed by
 another process after ``kill -9``: its run's span links to the first run's, whose trace context
-the instance recorded in its ``started`` event.
+the instance recorded in its ``started`` event. A step that publishes to RabbitMQ: a PRODUCER
+span whose trace context the message carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 import yaml
@@ -196,3 +200,63 @@ async def test_resumed_saga_run_links_to_the_first_run(
     assert step.parent_span_id == run.span_id
     assert step.attributes["saga.step.attempt"] == 2  # the cut-off call was the first
     assert names(recorder.to("/slow")[-1].headers["traceparent"], step)
+
+
+async def test_a_publishing_step_is_a_producer_span_whose_context_the_message_carries(
+    traced_sidecar: Callable[..., Sidecar],
+    receiver: OtlpReceiver,
+    client: aiohttp.ClientSession,
+    saga_store: str,
+    tmp_path: Path,
+) -> None:
+    url = os.environ.get("RABBITMQ_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    queue_name = f"saga-test-{uuid.uuid4().hex[:12]}"
+    connection = await aio_pika.connect(url, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, auto_delete=False)
+        try:
+            publish = {"publish": {"broker": "jobs", "to": queue_name, "body": {"n": 1}}}
+            write_saga(
+                tmp_path,
+                {
+                    "name": "notify",
+                    "trigger": {"method": "POST", "path": "/api/notify"},
+                    "steps": [{"name": "tell", "action": publish}],
+                },
+            )
+            broker = {"url": url, "callbacks": f"{queue_name}-callbacks"}
+            sidecar = traced_sidecar(
+                {
+                    "sagas": {
+                        "store": saga_store,
+                        "definitions": ["sagas/*.yaml"],
+                        "brokers": {"jobs": broker},
+                    }
+                }
+            )
+            incoming = new_traceparent()
+            headers = {"traceparent": incoming.traceparent}
+            async with client.post(f"{sidecar.url}/api/notify", json={}, headers=headers) as sent:
+                assert sent.status == 200, await sent.text()
+                saga_id = sent.headers["Saga-Id"]
+            await receiver.wait_for(
+                lambda spans: "tell action" in {s.name for s in receiver.trace(incoming.trace_id)},
+                "the publish span",
+            )
+            spans = receiver.trace(incoming.trace_id)
+            tell = one(spans, name="tell action")
+            assert tell.kind == "producer"
+            assert tell.parent_span_id == one(spans, name="saga notify").span_id
+            assert tell.attributes["messaging.destination.name"] == queue_name
+            assert tell.attributes["messaging.operation.type"] == "send"
+            assert tell.attributes["saga.broker"] == "jobs"
+            assert tell.attributes["saga.id"] == saga_id
+            assert "http.response.status_code" not in tell.attributes and not tell.error
+            message = await queue.get(timeout=5)
+            assert message is not None
+            await message.ack()
+            assert names(str(message.headers["traceparent"]), tell)
+        finally:
+            await channel.queue_delete(queue_name)
+            await channel.queue_delete(f"{queue_name}-callbacks")
