@@ -1,18 +1,23 @@
-"""Fixtures of the broker-saga suite: the saga suite's in-process sidecar and stores, and the
-broker suite's real RabbitMQ and NATS servers, together.
+"""Fixtures of the broker-saga suite: the saga suite's in-process sidecar and stores, the
+durability suite's real sidecar processes on a PostgreSQL schema (``cluster``, ``pg``,
+``ledger``, ``http``), and the broker suite's real RabbitMQ and NATS servers, together.
 
-Besides those (see ``sagas/conftest.py`` and ``brokers/conftest.py``):
+Besides those (see ``sagas/conftest.py``, ``durability/conftest.py`` and ``brokers/conftest.py``):
 
 Fixtures:
-    worker     ``await worker(kind)``: a ``Worker`` consuming a fresh queue (RabbitMQ) or
-               subject (NATS) on the shared server, standing in for the service a step
-               publishes its work to; ``worker.to`` is where to publish.
+    worker        ``await worker(kind)``: a ``Worker`` consuming a fresh queue (RabbitMQ) or
+                  subject (NATS) on the shared server, standing in for the service a step
+                  publishes its work to; ``worker.to`` is where to publish.
+    broker_proxy  ``(CuttableProxy, url)``: a proxy in front of the shared server of ``kind``
+                  (started; closed after the test) and the broker URL that goes through it, to
+                  cut the sidecar's way to the broker or hold the broker's answers back.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from brokers.conftest import (  # noqa: F401 (fixtures used by this suite's tests)
@@ -28,6 +33,16 @@ from brokers.conftest import (  # noqa: F401 (fixtures used by this suite's test
     unique_name,
     wait_ready,
 )
+from durability.conftest import (  # noqa: F401 (fixtures used by this suite's tests)
+    cluster,
+    http,
+    ledger,
+    ledger_upstream,
+    pg,
+    records,
+    store_kind,
+)
+from idempotency.cuttable import CuttableProxy
 from sagas.conftest import client, database, make_sidecar, services  # noqa: F401
 
 from saga_runner.brokers.base import BrokerAdapter
@@ -55,6 +70,19 @@ def kind(request: pytest.FixtureRequest) -> str:
 def broker_url(kind: str, rabbitmq_url: str, nats_url: str) -> str:  # noqa: F811
     """The shared server of ``kind``."""
     return rabbitmq_url if kind == "rabbitmq" else nats_url
+
+
+@pytest.fixture
+async def broker_proxy(broker_url: str) -> AsyncIterator[tuple[CuttableProxy, str]]:
+    """A ``CuttableProxy`` in front of the shared server of ``kind``, and the URL through it."""
+    shared = urlsplit(broker_url)
+    proxy = CuttableProxy(shared.hostname or "127.0.0.1", shared.port or 0)
+    await proxy.start()
+    credentials = f"{shared.username}:{shared.password}@" if shared.username else ""
+    try:
+        yield proxy, urlunsplit(shared._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}"))
+    finally:
+        await proxy.close()
 
 
 @pytest.fixture

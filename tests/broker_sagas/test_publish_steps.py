@@ -9,7 +9,6 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import yaml
@@ -148,38 +147,31 @@ async def test_a_message_the_broker_refuses_fails_the_step_and_compensates(
 
 async def test_a_saga_whose_broker_is_down_waits_for_it_without_using_up_its_retries(
     kind: str,
-    broker_url: str,
+    broker_proxy: tuple[CuttableProxy, str],
     unique_name: str,
     worker: WorkerFactory,
     make_sidecar: SidecarFactory,
     client: aiohttp.ClientSession,
 ) -> None:
     warehouse = await worker(kind)
-    shared = urlsplit(broker_url)
-    proxy = CuttableProxy(shared.hostname or "127.0.0.1", shared.port or 0)
-    await proxy.start()
+    proxy, url = broker_proxy
     await proxy.cut()  # the sidecar's way to the broker is down from the start
-    credentials = f"{shared.username}:{shared.password}@" if shared.username else ""
-    url = urlunsplit(shared._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}"))
-    try:
-        sidecar = await make_sidecar(publishing_saga(warehouse.to), **brokers(url, unique_name))
-        saga_id = await start_order(sidecar, client, "P-4")
-        await asyncio.sleep(2.0)  # far more than 3 attempts' worth of 10-20 ms backoffs
-        detail = await sidecar.runtime.store.get(saga_id)
-        ship = next(s for s in detail.steps if s.step_name == "ship")
-        assert ship.status is StepStatus.RUNNING, ship
-        assert ship.retry_count > 3 and "broker unavailable" in (ship.error or "")
-        assert {s.step_name: s.status for s in detail.steps}["charge"] is StepStatus.SUCCEEDED
+    sidecar = await make_sidecar(publishing_saga(warehouse.to), **brokers(url, unique_name))
+    saga_id = await start_order(sidecar, client, "P-4")
+    await asyncio.sleep(2.0)  # far more than 3 attempts' worth of 10-20 ms backoffs
+    detail = await sidecar.runtime.store.get(saga_id)
+    ship = next(s for s in detail.steps if s.step_name == "ship")
+    assert ship.status is StepStatus.RUNNING, ship
+    assert ship.retry_count > 3 and "broker unavailable" in (ship.error or "")
+    assert {s.step_name: s.status for s in detail.steps}["charge"] is StepStatus.SUCCEEDED
 
-        await proxy.restore()
-        (message,) = await warehouse.received.wait_for(1, seconds=30)
-        token = message.headers["saga-callback-token"]
-        await step_in(sidecar, saga_id, "ship", StepStatus.WAITING, within=10)
-        status, _, _ = await call_back(client, sidecar, token, {"outcome": "success"})
-        assert status == 202
-        assert (await sidecar.finished(saga_id)).status is SagaStatus.COMPLETED
-    finally:
-        await proxy.close()
+    await proxy.restore()
+    (message,) = await warehouse.received.wait_for(1, seconds=30)
+    token = message.headers["saga-callback-token"]
+    await step_in(sidecar, saga_id, "ship", StepStatus.WAITING, within=10)
+    status, _, _ = await call_back(client, sidecar, token, {"outcome": "success"})
+    assert status == 202
+    assert (await sidecar.finished(saga_id)).status is SagaStatus.COMPLETED
 
 
 async def test_an_operator_retry_from_the_cli_publishes_the_compensation_the_broker_refused(
