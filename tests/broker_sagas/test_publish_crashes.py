@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,7 @@ HELD = 30.0
 """Seconds the proxy holds the broker's answers back: the publish is in flight until the kill."""
 
 
-def shipping_saga(to: str) -> dict[str, Any]:
+def shipping_saga(to: str, timeout: str = "20s") -> dict[str, Any]:
     """reserve (HTTP) -> ship (publishes to ``to``, awaits its outcome; its compensation
     publishes a cancellation there) -> notify (HTTP)."""
     ship: dict[str, Any] = {
@@ -42,7 +43,7 @@ def shipping_saga(to: str) -> dict[str, Any]:
         },
         "await": {"message": {"timeout": "1h"}},
         "retry": {"attempts": 3, "backoff": "10ms", "multiplier": 1, "max_backoff": "10ms"},
-        "timeout": "20s",
+        "timeout": timeout,
     }
     return saga(
         "shipping",
@@ -239,3 +240,44 @@ async def test_a_publishing_compensation_in_flight_at_a_kill_is_sent_again_with_
         await shipping.no_more(3)
     assert json.loads(undo.body) == {"cancel": "S-3"}
     assert ledger.executions(f"{saga_id}:reserve:compensation") == 1
+
+
+async def test_a_step_resumed_after_a_broker_outage_still_has_its_retries(
+    shipping: Shipping, pg: Db, http: aiohttp.ClientSession
+) -> None:
+    # ship's publish times out after 1 s; it has 3 attempts, and those that found the broker
+    # down, before the crash as after it, use up none of them.
+    shipping.cluster.write_saga(shipping_saga(shipping.warehouse.to, timeout="1s"))
+    first = await shipping.start(proxied=True)
+    await shipping.proxy.cut()
+    saga_id = await shipping.cluster.trigger(http, first, "shipping", {"order": "S-5"})
+
+    async def down_a_while() -> bool:
+        return bool((await pg.steps(saga_id))[1]["retry_count"] > 5)
+
+    await eventually(down_a_while, "ship retried while the broker is down")
+    kill(first)
+    # The next process gets the saga only once the broker answers, and answers slowly.
+    hold = "UPDATE saga_instances SET lease_expires_at = now() + $2::interval WHERE id = $1"
+    await pg.conn.execute(hold, saga_id, timedelta(minutes=1))
+    await shipping.proxy.restore()
+    second = await shipping.start(proxied=True)
+    shipping.proxy.reply_delay = 2.0
+    await pg.conn.execute(hold, saga_id, timedelta(0))
+
+    async def ship_attempts() -> list[str | None]:
+        return [a["error"] for a in await pg.attempts(saga_id) if a["step_order"] == 1]
+
+    async def timed_out() -> bool:
+        return "not confirmed by the broker in 1s" in await ship_attempts()
+
+    await eventually(timed_out, "the resumed publish timed out", within=15)
+    shipping.proxy.reply_delay = 0.0
+    await shipping.ship_status(saga_id, "waiting")  # retried: not failed and compensated
+
+    errors = await ship_attempts()
+    assert errors[-2:] == ["not confirmed by the broker in 1s", None]
+    assert all(e is not None and e.startswith("broker unavailable: ") for e in errors[:-2])
+    sent = shipping.warehouse.received.deliveries[0]
+    assert await callback(http, second, token(sent), {"outcome": "success"}) == 202
+    assert (await pg.wait_status(saga_id))["status"] == "completed"
