@@ -71,6 +71,9 @@ class CallSpec:
     timeout: float
     retry: RetryPolicy
     first_attempt: int = 1
+    free_before: int = 0
+    """How many attempts before ``first_attempt`` (an earlier run's, this call being resumed
+    after a crash) found the broker down: like this run's, they used up no retry."""
     effect_possible: bool = False
     """An earlier run of this call may have taken effect (it was resumed after a crash)."""
 
@@ -139,7 +142,7 @@ class AttemptLoop:
         phase = None if spec.kind in (AttemptKind.ACTION, AttemptKind.COMPENSATION) else spec.kind
         attempt = spec.first_attempt
         effect_possible = spec.effect_possible
-        free = 0  # attempts that found the broker down: they use up no retry
+        free = spec.free_before  # attempts that found the broker down: they use up no retry
         down_streak = 0  # of them, the latest in a row (their backoff grows)
         while True:
             if not announced:

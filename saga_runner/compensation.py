@@ -27,6 +27,7 @@ from saga_runner.definition import StepDefinition
 from saga_runner.definition_calls import ConfirmDefinition
 from saga_runner.definition_publish import PublishCompensation
 from saga_runner.errors import TemplateError
+from saga_runner.publishing import broker_down_attempts
 from saga_runner.records import JsonValue, SagaStep, StepAttempt
 from saga_runner.runs import (
     Run,
@@ -53,6 +54,8 @@ class _Settle:
     sent: JsonValue
     first_attempt: int
     announce: WriteBatch
+    free_before: int = 0
+    """Attempts of a resumed call that found the broker down before the crash."""
 
     @property
     def order(self) -> int:
@@ -148,7 +151,7 @@ class Compensator(RunPhase):
                 problem = str(exc)
         sent = None if request is None else self.redactor.redact_call(request.as_record())
         columns: dict[str, JsonValue] = {"compensate_data": sent}
-        first_attempt, cut_off = 1, None
+        first_attempt, cut_off, free = 1, None, 0
         calling = StepStatus.COMPENSATING if kind.undoes else StepStatus.RUNNING
         resumed = row.status is calling and (kind.undoes or row.phase is kind)
         if request is not None:
@@ -157,6 +160,7 @@ class Compensator(RunPhase):
                 columns["error"] = None  # a new round of attempts: none has failed yet
             else:
                 first_attempt, cut_off = resumed_attempts(row, made, kind)
+                free = broker_down_attempts(made, row.step_order, kind)
                 if cut_off is not None:
                     columns["error"] = cut_off.error
         phase = None if kind is AttemptKind.COMPENSATION else kind
@@ -164,7 +168,9 @@ class Compensator(RunPhase):
             steps=(StepChange(row.step_order, calling, columns, phase),),
             attempts=() if cut_off is None else (cut_off,),
         )
-        return _Settle(row, step_def, kind, call, request, problem, sent, first_attempt, announce)
+        return _Settle(
+            row, step_def, kind, call, request, problem, sent, first_attempt, announce, free
+        )
 
     async def _call(self, run: Run, settle: _Settle) -> str | None:
         """Make one announced call; return why it failed, or None when it succeeded."""
@@ -186,6 +192,7 @@ class Compensator(RunPhase):
             timeout=settle.step_def.timeout_or(self.settings.default_timeout),
             retry=settle.call.retry,
             first_attempt=settle.first_attempt,
+            free_before=settle.free_before,
         )
         result, attempt = await self.attempts.run(run, spec, announced=True)
         # The call's answer goes next to its request: ``result`` keeps the forward call's.

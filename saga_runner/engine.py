@@ -370,6 +370,7 @@ class SagaEngine:
         run.polls = dict(
             Counter(a.step_order for a in detail.attempts if a.kind is AttemptKind.POLL)
         )
+        run.made = detail.attempts
         return run, detail.steps
 
     async def _drive(self, run: Run, steps: tuple[SagaStep, ...]) -> SagaInstance:

@@ -12,9 +12,11 @@ same ``message_id``).
 How an attempt ends: the broker took it → ``success``, status ``202`` and the receipt
 (``message_id``, ``duplicate``) as body; the broker is down and nothing was sent
 → ``retryable`` with ``broker_down`` (the attempt loop waits for the broker without using up
-the step's retries); the broker may have taken it but did not confirm in time → ``retryable``
-and its outcome is unknown (a compensation follows if the step fails); the broker refused it
-(no queue bound, no stream for the subject, a nack) → ``permanent``.
+the step's retries; its recorded error begins with ``BROKER_DOWN``, so a run resumed after a
+crash counts those attempts the same way, ``broker_down_attempts``); the broker may have taken
+it but did not confirm in time → ``retryable`` and its outcome is unknown (a compensation follows
+if the step fails); the broker refused it (no queue bound, no stream for the subject, a nack) →
+``permanent``.
 """
 
 from __future__ import annotations
@@ -22,17 +24,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Final
 
 from saga_runner.brokers.base import BrokerAdapter
 from saga_runner.caller import CallResult, Outcome, PublishAddress, StepRequest
 from saga_runner.errors import BrokerUnavailable, PublishRefused
+from saga_runner.records import StepAttempt
+from saga_runner.states import AttemptKind
 
 _KEY_HEADER = "idempotency-key"
 ACCEPTED = 202
 """The status a published message's attempt records once the broker took it (``Accepted``),
 so ``steps.NAME.status`` and the records read alike for every step that succeeded."""
+
+BROKER_DOWN: Final = "broker unavailable: "
+"""How the error of an attempt that found its broker down, and sent nothing, begins."""
 
 
 class BrokerPublisher:
@@ -58,8 +66,9 @@ class BrokerPublisher:
             async with asyncio.timeout(seconds):
                 receipt = await broker.publish(address.to, body, headers, message_id)
         except BrokerUnavailable as exc:
-            result = _ended(started, f"broker unavailable: {exc}", sent=exc.sent)
-            return result if exc.sent else replace(result, broker_down=True)
+            if exc.sent:
+                return _ended(started, f"not confirmed by the broker: {exc}", sent=True)
+            return replace(_ended(started, f"{BROKER_DOWN}{exc}", sent=False), broker_down=True)
         except PublishRefused as exc:
             return _ended(started, f"broker refused: {exc}", sent=False, outcome=Outcome.PERMANENT)
         except TimeoutError:
@@ -68,6 +77,18 @@ class BrokerPublisher:
         return CallResult(
             Outcome.SUCCESS, ACCEPTED, {}, body_record, duration=time.perf_counter() - started
         )
+
+
+def broker_down_attempts(made: Iterable[StepAttempt], step_order: int, kind: AttemptKind) -> int:
+    """How many recorded attempts of ``kind`` at step ``step_order`` found the broker down, in
+    the step's current round of attempts (since its last attempt numbered 1): attempts that
+    used up none of its retries."""
+    count = 0
+    for attempt in made:
+        if attempt.step_order == step_order and attempt.kind is kind:
+            count = 0 if attempt.attempt == 1 else count
+            count += (attempt.error or "").startswith(BROKER_DOWN)
+    return count
 
 
 def _ended(

@@ -21,7 +21,7 @@ from saga_runner.definition import SagaDefinition, StepDefinition
 from saga_runner.definition_publish import PublishDefinition
 from saga_runner.errors import TemplateError
 from saga_runner.leases import LeaseHold
-from saga_runner.records import CreateResult, Lease, SagaInstance, SagaStep
+from saga_runner.records import CreateResult, Lease, SagaInstance, SagaStep, StepAttempt
 from saga_runner.states import AttemptKind, StepStatus
 from saga_runner.store import SagaStore
 from saga_runner.store.batch import WriteBatch
@@ -116,6 +116,8 @@ class Run:
     parked_until: datetime | None = None
     # The polls recorded so far, by step order (the next poll's attempt number follows).
     polls: dict[int, int] = field(default_factory=dict)
+    # The attempt rows recorded before this run started (a resumed run's: how they ended).
+    made: tuple[StepAttempt, ...] = ()
 
     async def write(self, store: SagaStore, batch: WriteBatch) -> SagaInstance:
         """Write ``batch`` under the run's lease (one write of the run at a time)."""

@@ -21,6 +21,7 @@ from saga_runner.attempts import AttemptLoop, CallSpec, RunPhase, outcome_unknow
 from saga_runner.caller import CallResult, Outcome, StepRequest
 from saga_runner.definition import Stage, StepDefinition
 from saga_runner.errors import TemplateError
+from saga_runner.publishing import broker_down_attempts
 from saga_runner.records import JsonValue, SagaStep
 from saga_runner.redact import Redactor
 from saga_runner.runs import EngineSettings, Run, StepFailure, build_request, log_run, together
@@ -48,6 +49,8 @@ class _Call:
     token_hash: str | None = None
     """The hash of the callback token its request carries (an awaiting step's), recorded
     before the call is made."""
+    free_before: int = 0
+    """Attempts of a resumed call that found the broker down before the crash."""
 
 
 class Forward(RunPhase):
@@ -185,7 +188,8 @@ class Forward(RunPhase):
         if step_def.awaits_callback:
             # The callback URL goes on the call only: never into the recorded request.
             request, hashed = self.waits.with_callback(request)
-        return _Call(order, step_def, request, first_attempt, resumed, announce, hashed)
+        free = broker_down_attempts(run.made, order, kind) if resumed else 0
+        return _Call(order, step_def, request, first_attempt, resumed, announce, hashed, free)
 
     async def _call(
         self, run: Run, call: _Call, stop: asyncio.Event | None, failures: list[StepFailure]
@@ -205,6 +209,7 @@ class Forward(RunPhase):
             timeout=call.step_def.timeout_or(self.settings.default_timeout),
             retry=call.step_def.retry,
             first_attempt=call.first_attempt,
+            free_before=call.free_before,
             effect_possible=call.resumed,
         )
         result, attempt = await self.attempts.run(run, spec, announced=True, stop=stop)
