@@ -29,17 +29,18 @@ from saga_runner.brokers.base import Delivery
 
 HELD = 30.0
 """Seconds the proxy holds the broker's answers back: the publish is in flight until the kill."""
+TIMED_OUT = "not confirmed by the broker in 1s"
 
 
-def shipping_saga(to: str, timeout: str = "20s") -> dict[str, Any]:
+def shipping_saga(to: str, timeout: str = "20s", undo_attempts: int = 50) -> dict[str, Any]:
     """reserve (HTTP) -> ship (publishes to ``to``, awaits its outcome; its compensation
-    publishes a cancellation there) -> notify (HTTP)."""
+    publishes a cancellation there; each publish has ``timeout``) -> notify (HTTP)."""
     ship: dict[str, Any] = {
         "name": "ship",
         "action": {"publish": {"broker": "jobs", "to": to, "body": {"ship": "{{ input.order }}"}}},
         "compensation": {
             "publish": {"broker": "jobs", "to": to, "body": {"cancel": "{{ input.order }}"}},
-            "retry": {"attempts": 50, "backoff": "20ms", "max_backoff": "200ms"},
+            "retry": {"attempts": undo_attempts, "backoff": "20ms", "max_backoff": "200ms"},
         },
         "await": {"message": {"timeout": "1h"}},
         "retry": {"attempts": 3, "backoff": "10ms", "multiplier": 1, "max_backoff": "10ms"},
@@ -96,6 +97,36 @@ class Shipping:
         """After a moment for a late delivery, the worker has had exactly ``count`` messages."""
         await asyncio.sleep(1.0)
         assert len(self.warehouse.received.deliveries) == count, self.warehouse.received.ids()
+
+    async def ship_errors(self, saga_id: str, kind: str) -> list[str | None]:
+        """The errors of ship's recorded attempts of ``kind``, in order."""
+        made = await self.pg.attempts(saga_id)
+        return [a["error"] for a in made if a["step_order"] == 1 and a["kind"] == kind]
+
+    async def crash_in_outage(self, sidecar: Sidecar, saga_id: str, kind: str) -> Sidecar:
+        """Once ship's ``kind`` found the broker down (``proxy`` cut) more than 5 times, kill
+        ``sidecar``; another process takes the saga over when the broker is back but slower
+        than ship's 1 s timeout, and ``proxy`` is fast again once one attempt timed out."""
+
+        async def down_a_while() -> bool:
+            return len(await self.ship_errors(saga_id, kind)) > 5
+
+        await eventually(down_a_while, f"ship's {kind} found the broker down")
+        kill(sidecar)
+        # The next process gets the saga only once the broker answers, and answers slowly.
+        hold = "UPDATE saga_instances SET lease_expires_at = now() + $2::interval WHERE id = $1"
+        await self.pg.conn.execute(hold, saga_id, timedelta(minutes=1))
+        await self.proxy.restore()
+        taker = await self.start(proxied=True)
+        self.proxy.reply_delay = 2.0
+        await self.pg.conn.execute(hold, saga_id, timedelta(0))
+
+        async def timed_out() -> bool:
+            return TIMED_OUT in await self.ship_errors(saga_id, kind)
+
+        await eventually(timed_out, f"the resumed {kind} timed out", within=15)
+        self.proxy.reply_delay = 0.0
+        return taker
 
 
 @pytest.fixture
@@ -245,39 +276,39 @@ async def test_a_publishing_compensation_in_flight_at_a_kill_is_sent_again_with_
 async def test_a_step_resumed_after_a_broker_outage_still_has_its_retries(
     shipping: Shipping, pg: Db, http: aiohttp.ClientSession
 ) -> None:
-    # ship's publish times out after 1 s; it has 3 attempts, and those that found the broker
-    # down, before the crash as after it, use up none of them.
+    # ship's publish has 3 attempts; those that found the broker down, before the crash as
+    # after it, use up none of them.
     shipping.cluster.write_saga(shipping_saga(shipping.warehouse.to, timeout="1s"))
     first = await shipping.start(proxied=True)
     await shipping.proxy.cut()
     saga_id = await shipping.cluster.trigger(http, first, "shipping", {"order": "S-5"})
-
-    async def down_a_while() -> bool:
-        return bool((await pg.steps(saga_id))[1]["retry_count"] > 5)
-
-    await eventually(down_a_while, "ship retried while the broker is down")
-    kill(first)
-    # The next process gets the saga only once the broker answers, and answers slowly.
-    hold = "UPDATE saga_instances SET lease_expires_at = now() + $2::interval WHERE id = $1"
-    await pg.conn.execute(hold, saga_id, timedelta(minutes=1))
-    await shipping.proxy.restore()
-    second = await shipping.start(proxied=True)
-    shipping.proxy.reply_delay = 2.0
-    await pg.conn.execute(hold, saga_id, timedelta(0))
-
-    async def ship_attempts() -> list[str | None]:
-        return [a["error"] for a in await pg.attempts(saga_id) if a["step_order"] == 1]
-
-    async def timed_out() -> bool:
-        return "not confirmed by the broker in 1s" in await ship_attempts()
-
-    await eventually(timed_out, "the resumed publish timed out", within=15)
-    shipping.proxy.reply_delay = 0.0
+    second = await shipping.crash_in_outage(first, saga_id, "action")
     await shipping.ship_status(saga_id, "waiting")  # retried: not failed and compensated
 
-    errors = await ship_attempts()
-    assert errors[-2:] == ["not confirmed by the broker in 1s", None]
+    errors = await shipping.ship_errors(saga_id, "action")
+    assert errors[-2:] == [TIMED_OUT, None]
     assert all(e is not None and e.startswith("broker unavailable: ") for e in errors[:-2])
     sent = shipping.warehouse.received.deliveries[0]
     assert await callback(http, second, token(sent), {"outcome": "success"}) == 202
     assert (await pg.wait_status(saga_id))["status"] == "completed"
+
+
+async def test_a_compensation_resumed_after_a_broker_outage_still_has_its_retries(
+    shipping: Shipping, ledger: Ledger, pg: Db, http: aiohttp.ClientSession
+) -> None:
+    ledger.script("/notify", status=409)
+    saga = shipping_saga(shipping.warehouse.to, timeout="1s", undo_attempts=3)
+    shipping.cluster.write_saga(saga)
+    first = await shipping.start(proxied=True)
+    saga_id, sent = await shipping.trigger(first, "S-6")
+    await shipping.ship_status(saga_id, "waiting")
+    await shipping.proxy.cut()
+    assert await callback(http, first, token(sent), {"outcome": "success"}) == 202
+    await shipping.crash_in_outage(first, saga_id, "compensation")
+    row = await pg.wait_status(saga_id)
+
+    assert row["status"] == "compensated"  # retried: not compensation_failed
+    errors = await shipping.ship_errors(saga_id, "compensation")
+    assert errors[-2:] == [TIMED_OUT, None]
+    undo = shipping.warehouse.received.deliveries[-1]
+    assert undo.message_id == f"{saga_id}:ship:compensation"
