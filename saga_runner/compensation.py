@@ -160,7 +160,7 @@ class Compensator(RunPhase):
                 columns["error"] = None  # a new round of attempts: none has failed yet
             else:
                 first_attempt, cut_off = resumed_attempts(row, made, kind)
-                free = broker_down_attempts(made, row.step_order, kind)
+                free = broker_down_attempts(made, row.step_order, kind, first_attempt)
                 if cut_off is not None:
                     columns["error"] = cut_off.error
         phase = None if kind is AttemptKind.COMPENSATION else kind

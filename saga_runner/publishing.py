@@ -79,16 +79,19 @@ class BrokerPublisher:
         )
 
 
-def broker_down_attempts(made: Iterable[StepAttempt], step_order: int, kind: AttemptKind) -> int:
-    """How many recorded attempts of ``kind`` at step ``step_order`` found the broker down, in
-    the step's current round of attempts (since its last attempt numbered 1): attempts that
-    used up none of its retries."""
+def broker_down_attempts(
+    made: Iterable[StepAttempt], step_order: int, kind: AttemptKind, before: int
+) -> int:
+    """How many of the recorded attempts of ``kind`` at step ``step_order`` that came before
+    attempt number ``before`` of its current round (the rows since its last attempt numbered 1)
+    found the broker down: attempts that used up none of its retries."""
     count = 0
     for attempt in made:
         if attempt.step_order == step_order and attempt.kind is kind:
             count = 0 if attempt.attempt == 1 else count
             count += (attempt.error or "").startswith(BROKER_DOWN)
-    return count
+    # Without rows of its own yet (its first attempt cut off), a round would count the last one's.
+    return min(count, before - 1)
 
 
 def _ended(

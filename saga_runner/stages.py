@@ -188,7 +188,7 @@ class Forward(RunPhase):
         if step_def.awaits_callback:
             # The callback URL goes on the call only: never into the recorded request.
             request, hashed = self.waits.with_callback(request)
-        free = broker_down_attempts(run.made, order, kind) if resumed else 0
+        free = broker_down_attempts(run.made, order, kind, first_attempt) if resumed else 0
         return _Call(order, step_def, request, first_attempt, resumed, announce, hashed, free)
 
     async def _call(
