@@ -1,6 +1,8 @@
 """Steps that publish survive ``kill -9``: a publish in flight, a saga waiting for its message's
 outcome, and a publishing compensation are taken over by another sidecar process, the message
-is sent again with the same message id, and every effect happens once.
+is sent again with the same message id, and every effect happens once; the first copy's
+callback token still completes the step. A step or compensation resumed after a crash during a
+broker outage still has all its retries.
 
 Real sidecar processes on the test's PostgreSQL schema (``durability.conftest``'s cluster), the
 real RabbitMQ or NATS server, and a ``worker`` consuming what the steps publish. A publish in
