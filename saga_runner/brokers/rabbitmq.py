@@ -55,6 +55,8 @@ for _library in ("aio_pika", "aiormq"):
 # Seconds between reconnect attempts once connected (aio-pika's robust connection).
 RECONNECT_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5.0
+# Seconds cancelling a consumer waits for the broker's answer.
+CANCEL_TIMEOUT = 5.0
 
 
 class RabbitMQBroker:
@@ -233,7 +235,10 @@ class _QueueSubscription:
             await asyncio.gather(self._starting, return_exceptions=True)
         if self._queue is not None and self._tag is not None:
             try:
-                await self._queue.cancel(self._tag)
+                if not self._broker._link.up.is_set():
+                    raise BrokerUnavailable(self._broker.name, "not connected")
+                # A connection lost meanwhile never answers: its channel waits to be restored.
+                await asyncio.wait_for(self._queue.cancel(self._tag), CANCEL_TIMEOUT)
             except Exception as exc:  # the connection is down: nothing more is delivered
                 log.debug("broker %s: cancel failed: %s", self._broker.name, describe(exc))
             self._tag = None
