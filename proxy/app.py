@@ -49,6 +49,7 @@ from proxy.reload import Reloader
 from proxy.resources import new_task_scheduler, task_scheduler_ctx, upstream_client_ctx
 from proxy.sagas.brokers import brokers_ctx
 from proxy.sagas.callbacks import setup_callback_routes
+from proxy.sagas.completions import completions_ctx
 from proxy.sagas.routes import SagaTriggers
 from proxy.sagas.service import SagaService, saga_service_ctx
 from proxy.sagas.status import setup_status_routes
@@ -160,6 +161,7 @@ def build_public_app(
     if sagas is not None:
         app.cleanup_ctx.append(brokers_ctx)  # before the saga service: closed after it stops
         app.cleanup_ctx.append(saga_service_ctx)
+        app.cleanup_ctx.append(completions_ctx)  # after it: consumers stop before it closes
         setup_status_routes(app)  # a route of its own: the catch-all below never shadows it
         setup_callback_routes(app)  # a route of its own too, never forwarded
     app.cleanup_ctx.append(task_scheduler_ctx)

@@ -237,6 +237,13 @@ class SidecarMetrics:
             self.saga_in_flight.labels(saga)
             self.saga_waiting.labels(saga)
 
+    def declare_callback_vias(self, brokers: Iterable[str]) -> None:
+        """Export ``saga_callbacks_total`` at 0 for every outcome of completion messages from
+        each configured broker (``via`` is the broker's name, bounded by config)."""
+        for broker in brokers:
+            for outcome in CALLBACK_OUTCOMES:
+                self.saga_callbacks.labels(broker, outcome.value)
+
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """Count one public request answered with ``status`` and time it (``seconds``)."""
         child = self._http_children.get((method, status))

@@ -4,7 +4,8 @@
 background: a broker that is down stops nothing), registers each one's connection as a readiness
 probe named ``broker:NAME`` (``/readyz`` answers 503 naming it while it is down), counts
 completion messages a handler rejected in ``saga_callback_rejected_total{reason}``, and closes
-them all at cleanup, after the saga service (which publishes through them) has stopped.
+them all at cleanup, after the saga service (which publishes through them) has stopped. Their
+consumers are started by ``proxy.sagas.completions``, once the saga service is open.
 """
 
 from __future__ import annotations

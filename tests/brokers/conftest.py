@@ -18,6 +18,9 @@ Fixtures:
                                 own port and store directory that the test may kill and start
                                 again.
     captured_logs               every log record of the test, at DEBUG and above, as text.
+    make_sidecar, services, database, client
+                                the saga suite's in-process sidecar and its fake services
+                                (``tests/sagas/conftest.py``), for completion messages.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import nats
 import nats.js.errors
 import pytest
 from conftest import find_free_port
+from sagas.conftest import client, database, make_sidecar, services  # noqa: F401  (shared)
 
 from saga_runner.brokers.base import BrokerAdapter, BrokerSettings, Delivery, PublishReceipt
 from saga_runner.brokers.jetstream import stream_name
@@ -95,12 +99,12 @@ async def delete_callbacks(kind: str, url: str, callbacks: str) -> None:
             channel = await connection.channel()
             await channel.queue_delete(callbacks)
         return
-    client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await client.jetstream().delete_stream(stream_name(callbacks))
+            await nc.jetstream().delete_stream(stream_name(callbacks))
     finally:
-        await client.close()
+        await nc.close()
 
 
 @pytest.fixture
