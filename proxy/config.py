@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.metrics import CALLBACK_VIA_HTTP
 from saga_runner.brokers.urls import broker_kind
 from saga_runner.seal import decode_key
 from yamlconfig.errors import ConfigIssue, KeyValueError
@@ -255,6 +256,10 @@ def _broker_name(value: str) -> str:
         raise ValueError(
             f"broker name {value!r}: letters, digits, '_', '.' or '-', at most 64, "
             "starting with a letter or digit"
+        )
+    if value == CALLBACK_VIA_HTTP:
+        raise ValueError(
+            f"broker name {value!r} is reserved (saga_callbacks_total{{via}} of HTTP callbacks)"
         )
     return value
 

@@ -79,6 +79,7 @@ def test_every_broker_mistake_is_reported_at_its_line(
         hostless: {url: "amqp:///vhost", callbacks: "q"}
         nocallbacks: {url: "amqp://127.0.0.1/"}
         "bad name!": {url: "amqp://127.0.0.1/", callbacks: "q"}
+        http: {url: "amqp://127.0.0.1/", callbacks: "q"}
         """,
     )
     code, errors = check(path, capsys)
@@ -94,8 +95,9 @@ def test_every_broker_mistake_is_reported_at_its_line(
     assert f"{path}:13: sagas.brokers.hostless.url: the broker URL" in joined
     assert f"{path}:14: sagas.brokers.nocallbacks.callbacks:" in joined
     assert f"{path}:15: sagas.brokers.bad name!:" in joined
+    assert f"{path}:16: sagas.brokers.http: broker name 'http' is reserved" in joined
     assert "hunter2" not in joined
-    assert len(errors) == 6, errors
+    assert len(errors) == 7, errors
 
 
 def test_check_connect_reaches_each_broker_and_says_why_one_cannot_be_reached(
