@@ -18,6 +18,8 @@ Fixtures:
                                 own port and store directory that the test may kill and start
                                 again.
     captured_logs               every log record of the test, at DEBUG and above, as text.
+
+Helpers: ``logged(records, text)`` waits until the sidecar logged ``text``.
     make_sidecar, services, database, client
                                 the saga suite's in-process sidecar and its fake services
                                 (``tests/sagas/conftest.py``), for completion messages.
@@ -309,3 +311,14 @@ def captured_logs() -> Iterator[list[logging.LogRecord]]:
     yield records
     root.removeHandler(handler)
     root.setLevel(level)
+
+
+async def logged(
+    records: list[logging.LogRecord], text: str, times: int = 1, within: float = 30
+) -> None:
+    """Wait until the sidecar logged ``text`` ``times`` times (other libraries' records may not
+    render any more: aio-pika's name callbacks it has since torn down)."""
+    deadline = time.monotonic() + within
+    while sum(text in r.getMessage() for r in records if r.name.startswith("saga_sidecar")) < times:
+        assert time.monotonic() < deadline, f"not logged {times} times: {text}"
+        await asyncio.sleep(0.05)

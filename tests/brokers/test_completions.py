@@ -31,7 +31,7 @@ from sagas.awaiting import awaiting_saga, charge_token, start_order, step_in, wa
 from sagas.conftest import SidecarFactory
 from sagas.harness import TERMINAL, Database, SidecarHarness
 
-from brokers.conftest import NatsServer, OpenBroker, publish_when_consumed, wait_ready
+from brokers.conftest import NatsServer, OpenBroker, logged, publish_when_consumed, wait_ready
 from brokers.test_outages import close_from_server, wait_down
 from proxy.keys import BROKERS
 from saga_runner.brokers.base import (
@@ -275,17 +275,6 @@ async def test_poison_messages_are_acknowledged_counted_and_logged_without_the_t
 
     await consuming.complete(token, success("c-1"))  # the step still takes its real outcome
     assert (await sidecar.finished(saga_id, within=20)).status is SagaStatus.COMPLETED
-
-
-async def logged(
-    records: list[logging.LogRecord], text: str, times: int = 1, within: float = 30
-) -> None:
-    """Wait until the sidecar logged ``text`` ``times`` times (other libraries' records may not
-    render any more: aio-pika's name callbacks it has since torn down)."""
-    deadline = time.monotonic() + within
-    while sum(text in r.getMessage() for r in records if r.name.startswith("saga_sidecar")) < times:
-        assert time.monotonic() < deadline, f"not logged {times} times: {text}"
-        await asyncio.sleep(0.05)
 
 
 def through(proxy: CuttableProxy, url: str) -> str:
