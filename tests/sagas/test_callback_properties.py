@@ -1,5 +1,6 @@
 """Hostile callbacks: any body, any token, any headers get an answer of the endpoint's set and
-never a 5xx; the waiting step is only ever completed by its own token with a valid body."""
+never a 5xx; the waiting step is only ever completed by its own token with a valid body. Any
+completion message is applied or acknowledged as unusable, never handed back forever."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.keys import METRICS, SAGAS
+from proxy.sagas.completions import CompletionHandler
+from saga_runner.brokers.base import CALLBACK_TOKEN_HEADER, Delivery
+from saga_runner.brokers.settling import Verdict, settle
 from saga_runner.states import StepStatus
 from sagas.awaiting import awaiting_saga, call_back, charge_token, step_in
 from sagas.conftest import SidecarFactory
@@ -82,3 +87,38 @@ async def waiting(
         await step_in(sidecar, answer["saga_id"], "charge", StepStatus.WAITING)
         _made[id(make_sidecar)] = (sidecar, await charge_token(sidecar))
     return _made[id(make_sidecar)]
+
+
+message_headers = st.dictionaries(
+    st.sampled_from([CALLBACK_TOKEN_HEADER, "content-type", "saga-callback", "x-anything"]),
+    st.text(max_size=40),
+    max_size=3,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=bodies, sent_headers=message_headers, real_token=st.booleans())
+async def test_any_completion_message_is_applied_or_acknowledged_as_unusable_never_retried(
+    make_sidecar: SidecarFactory,
+    client: aiohttp.ClientSession,
+    body: bytes,
+    sent_headers: dict[str, str],
+    real_token: bool,
+) -> None:
+    sidecar, real = await waiting(make_sidecar, client)
+    headers = {**sent_headers, CALLBACK_TOKEN_HEADER: real} if real_token else sent_headers
+    handler = CompletionHandler("jobs", sidecar.public[SAGAS], sidecar.public[METRICS])
+    rejected: list[str] = []
+    delivery = Delivery(body=body, headers=headers, message_id="m-1", redelivered=False)
+
+    verdict = await settle("jobs", handler, delivery, rejected.append)
+
+    # The store is up: nothing is handed back to be delivered again, whatever came.
+    assert verdict is Verdict.ACK
+    if not rejected:  # applied: only the real token with a callback's body does that
+        assert headers.get(CALLBACK_TOKEN_HEADER) == real
+        assert json.loads(body)["outcome"] in ("success", "failure", "heartbeat")
