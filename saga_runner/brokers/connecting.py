@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from saga_runner.errors import BrokerUnavailable
 from saga_runner.retry import RetryPolicy
@@ -24,6 +25,7 @@ log = logging.getLogger("saga_sidecar.brokers")
 NOT_YET = "not connected yet"
 CLOSED = "closed"
 RECONNECT = RetryPolicy(attempts=1, backoff=0.1, multiplier=2.0, max_backoff=5.0)
+_RECANCEL = 0.1  # seconds between two cancels of a task that did not end (``stop``)
 """The waits between attempts of ``keep_trying``: up to 0.1 s, doubling, never above 5 s."""
 
 
@@ -98,6 +100,20 @@ async def keep_trying(
             failures += 1
             on_failure(exc)
             await asyncio.sleep(RECONNECT.delay(failures, rng))
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it ended, cancelling it again while it goes on.
+
+    A client library may turn a cancellation into an error of its own (nats-py's ``next_msg``
+    raises ``ConnectionClosedError`` once its connection is closed), which ``keep_trying``
+    then takes for a failure to retry: one ``cancel`` would leave the task running for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_RECANCEL)
+    if not task.cancelled():
+        task.exception()  # retrieved: its end is the point, not its error
 
 
 async def connect_until_up(link: Link, attempt: Callable[[], Awaitable[None]]) -> None:

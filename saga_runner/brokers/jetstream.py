@@ -34,7 +34,7 @@ from saga_runner.brokers.base import (
     PublishReceipt,
     RejectCounter,
 )
-from saga_runner.brokers.connecting import Link, consumer_failed, describe, keep_trying
+from saga_runner.brokers.connecting import Link, consumer_failed, describe, keep_trying, stop
 from saga_runner.brokers.settling import InFlight, Verdict, log, settle
 from saga_runner.errors import BrokerUnavailable, PublishRefused
 
@@ -169,8 +169,7 @@ class JetStreamBroker:
         if self._subscription is not None:
             await self._subscription.cancel(grace)
         if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+            await stop(self._connecting)
         if not self._client.is_closed:
             await self._client.close()
 
@@ -244,8 +243,7 @@ class _PullSubscription:
 
     async def cancel(self, grace: float) -> None:
         """Stop pulling; let the deliveries being handled finish within ``grace``."""
-        self._running.cancel()
-        await asyncio.gather(self._running, return_exceptions=True)
+        await stop(self._running)
         await self._inflight.drain(grace)
 
 

@@ -43,6 +43,7 @@ from saga_runner.brokers.connecting import (
     consumer_failed,
     describe,
     keep_trying,
+    stop,
 )
 from saga_runner.brokers.settling import InFlight, Verdict, log, settle
 from saga_runner.errors import BrokerUnavailable, PublishRefused
@@ -177,8 +178,7 @@ class RabbitMQBroker:
         """Cancel the consumer (``grace`` for deliveries being handled), then disconnect."""
         self._link.closed()
         if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+            await stop(self._connecting)
         if self._subscription is not None:
             await self._subscription.cancel(grace)
         if self._connection is not None:
@@ -231,8 +231,7 @@ class _QueueSubscription:
     async def cancel(self, grace: float) -> None:
         """Stop taking deliveries; let those being handled finish within ``grace``."""
         if self._starting is not None:
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
+            await stop(self._starting)
         if self._queue is not None and self._tag is not None:
             try:
                 if not self._broker._link.up.is_set():

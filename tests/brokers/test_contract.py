@@ -15,6 +15,7 @@ import time
 import uuid
 
 import aio_pika
+import nats.errors
 import pytest
 from conftest import find_free_port
 
@@ -25,6 +26,7 @@ from brokers.conftest import (
     wait_ready,
 )
 from saga_runner.brokers.base import CALLBACK_TOKEN_HEADER, MAX_COMPLETION_BODY, BrokerAdapter
+from saga_runner.brokers.jetstream import _PullSubscription
 from saga_runner.errors import BrokerUnavailable, PublishRefused, UnusableMessage
 
 QUIET = 0.6  # seconds in which a settled delivery must not come back
@@ -204,3 +206,25 @@ async def test_rabbitmq_consumes_a_callbacks_queue_an_operator_made_as_a_quorum_
     adapter.consume(recorder)
     await publish_when_consumed(adapter, b"{}", message_id="m-quorum")
     assert [d.message_id for d in await recorder.wait_for(1)] == ["m-quorum"]
+
+
+async def test_a_nats_consumer_stops_even_when_the_client_swallows_its_cancellation(
+    open_broker: OpenBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's ``next_msg`` answers a cancellation with ``ConnectionClosedError`` once its
+    connection is closed; stopping the consumer must not then hang (it once did, for the
+    120 s of a CI test's timeout)."""
+
+    async def swallowing_pull(self: object, subscription: object) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise nats.errors.ConnectionClosedError from None
+
+    monkeypatch.setattr(_PullSubscription, "_pull", swallowing_pull)
+    adapter = await open_broker("nats")
+    await wait_ready(adapter)
+    subscription = adapter.consume(Recorder())
+    await asyncio.sleep(0.5)  # subscribed, pulling
+
+    await asyncio.wait_for(subscription.cancel(1.0), 10)
