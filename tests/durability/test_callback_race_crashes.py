@@ -11,14 +11,16 @@ outcome that came before the action's own answer.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
+
 import aiohttp
 from conftest import Sidecar
 
 from durability.conftest import Db, SagaCluster, eventually, kill
 from durability.ledger import Ledger
-from durability.test_await_crashes import payment_saga
+from durability.test_await_crashes import applied_once, payment_saga
 from durability.test_crash_resume import front_requests, idempotent_front
 
 RESULT = {"capture": "cap-1"}
@@ -136,3 +138,57 @@ async def test_a_refusal_after_a_success_called_back_before_a_crash_compensates_
     assert charge.result["status"] == 422
     assert (charge.await_outcome, charge.await_result) == ("success", RESULT)
     assert charge.waiting_since is None  # it never waited
+
+
+HOLD_CLAIMS = """
+    CREATE FUNCTION hold_claim() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$;
+    CREATE TRIGGER hold_claim BEFORE UPDATE ON saga_instances FOR EACH ROW
+        WHEN (OLD.owner IS NULL AND NEW.owner IS NOT NULL) EXECUTE FUNCTION hold_claim();
+"""
+"""Makes every claim of a saga nobody owns wait for the advisory lock ``key`` the test holds."""
+
+HELD = """
+    SELECT pid FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = 0 AND objid = $1 AND NOT granted"""
+"""The sessions whose claim waits for the test's advisory lock."""
+
+
+async def test_a_replica_killed_right_after_the_answer_of_a_called_back_step_leaves_it_due(
+    cluster: SagaCluster,
+    ledger: Ledger,
+    pg: Db,
+    http: aiohttp.ClientSession,
+    sidecar_process: Callable[..., Sidecar],
+) -> None:
+    # The service called back during the call; the replica is killed at its first stop after
+    # the call's answer: giving the saga up and claiming it back (a claim held here), or the
+    # ship call. Either way the saga must be due at once, not when the charge's 1 h wait ends.
+    key = random.randrange(1, 2**31)
+    await pg.conn.execute("SELECT pg_advisory_lock($1)", key)
+    await pg.conn.execute(HOLD_CLAIMS.format(key=key))
+    ship = threading.Event()
+    ledger.script("/ship", gate=ship)
+    ledger.script("/charge", call_back={"outcome": "success", "result": RESULT})
+    cluster.services["shop"] = idempotent_front(sidecar_process, cluster.ledger_url).url
+    cluster.write_saga(payment_saga())
+    first = cluster.start()
+    saga_id = await cluster.trigger(http, first, "payment", {"order": "R-park"})
+
+    async def stopped() -> bool:
+        return bool(ledger.calls_to("/ship", saga_id) or await pg.conn.fetch(HELD, key))
+
+    await eventually(stopped, "the replica went on after the charge's answer")
+    kill(first)
+    for held in await pg.conn.fetch(HELD, key):
+        await pg.conn.execute("SELECT pg_terminate_backend($1)", held["pid"])
+    await pg.conn.execute("DROP TRIGGER hold_claim ON saga_instances")
+    await pg.conn.execute("SELECT pg_advisory_unlock($1)", key)
+    ship.set()
+    cluster.start()
+    row = await pg.wait_status(saga_id, within=10)
+
+    assert row["status"] == "completed"
+    applied_once(ledger, saga_id)
+    steps = await pg.records.steps(saga_id)
+    assert (steps[1].await_outcome, steps[1].await_result) == ("success", RESULT)
