@@ -379,8 +379,15 @@ class SagaEngine:
                 # The decision to confirm was recorded: confirms go on, a cancel never comes.
                 return await self._confirm(run, NOTHING)
             failure, done = await self.forward.run(run, steps)
-            if failure is None and run.parked_until is not None:
-                return await self._park(run, done)
+            while failure is None and run.parked_until is not None:
+                if not await self._answered_during_call(run, done):
+                    return await self._park(run, done)
+                # Its service called back before the call's answer: end the wait under this
+                # lease (parking would postpone the callback's due time to the wait's end).
+                await run.write(self.store, done)
+                run.parked_until = None
+                steps = (await self.store.get(run.saga.id)).steps
+                failure, done = await self.forward.run(run, steps)
             if failure is None:
                 if run.definition.kind == "tcc":
                     return await self._confirm(run, done)
@@ -399,6 +406,20 @@ class SagaEngine:
         if run.saga.status is SagaStatus.COMPENSATING:
             return await self._compensate(run)
         return run.saga
+
+    async def _answered_during_call(self, run: Run, done: WriteBatch) -> bool:
+        """Whether a step ``done`` accepts (to wait for its callback) already has its outcome
+        recorded: its service called back while the call was in flight."""
+        accepted = [
+            change.step_order
+            for change in done.steps
+            if change.status is StepStatus.WAITING
+            and run.definition.all_steps[change.step_order].awaits_callback
+        ]
+        if not accepted:
+            return False
+        steps = (await self.store.get(run.saga.id)).steps
+        return any(steps[order].await_outcome for order in accepted)
 
     async def _park(self, run: Run, done: WriteBatch) -> SagaInstance:
         """A step waits for its outcome: give the saga up until ``run.parked_until`` (its

@@ -3,14 +3,17 @@ or the saga's deadline.
 
 Every call of an awaiting step carries ``Saga-Callback: <callback URL>/<token>``, a published
 message also ``saga-callback-token: <token>`` (``with_callback``; the token's hash is recorded
-before the call, the URL never is). When the action is accepted the
-step becomes ``waiting`` (``accepted``) and the run parks the saga: it releases its lease with
-``next_run_at`` at the wait's end (its timeout, or the saga's deadline if earlier), so the saga
-costs no task and no memory while it waits. Whoever runs it next (the replica that recorded a
-callback's outcome, or the recovery loop at the wake time) ``settle``s the wait: a recorded
-outcome ends it; otherwise, once the timeout or the deadline passed, the run ends it itself with
-that outcome, unless a callback got to the step row first (the database decides), and if
-neither passed yet (a heartbeat moved the timeout), the saga parks again.
+before the call, the URL never is). When the action is accepted the step becomes ``waiting``
+(``accepted``) and the run parks the saga: it releases its lease with ``next_run_at`` at the
+wait's end (its timeout, or the saga's deadline if earlier), so the saga costs no task and no
+memory while it waits. A step whose service called back while the call was still in flight is
+not parked: its outcome is recorded already, so the run settles the wait at once under its
+lease (parking would put the saga's due time back to the wait's end). Whoever runs a parked saga
+next (the replica that recorded a callback's outcome, or the recovery loop at the wake time)
+``settle``s the wait: a recorded outcome ends it; otherwise, once the timeout or the deadline
+passed, the run ends it itself with that outcome, unless a callback got to the step row first
+(the database decides), and if neither passed yet (a heartbeat moved the timeout), the saga
+parks again.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ keeps answering while a test blocks on a subprocess). Every call is appended to 
 its wall-clock time, path, ``Idempotency-Key`` and ``Saga-Id``. Two calls carrying the same
 ``Saga-Id`` that are in flight at the same time are recorded in ``overlaps``: a saga executed by
 two replicas at once. ``script(path, ...)`` decides how a path answers: after a delay (all calls
-or only a key's first), held until a gate opens, or failing a number of times first.
+or only a key's first), held until a gate opens, or failing a number of times first; and
+whether it first posts an outcome to the call's ``Saga-Callback`` URL (an awaiting step's
+service that calls back before it answers the call itself).
 
 ``Ledger(dedup=True)`` is an idempotent service: the first call of each ``Idempotency-Key``
 takes effect (``effects(key)`` counts them), and every later call with that key, in flight or
@@ -23,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 
@@ -52,6 +55,8 @@ class Script:
         failures: the first N calls of each key answer ``fail_status`` instead.
         fail_status: the status of those failures.
         fail_headers: headers of those failures (e.g. ``Retry-After``).
+        call_back: when set, every call carrying a ``Saga-Callback`` URL first posts this body
+            there (the answer's status joins ``Ledger.callback_answers``), then answers.
     """
 
     status: int = 200
@@ -61,6 +66,7 @@ class Script:
     failures: int = 0
     fail_status: int = 503
     fail_headers: dict[str, str] = field(default_factory=dict)
+    call_back: dict[str, Any] | None = None
 
 
 class Ledger:
@@ -72,6 +78,8 @@ class Ledger:
         self._effects: Counter[str] = Counter()
         self._answers: dict[str, asyncio.Future[tuple[int, Any]]] = {}
         self.overlaps: list[tuple[str, str]] = []
+        self.callback_answers: list[int] = []
+        """The statuses the sidecars answered the callbacks of ``Script.call_back``."""
         self.scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()
@@ -151,6 +159,8 @@ class Ledger:
 
     async def _answer(self, call: Call, nth: int) -> web.Response:
         script = self.scripts.get(call.path, Script())
+        if script.call_back is not None and call.callback is not None:
+            await self._call_back(call.callback, script.call_back)
         delay = script.first_delay if nth == 1 and script.first_delay is not None else script.delay
         await asyncio.sleep(delay)
         # The gate is set from the test's thread, so it is a threading.Event, polled here.
@@ -164,6 +174,12 @@ class Ledger:
             {"id": f"{call.path.strip('/').replace('/', '-')}-{nth}", "key": call.key},
             status=script.status,
         )
+
+    async def _call_back(self, url: str, body: dict[str, Any]) -> None:
+        """Post ``body`` to the callback ``url`` while the call is still unanswered."""
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as answer:
+            with self._lock:
+                self.callback_answers.append(answer.status)
 
     async def _once(self, call: Call, nth: int, key: str) -> web.Response:
         """The first call of ``key`` takes effect; the others get its answer."""
