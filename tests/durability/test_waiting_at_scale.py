@@ -78,7 +78,12 @@ async def saved_definition(pg: Db, path: Path) -> str:
 
 
 class CountingPool:
-    """An asyncpg pool that counts the statements sent through it (transactions included)."""
+    """An asyncpg pool that counts the statements sent through it (transactions included).
+
+    The retention DELETE is left out: it runs only when this replica gets the retention lock,
+    which the sidecar process pruning the same schema may hold at that instant (a pass then
+    made one statement fewer, and the per-pass counts differed for that reason alone).
+    """
 
     def __init__(self, pool: Any, counts: Counter[str]) -> None:
         self._pool = pool
@@ -94,7 +99,8 @@ class CountingPool:
 
     def _counted(self, method: Any) -> Any:
         async def call(*args: Any, **kwargs: Any) -> Any:
-            self._counts["statements"] += 1
+            if not (args and isinstance(args[0], str) and "doomed" in args[0]):
+                self._counts["statements"] += 1
             return await method(*args, **kwargs)
 
         return call
