@@ -177,7 +177,7 @@ class StepCaller:
         """Send ``request`` once and classify the answer; never raises for network trouble."""
         if request.publish is not None:
             if self.publisher is None:
-                return _failure(time.perf_counter(), "no broker is open here", sent=False)
+                return no_answer(time.perf_counter(), "no broker is open here", sent=False)
             return await self.publisher.publish(request, request.publish, seconds)
         started = time.perf_counter()
         data = None if request.body is None else json.dumps(request.body).encode()
@@ -195,10 +195,10 @@ class StepCaller:
             )
         except SendFailure as exc:
             if exc.sent:
-                return _failure(started, f"connection error: {exc.detail}", sent=True)
-            return _failure(started, f"connection failed: {exc.detail}", sent=False)
+                return no_answer(started, f"connection error: {exc.detail}", sent=True)
+            return no_answer(started, f"connection failed: {exc.detail}", sent=False)
         except TimeoutError:
-            return _failure(started, f"timed out after {seconds:g}s", sent=True)
+            return no_answer(started, f"timed out after {seconds:g}s", sent=True)
         response_headers = answer.headers
         return CallResult(
             outcome=classify(answer.status, success),
@@ -210,9 +210,13 @@ class StepCaller:
         )
 
 
-def _failure(started: float, error: str, *, sent: bool) -> CallResult:
+def no_answer(
+    started: float, error: str, *, sent: bool, outcome: Outcome = Outcome.RETRYABLE
+) -> CallResult:
+    """A call (started at ``perf_counter`` time ``started``) that got no answer: ``error``
+    says why, ``sent`` whether it may have reached its destination."""
     return CallResult(
-        outcome=Outcome.RETRYABLE,
+        outcome=outcome,
         status=None,
         headers={},
         body=None,

@@ -32,6 +32,7 @@ from saga_runner.template import (
     compile_body,
     compile_header,
     compile_path,
+    steps_referenced,
 )
 
 
@@ -100,14 +101,7 @@ class CallDefinition(DefinitionModel):
 
     def referenced_steps(self) -> frozenset[str]:
         """Names of the steps whose answers this call's templates look up."""
-        compiled: list[CompiledValue] = [self._path, *self._headers.values(), self._body]
-        return frozenset(
-            ref.step
-            for value in compiled
-            for _loc, template in value.templates()
-            for ref in template.references
-            if ref.step is not None
-        )
+        return steps_referenced([self._path, *self._headers.values(), self._body])
 
     def render(self, ctx: RenderContext) -> RenderedCall:
         """Render path, headers and body; raise TemplateError on a failed lookup."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from saga_runner.template import (
     CompiledValue,
@@ -243,7 +243,7 @@ class Configured:
     brokers: Collection[str] | None
 
 
-def _publishes(call: Any) -> bool:
+def _publishes(call: Any) -> TypeGuard[Mapping[str, Any]]:
     return isinstance(call, Mapping) and "publish" in call
 
 
@@ -275,7 +275,7 @@ def _check_step(
             has_business_id=has_business_id,
         )
         call = one.step.get(key)
-        if isinstance(call, Mapping) and "publish" in call:
+        if _publishes(call):
             loc = (*one.loc, key)
             if key in _TCC_CALLS:
                 message = "a TCC call is an HTTP call (only action and compensation may publish)"

@@ -24,6 +24,7 @@ from saga_runner.template import (
     Template,
     compile_body,
     compile_header,
+    steps_referenced,
 )
 
 PUBLISH_TAG: Final = "[publish]"
@@ -93,14 +94,7 @@ class PublishDefinition(DefinitionModel):
 
     def referenced_steps(self) -> frozenset[str]:
         """Names of the steps whose answers this publish's templates look up."""
-        compiled: list[CompiledValue] = [self._to, *self._headers.values(), self._body]
-        return frozenset(
-            ref.step
-            for value in compiled
-            for _loc, template in value.templates()
-            for ref in template.references
-            if ref.step is not None
-        )
+        return steps_referenced([self._to, *self._headers.values(), self._body])
 
     def render(self, ctx: RenderContext) -> RenderedPublish:
         """Render the destination, headers and body; raise TemplateError on a failed lookup."""

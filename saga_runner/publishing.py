@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Final
 
 from saga_runner.brokers.base import BrokerAdapter
-from saga_runner.caller import CallResult, Outcome, PublishAddress, StepRequest
+from saga_runner.caller import CallResult, Outcome, PublishAddress, StepRequest, no_answer
 from saga_runner.errors import BrokerUnavailable, PublishRefused
 from saga_runner.records import StepAttempt
 from saga_runner.states import AttemptKind
@@ -56,7 +56,7 @@ class BrokerPublisher:
         started = time.perf_counter()
         broker = self.brokers.get(address.broker)
         if broker is None:
-            return _ended(started, f"broker {address.broker!r} is not configured", sent=False)
+            return no_answer(started, f"broker {address.broker!r} is not configured", sent=False)
         headers = {name.lower(): value for name, value in request.headers.items()}
         body = b"" if request.body is None else json.dumps(request.body).encode()
         if body:
@@ -67,12 +67,14 @@ class BrokerPublisher:
                 receipt = await broker.publish(address.to, body, headers, message_id)
         except BrokerUnavailable as exc:
             if exc.sent:
-                return _ended(started, f"not confirmed by the broker: {exc}", sent=True)
-            return replace(_ended(started, f"{BROKER_DOWN}{exc}", sent=False), broker_down=True)
+                return no_answer(started, f"not confirmed by the broker: {exc}", sent=True)
+            return replace(no_answer(started, f"{BROKER_DOWN}{exc}", sent=False), broker_down=True)
         except PublishRefused as exc:
-            return _ended(started, f"broker refused: {exc}", sent=False, outcome=Outcome.PERMANENT)
+            return no_answer(
+                started, f"broker refused: {exc}", sent=False, outcome=Outcome.PERMANENT
+            )
         except TimeoutError:
-            return _ended(started, f"not confirmed by the broker in {seconds:g}s", sent=True)
+            return no_answer(started, f"not confirmed by the broker in {seconds:g}s", sent=True)
         body_record = {"message_id": message_id, "duplicate": receipt.duplicate}
         return CallResult(
             Outcome.SUCCESS, ACCEPTED, {}, body_record, duration=time.perf_counter() - started
@@ -92,17 +94,3 @@ def broker_down_attempts(
             count += (attempt.error or "").startswith(BROKER_DOWN)
     # Without rows of its own yet (its first attempt cut off), a round would count the last one's.
     return min(count, before - 1)
-
-
-def _ended(
-    started: float, error: str, *, sent: bool, outcome: Outcome = Outcome.RETRYABLE
-) -> CallResult:
-    return CallResult(
-        outcome=outcome,
-        status=None,
-        headers={},
-        body=None,
-        duration=time.perf_counter() - started,
-        error=error,
-        sent=sent,
-    )

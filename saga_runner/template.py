@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -278,6 +278,17 @@ class CompiledValue(ABC):
     @abstractmethod
     def templates(self, loc: Loc = ()) -> Iterator[tuple[Loc, Template]]:
         """Every template inside, with its location relative to this value."""
+
+
+def steps_referenced(values: Iterable[CompiledValue]) -> frozenset[str]:
+    """Names of the steps whose answers the templates inside ``values`` look up."""
+    return frozenset(
+        ref.step
+        for value in values
+        for _loc, template in value.templates()
+        for ref in template.references
+        if ref.step is not None
+    )
 
 
 @dataclass(frozen=True)
